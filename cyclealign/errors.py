@@ -1,0 +1,41 @@
+"""Errors raised by cyclealign.
+
+Every error the user can cause derives from :class:`CycleAlignError`; the CLI turns
+any of them into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class CycleAlignError(Exception):
+    """Base class of every error cyclealign raises on bad input or a failed service."""
+
+
+class ConfigError(CycleAlignError):
+    """A configuration field is invalid; the message names the field."""
+
+
+class DataError(CycleAlignError):
+    """A prompt or demonstration file is malformed; the message names file and line."""
+
+    def __init__(self, path: object, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line = line
+
+
+class TemplateError(CycleAlignError):
+    """A prompt template is missing, fails to parse, or uses undeclared variables."""
+
+
+class RankerError(CycleAlignError):
+    """The black-box ranker API failed in a way retries cannot fix (bad key, bad model)."""
+
+
+class ModelError(CycleAlignError):
+    """The white-box model cannot be resolved, converted or loaded."""
+
+
+class RunDirError(CycleAlignError):
+    """The run directory is inconsistent with the request (e.g. exists without --resume)."""

@@ -1,0 +1,356 @@
+"""The CycleAlign loop: one round as a straight pipeline, and ``iterate`` over rounds.
+
+One round (Hong et al. 2023, arXiv 2310.16271, Fig. 2)::
+
+    prompts -> generate (white-box samples N responses, scores them by log-likelihood)
+            -> rank (black-box ranks them through the API, with static + dynamic demos)
+            -> agreement (LCS of the two rankings; long ones join the demonstration pool)
+            -> train (LoRA fine-tuning on the black-box rankings: PRO + SFT)
+            -> metrics (one line in metrics.jsonl); the adapter feeds the next round.
+
+Each phase writes its outputs to the run directory before the next starts and is then
+marked done in the round's manifest; a resumed run skips finished phases and ranker
+answers already on disk (see :mod:`cyclealign.rundir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
+from cyclealign.config import Config, ModelConfig
+from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
+from cyclealign.models import resolve_device, resolve_dtype, resolve_model_dir
+from cyclealign.policy import Generation, TransformersPolicy
+from cyclealign.ranker import EmbeddedServer, Ranker, RankerTemplates, api_key_from_env, load_demonstrations
+from cyclealign.records import Demonstration, PromptRecord, RankResult
+from cyclealign.resources import default_demos_path, default_templates_dir
+from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_json, write_jsonl
+
+
+class Reporter(Protocol):
+    """Where the loop reports progress (the CLI draws rich progress bars; tests pass None)."""
+
+    def phase_start(self, round_index: int, phase: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None: ...
+    def round_end(self, metrics: dict[str, Any]) -> None: ...
+
+
+class NullReporter:
+    """A :class:`Reporter` that reports nothing."""
+
+    def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
+        pass
+
+    def round_end(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def open_ranker(cfg: Config, run: RunDir, environ: Mapping[str, str]) -> Iterator[Ranker]:
+    """The black-box ranker for this run; starts (and finally stops) the embedded server if needed.
+
+    With ``ranker.base_url`` unset, ``transformers serve`` is started on a free loopback port
+    with the embedded SmolLM2 model (no API key needed); otherwise the key is read from the
+    environment variable ``ranker.api_key_env`` and checked with one cheap preflight call
+    before any other work.
+
+    Raises:
+        RankerError: the key is missing or rejected, or the server cannot start.
+    """
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
+    with contextlib.ExitStack() as stack:
+        if cfg.ranker.base_url is None:
+            embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
+            server = stack.enter_context(
+                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=cfg.ranker.server_startup_timeout_s)
+            )
+            ranker = Ranker(cfg.ranker, base_url=server.base_url, model=server.model, api_key="local", templates=templates)
+        else:
+            key = api_key_from_env(cfg.ranker, environ)
+            ranker = Ranker(cfg.ranker, base_url=cfg.ranker.base_url, model=cfg.ranker.model, api_key=key, templates=templates)
+            ranker.preflight()
+        yield ranker
+
+
+class Round:
+    """The phases of one round, each reading its inputs from and writing its outputs to ``rd``."""
+
+    def __init__(self, cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], reporter: Reporter) -> None:
+        self.cfg, self.run, self.index, self.reporter = cfg, run, index, reporter
+        self.rd: RoundDir = run.round(index)
+        self.prompts = prompts
+        self.by_id = {p.id: p for p in prompts}
+
+    def _timed(self, phase: str, total: int | None, body: Callable[[], dict[str, Any]]) -> None:
+        if self.rd.is_done(phase):
+            return
+        self.reporter.phase_start(self.index, phase, total)
+        t0 = time.perf_counter()
+        info = body()
+        info["wall_s"] = round(time.perf_counter() - t0, 3)
+        self.rd.mark_done(phase, **info)
+        self.reporter.phase_end(self.index, phase, info)
+
+    # -- phase 1 -------------------------------------------------------------------------
+    def generate(self, policy: Callable[[], TransformersPolicy]) -> None:
+        def body() -> dict[str, Any]:
+            backend = policy()
+            backend.load_adapter(self.run.latest_adapter(self.index))
+            gens = backend.sample(self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance)
+            write_jsonl(self.rd.generations, [g.to_json() for g in gens])
+            return {
+                "prompts": len(gens),
+                "responses": sum(len(g.responses) for g in gens),
+                "generated_tokens": sum(len(ids) for g in gens for ids in g.response_token_ids),
+            }
+
+        self._timed("generate", len(self.prompts), body)
+
+    def generations(self) -> list[Generation]:
+        return [Generation.from_json(d) for d in read_jsonl(self.rd.generations)]
+
+    # -- phase 2 -------------------------------------------------------------------------
+    def rank(self, ranker: Callable[[], Ranker], static_demos: list[Demonstration], pool: DemoPool) -> None:
+        gens = self.generations()
+        demos = select_demonstrations(
+            static_demos, pool, self.cfg.ranker.num_static_demos, self.cfg.ranker.num_dynamic_demos
+        )
+
+        def body() -> dict[str, Any]:
+            done = {r.prompt_id for r in self.rankings() if not (r.reason or "").startswith("api error")}
+            self.reporter.advance(len(done))
+            for g in gens:
+                if g.prompt_id in done:
+                    continue
+                if len(g.responses) < 2:
+                    result = RankResult(g.prompt_id, None, reason="fewer than 2 distinct responses")
+                else:
+                    result = ranker().rank(self.by_id[g.prompt_id], g.responses, demos)
+                append_jsonl(self.rd.rankings, result.to_json())  # persisted before anything else
+                self.reporter.advance()
+            results = self.rankings()
+            return {
+                "ranked": sum(r.ranking is not None for r in results),
+                "unranked": sum(r.ranking is None for r in results),
+                "calls": sum(r.attempts for r in results),
+                "prompt_tokens": sum(r.prompt_tokens for r in results),
+                "completion_tokens": sum(r.completion_tokens for r in results),
+                "demos_static": min(len(static_demos), self.cfg.ranker.num_static_demos),
+                "demos_dynamic": min(len(pool), self.cfg.ranker.num_dynamic_demos),
+            }
+
+        self._timed("rank", len(gens), body)
+
+    def rankings(self) -> list[RankResult]:
+        """The latest result per prompt (a retried API error replaces the earlier line)."""
+        latest = {}
+        for d in read_jsonl(self.rd.rankings):
+            latest[d["prompt_id"]] = RankResult.from_json(d)
+        return list(latest.values())
+
+    # -- phase 3 -------------------------------------------------------------------------
+    def agreement(self, pool: DemoPool) -> None:
+        threshold = self.cfg.agreement_min_length
+
+        def body() -> dict[str, Any]:
+            gens = {g.prompt_id: g for g in self.generations()}
+            rows, added = [], 0
+            for r in self.rankings():
+                if r.ranking is None:
+                    continue
+                g = gens[r.prompt_id]
+                white = ranking_from_scores(g.logprob_mean)
+                common = lcs(r.ranking, white)
+                joins = len(common) >= threshold
+                if joins:
+                    pool.add(agreement_demonstration(self.by_id[r.prompt_id].query_text, g.responses, common, self.index))
+                    added += 1
+                rows.append(
+                    {
+                        "prompt_id": r.prompt_id,
+                        "blackbox": r.ranking,
+                        "whitebox": white,
+                        "agreement": common,
+                        "n": len(g.responses),
+                        "kendall_tau": kendall_tau(r.ranking, white),
+                        "joined_pool": joins,
+                    }
+                )
+            write_jsonl(self.rd.agreement, rows)
+            write_jsonl(self.rd.demo_pool, [d.to_json() for d in pool])
+            return {"pool_added": added, "pool_size": len(pool)}
+
+        self._timed("agreement", None, body)
+
+    # -- phase 4 -------------------------------------------------------------------------
+    def train(self, model_dir: str, pad_token_id: int) -> None:
+        from cyclealign.train.trainer import RankingExample, load_trainable_policy, train_round
+
+        def body() -> dict[str, Any]:
+            gens = {g.prompt_id: g for g in self.generations()}
+            examples = []
+            for r in self.rankings():
+                if r.ranking is not None:
+                    g = gens[r.prompt_id]
+                    examples.append(RankingExample(g.prompt_token_ids, [g.response_token_ids[i] for i in r.ranking]))
+            if not examples:
+                return {"adapter": False, "skipped": "no ranked prompt this round"}
+            device = resolve_device(self.cfg.model)
+            model = load_trainable_policy(
+                model_dir, self.run.latest_adapter(self.index), self.cfg.train, device, resolve_dtype(self.cfg.model, device)
+            )
+            stats = train_round(
+                model,
+                examples,
+                self.cfg.train,
+                pad_token_id=pad_token_id,
+                out_dir=self.rd.adapter,
+                seed=self.cfg.seed + self.index,
+                device=device,
+                callbacks=[_StepProgress(self.reporter)],
+            )
+            write_json(self.rd.train, asdict(stats))
+            summary = {k: v for k, v in asdict(stats).items() if k not in ("log_history", "wall_s")}
+            return {"adapter": True, **summary}
+
+        self._timed("train", None, body)
+
+    # -- phase 5 -------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        def body() -> dict[str, Any]:
+            ph = self.rd.phases()
+            rows = read_jsonl(self.rd.agreement)
+            n_ranked = len(rows)
+            agreement_rate = sum(len(r["agreement"]) / r["n"] for r in rows) / n_ranked if n_ranked else None
+            tau = sum(r["kendall_tau"] for r in rows) / n_ranked if n_ranked else None
+            train = ph["train"]
+            return {
+                "round": self.index,
+                "prompts": ph["generate"]["prompts"],
+                "responses": ph["generate"]["responses"],
+                "ranked": ph["rank"]["ranked"],
+                "unranked": ph["rank"]["unranked"],
+                "agreement_rate": agreement_rate,
+                "kendall_tau": tau,
+                "pool_added": ph["agreement"]["pool_added"],
+                "pool_size": ph["agreement"]["pool_size"],
+                "train_loss": train.get("train_loss"),
+                "ranking_loss": train.get("ranking_loss"),
+                "sft_loss": train.get("sft_loss"),
+                "train_ranking_accuracy": train.get("ranking_accuracy"),
+                "ranker_calls": ph["rank"]["calls"],
+                "tokens_sent": ph["rank"]["prompt_tokens"],
+                "tokens_received": ph["rank"]["completion_tokens"],
+                "generated_tokens": ph["generate"]["generated_tokens"],
+                "phase_s": {p: ph[p]["wall_s"] for p in ("generate", "rank", "agreement", "train")},
+            }
+
+        self._timed("metrics", None, body)
+        line = dict(self.rd.phases()["metrics"])
+        line.pop("wall_s", None)
+        return line
+
+
+class _StepProgress:
+    """TrainerCallback that advances the reporter once per optimiser step."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        from transformers import TrainerCallback
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                reporter.phase_start(-1, "train-steps", state.max_steps)
+
+            def on_step_end(self, args, state, control, **kw):
+                reporter.advance()
+
+        self._cb = _CB()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cb, name)
+
+
+def iterate(
+    cfg: Config, *, resume: bool = False, environ: Mapping[str, str] | None = None, reporter: Reporter | None = None
+) -> list[dict[str, Any]]:
+    """Run (or resume) ``cfg.rounds`` rounds of CycleAlign; returns every round's metrics line.
+
+    Resources are opened only when a pending phase needs them: the policy for generation,
+    the ranker (and the embedded server) for ranking.
+
+    Raises:
+        CycleAlignError subclasses: bad config, data, templates, run directory, or ranker key.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    reporter = reporter or NullReporter()
+    run = RunDir(cfg.run_dir)
+    run.prepare(cfg.to_json(), resume)
+    prompts = load_prompts(cfg.prompts)
+    templates_dir = cfg.ranker.templates_dir or default_templates_dir()
+    RankerTemplates(templates_dir)  # fail on a bad template before any work
+    static_demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
+    model_dir = resolve_model_dir(cfg.model)
+
+    with contextlib.ExitStack() as stack:
+        cache: dict[str, Any] = {}
+
+        def policy() -> TransformersPolicy:
+            if "policy" not in cache:
+                cache["policy"] = TransformersPolicy(model_dir, cfg.model, cfg.generation)
+            return cache["policy"]
+
+        def ranker() -> Ranker:
+            if "ranker" not in cache:
+                cache["ranker"] = stack.enter_context(open_ranker(cfg, run, environ))
+            return cache["ranker"]
+
+        for index in range(cfg.rounds):
+            rd = run.round(index)
+            if rd.is_done("metrics"):
+                continue
+            round_prompts = select_round_prompts(prompts, index, cfg.prompts_per_round, cfg.seed)
+            rnd = Round(cfg, run, index, round_prompts, reporter)
+            previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
+            rnd.generate(policy)
+            rnd.rank(ranker, static_demos, previous_pool)
+            rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
+            rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
+            reporter.round_end(rnd.metrics())
+        metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
+    write_jsonl(run.metrics, [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics])
+    return metrics
+
+
+def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:
+    """The dynamic pool as left by round ``index - 1`` (empty for round 0)."""
+    if index == 0:
+        return DemoPool(max_size=max_size)
+    rows = read_jsonl(run.round(index - 1).demo_pool)
+    return DemoPool([Demonstration.from_json(d) for d in rows], max_size=max_size)
+
+
+def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:
+    """The tokenizer's pad id, from the loaded policy when there is one."""
+    if "policy" in cache:
+        return cache["policy"].tokenizer.pad_token_id
+    if "pad_id" not in cache:
+        from cyclealign.policy.hf import load_tokenizer
+
+        cache["pad_id"] = load_tokenizer(model_dir).pad_token_id
+    return cache["pad_id"]

@@ -1,0 +1,99 @@
+"""Plain records that flow through a round: prompts -> generations -> rankings -> agreement.
+
+Rankings are permutations of response indices, **0-based, best first**: ``[2, 0, 1]``
+means response 2 is best and response 1 worst. Prompts and templates show responses
+labelled ``[1]..[N]`` (1-based); conversion happens only in the ranker's template and parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt to align on.
+
+    Attributes:
+        id: stable identifier (source file stem + line number, or the dataset's own id).
+        messages: the conversation so far as chat messages; the last one is the user's turn.
+    """
+
+    id: str
+    messages: list[Message]
+
+    @property
+    def query_text(self) -> str:
+        """The conversation rendered as plain ``Role: content`` lines (for ranker prompts)."""
+        return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in self.messages)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "PromptRecord":
+        return cls(id=d["id"], messages=list(d["messages"]))
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """An in-context demonstration for the ranker: a query, its responses and their ranking.
+
+    Attributes:
+        query: the conversation as plain text (see :attr:`PromptRecord.query_text`).
+        responses: the N responses shown to the ranker as ``[1]..[N]``.
+        ranking: permutation of ``range(N)``, 0-based, best first.
+        source: ``"static"`` (human-written, from ``demos/``) or ``"dynamic"`` (agreement pool).
+        round: the round a dynamic demonstration was added in (``-1`` for static ones).
+        agreement_len: LCS length between black-box and white-box ranking (dynamic only).
+    """
+
+    query: str
+    responses: list[str]
+    ranking: list[int]
+    source: str = "static"
+    round: int = -1
+    agreement_len: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Demonstration":
+        return cls(**d)
+
+
+@dataclass
+class RankResult:
+    """The black-box ranker's answer for one prompt.
+
+    Attributes:
+        prompt_id: id of the :class:`PromptRecord`.
+        ranking: permutation of ``range(N)`` (0-based, best first), or ``None`` when unranked.
+        reason: why the prompt is unranked (``None`` when ranked).
+        raw_replies: every raw reply text received, in order (re-asks included).
+        attempts: number of chat completions made (1 + re-asks).
+        prompt_tokens: prompt tokens billed over all attempts (from the API's ``usage``).
+        completion_tokens: completion tokens billed over all attempts.
+        latency_s: wall seconds spent on this prompt's calls.
+    """
+
+    prompt_id: str
+    ranking: list[int] | None
+    reason: str | None = None
+    raw_replies: list[str] = field(default_factory=list)
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RankResult":
+        return cls(**d)

@@ -1,0 +1,176 @@
+"""Run-directory layout, atomic writes, and the per-round phase manifest that makes runs resumable.
+
+Layout of ``runs/<name>/``::
+
+    config.json                 the resolved Config (no secrets)
+    metrics.jsonl               one line per finished round
+    server.log                  the embedded ranker server's log (when one is started)
+    round_000/
+        manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
+        generations.jsonl       phase "generate"
+        rankings.jsonl          phase "rank": appended one line per ranker answer, fsync'd
+        agreement.jsonl         phase "agreement"
+        demo_pool.jsonl         the dynamic demonstration pool after this round
+        adapter/                phase "train": the PEFT LoRA adapter
+        train.json              phase "train": training summary and per-step log
+
+Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
+the manifest is written last, so a crash leaves either a finished phase or none.
+``rankings.jsonl`` is append-only so that no paid ranker answer is lost mid-phase;
+a torn last line (crash during a write) is ignored on reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cyclealign.errors import RunDirError
+
+PHASES = ("generate", "rank", "agreement", "train", "metrics")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write one JSON document."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Atomically write JSON lines."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, row: Any) -> None:
+    """Append one JSON line and fsync it (used for paid results, one by one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """Read JSON lines; a torn (unparsable) *last* line is dropped, any other bad line raises.
+
+    Raises:
+        RunDirError: a line other than the last is not valid JSON (names file and line).
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break  # torn tail from an interrupted append
+            raise RunDirError(f"{path}:{i}: corrupt line ({e.msg})") from None
+    return rows
+
+
+class RoundDir:
+    """One round's folder and its phase manifest."""
+
+    def __init__(self, path: Path, index: int) -> None:
+        self.path = path
+        self.index = index
+        self.generations = path / "generations.jsonl"
+        self.rankings = path / "rankings.jsonl"
+        self.agreement = path / "agreement.jsonl"
+        self.demo_pool = path / "demo_pool.jsonl"
+        self.adapter = path / "adapter"
+        self.train = path / "train.json"
+        self._manifest = path / "manifest.json"
+
+    def phases(self) -> dict[str, dict[str, Any]]:
+        """Finished phases with what each recorded (e.g. wall seconds)."""
+        if not self._manifest.exists():
+            return {}
+        return json.loads(self._manifest.read_text())["phases"]
+
+    def is_done(self, phase: str) -> bool:
+        return phase in self.phases()
+
+    def mark_done(self, phase: str, **info: Any) -> None:
+        """Record ``phase`` as finished; call only after its outputs are written."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        phases = self.phases()
+        phases[phase] = info
+        write_json(self._manifest, {"round": self.index, "phases": phases})
+
+
+class RunDir:
+    """The run directory: config, metrics, and one :class:`RoundDir` per round."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.server_log = self.path / "server.log"
+
+    def round(self, index: int) -> RoundDir:
+        return RoundDir(self.path / f"round_{index:03d}", index)
+
+    def prepare(self, config_json: str, resume: bool) -> None:
+        """Create the run directory, or check it for ``--resume``.
+
+        A new run refuses a directory that already holds a run (nothing is overwritten);
+        a resumed run must find one, and its saved config must match except for the
+        number of rounds (which may be raised to schedule more).
+
+        Raises:
+            RunDirError: on either mismatch, naming the directory and the differing fields.
+        """
+        if self.config.exists() and not resume:
+            raise RunDirError(f"{self.path} already holds a run: pass --resume to continue it, or pick another --run-dir")
+        if resume and not self.config.exists():
+            raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
+        if resume:
+            old, new = json.loads(self.config.read_text()), json.loads(config_json)
+            old.pop("rounds", None)
+            new_cmp = {k: v for k, v in new.items() if k != "rounds"}
+            diff = sorted(k for k in set(old) | set(new_cmp) if old.get(k) != new_cmp.get(k))
+            if diff:
+                raise RunDirError(
+                    f"{self.path}: --resume with a different config ({', '.join(diff)}); "
+                    "resume with the same settings, or start a new --run-dir"
+                )
+        atomic_write_text(self.config, config_json)
+
+    def finished_rounds(self) -> int:
+        """Number of leading rounds whose every phase is done."""
+        k = 0
+        while self.round(k).is_done("metrics"):
+            k += 1
+        return k
+
+    def latest_adapter(self, before_round: int) -> Path | None:
+        """The adapter trained by round ``before_round - 1`` (None for round 0 or if none was trained)."""
+        for k in range(before_round - 1, -1, -1):
+            rd = self.round(k)
+            if rd.is_done("train") and rd.phases()["train"].get("adapter"):
+                return rd.adapter
+        return None

@@ -1,0 +1,1 @@
+"""Ranking fine-tuning: losses (pure tensor functions) and the TRL-based trainer."""

@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is set before anything loads."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors directory (converted once, cached)."""
+    from cyclealign.config import ModelConfig
+    from cyclealign.models import resolve_model_dir
+
+    return Path(resolve_model_dir(ModelConfig()))
+
+
+@pytest.fixture(scope="session")
+def hh_rlhf_path() -> Path:
+    """The real HH-RLHF harmless-base test file from ../shared (skips when absent)."""
+    if not HH_RLHF.exists():
+        pytest.skip(f"{HH_RLHF} not present (the shared data folder is optional)")
+    return HH_RLHF

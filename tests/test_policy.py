@@ -1,0 +1,58 @@
+"""Generation on the real embedded SmolLM2 model."""
+
+import pytest
+import torch
+
+from cyclealign.config import build_config
+from cyclealign.logprobs import response_logprobs
+from cyclealign.policy import TransformersPolicy
+from cyclealign.records import PromptRecord
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def policy(embedded_model_dir):
+    cfg = build_config(**{"generation.num_samples": 3, "generation.max_new_tokens": 12, "generation.batch_size": 2})
+    return TransformersPolicy(str(embedded_model_dir), cfg.model, cfg.generation)
+
+
+PROMPTS = [
+    PromptRecord("a", [{"role": "user", "content": "Name a fruit."}]),
+    PromptRecord("b", [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Why?"}, {"role": "user", "content": "I am locked out."}]),
+    PromptRecord("c", [{"role": "user", "content": "Say hello."}]),
+]
+
+
+def test_sample_gives_distinct_responses_with_logprobs_equal_to_a_forward_pass(policy):
+    seen = []
+    gens = policy.sample(PROMPTS, seed=0, progress=seen.append)
+    assert sum(seen) == len(PROMPTS)
+    assert [g.prompt_id for g in gens] == ["a", "b", "c"]
+    for g in gens:
+        assert 1 <= len(g.responses) <= 3
+        assert len(set(g.responses)) == len(g.responses)
+        assert len(g.response_token_ids) == len(g.logprob_mean) == len(g.finished) == len(g.responses)
+        # The log-likelihood taken from generate()'s raw logits equals a separate forward pass.
+        rows = [g.prompt_token_ids + ids for ids in g.response_token_ids]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), policy.tokenizer.pad_token_id)
+        attn = torch.zeros_like(ids)
+        resp = torch.zeros_like(ids)
+        for i, (r, resp_ids) in enumerate(zip(rows, g.response_token_ids)):
+            ids[i, : len(r)] = torch.tensor(r)
+            attn[i, : len(r)] = 1
+            resp[i, len(g.prompt_token_ids) : len(r)] = 1
+        with torch.no_grad():
+            lp = response_logprobs(policy.model, ids, attn, resp)
+        mean = lp.sum(-1) / resp[:, 1:].sum(-1)
+        assert torch.allclose(mean, torch.tensor(g.logprob_mean), atol=2e-3), (mean, g.logprob_mean)
+        for ids_, fin in zip(g.response_token_ids, g.finished):
+            assert (ids_[-1] == policy.tokenizer.eos_token_id) == fin
+            assert len(ids_) <= 12
+
+
+def test_sampling_is_seeded(policy):
+    a = policy.sample(PROMPTS[:1], seed=7)[0].responses
+    b = policy.sample(PROMPTS[:1], seed=7)[0].responses
+    assert a == b

@@ -64,22 +64,34 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+_ROWS = [
+    ("ranked", "ranked"),
+    ("unranked", "unranked"),
+    ("agreement rate", "agreement_rate"),
+    ("Kendall tau", "kendall_tau"),
+    ("demo pool size", "pool_size"),
+    ("train loss", "train_loss"),
+    ("ranker tokens sent", "tokens_sent"),
+    ("ranker tokens received", "tokens_received"),
+]
+
+
 def round_table(rows: list[dict[str, Any]]) -> Table:
-    """A rich table with one row per round's metrics line."""
+    """A rich table of round metrics: one column per round, one row per metric (fits 80 columns)."""
     table = Table(title="CycleAlign rounds")
-    cols = ["round", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_size", "train_loss", "tokens_sent"]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="right")
-    table.add_column("phase s (gen/rank/agree/train)", justify="right")
+    table.add_column("metric")
     for m in rows:
-        ph = m["phase_s"]
-        times = "/".join(f"{ph[p]:.1f}" for p in ("generate", "rank", "agreement", "train"))
-        table.add_row(*[_fmt(m.get(c)) for c in cols], times)
+        table.add_column(f"round {m['round']}", justify="right")
+    for label, key in _ROWS:
+        table.add_row(label, *[_fmt(m.get(key)) for m in rows])
+    for phase in ("generate", "rank", "agreement", "train"):
+        table.add_row(f"{phase} s", *[_fmt(m["phase_s"][phase], 1) for m in rows])
     return table
 
 
 @app.command()
 def iterate(
+    ctx: typer.Context,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts: JSONL[.gz] ({prompt}|{messages}|HH-RLHF {chosen,rejected}) or a HF dataset folder. Default: the shipped set.")] = None,
     rounds: Annotated[int, typer.Option(help="Rounds in total (a resumed run continues up to this).")] = 2,
     prompts_per_round: Annotated[int, typer.Option(help="Prompts per round.")] = 8,
@@ -106,7 +118,9 @@ def iterate(
     from cyclealign.loop import iterate as run_iterate
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ctx = typer.get_current_context()
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # rich draws the progress
     try:
         flags = _config_overrides(ctx, config)
         cfg = build_config(**flags)
@@ -147,13 +161,11 @@ _FIELDS = {
 def _config_overrides(ctx: typer.Context, config_file: Path | None) -> dict[str, Any]:
     """Dotted config fields from the flags; with ``--config``, the file's values overridden
     only by the flags given explicitly on the command line."""
-    from click.core import ParameterSource
-
     flags = {field: ctx.params[name] for name, field in _FIELDS.items()}
     if config_file is None:
         return flags
     explicit = {
-        field for name, field in _FIELDS.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        field for name, field in _FIELDS.items() if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
     }
     base = _flatten(Config.from_json_file(config_file).model_dump(mode="json"))
     return {**base, **{k: v for k, v in flags.items() if k in explicit}}

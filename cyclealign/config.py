@@ -60,14 +60,17 @@ class RankerConfig(_Section):
     )
     model: str | None = Field(None, description="Model name sent to the API; None = the served embedded model.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Ranker sampling temperature.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Ranker sampling temperature (first ask).")
+    reask_temperature: float = Field(
+        0.7, ge=0.0, le=2.0, description="Temperature of correction re-asks (a greedy re-ask tends to repeat itself)."
+    )
     max_tokens: int = Field(64, ge=8, description="Completion cap per ranker call, tokens.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(4, ge=0, description="Retries (tenacity, exponential backoff) on transport errors.")
     max_reasks: int = Field(2, ge=0, description="Correction re-asks after an unparsable reply, then unranked.")
     templates_dir: Path | None = Field(None, description="Folder of ranker templates; None = shipped prompts/.")
     demos_path: Path | None = Field(None, description="Static demonstrations JSONL; None = shipped demos/ranking.jsonl.")
-    num_static_demos: int = Field(2, ge=0, description="Static demonstrations per ranker call.")
+    num_static_demos: int = Field(4, ge=0, description="Static demonstrations per ranker call.")
     num_dynamic_demos: int = Field(2, ge=0, description="k: dynamic (agreement-pool) demonstrations per call.")
     server_startup_timeout_s: float = Field(300.0, gt=0, description="Wait for the embedded server's /health.")
 
@@ -117,6 +120,11 @@ class Config(_Section):
         if self.agreement.min_length is not None and self.agreement.min_length > n:
             raise ValueError(
                 f"agreement.min_length={self.agreement.min_length} exceeds generation.num_samples={n}"
+            )
+        if self.ranker.max_tokens < 6 * n:
+            raise ValueError(
+                f"ranker.max_tokens={self.ranker.max_tokens} is too small for a ranking of "
+                f"generation.num_samples={n} responses (needs about 6 tokens per label: >= {6 * n})"
             )
         if self.ranker.base_url is not None and self.ranker.model is None:
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")

@@ -78,10 +78,11 @@ def open_ranker(cfg: Config, run: RunDir, environ: Mapping[str, str]) -> Iterato
             server = stack.enter_context(
                 EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=cfg.ranker.server_startup_timeout_s)
             )
-            ranker = Ranker(cfg.ranker, base_url=server.base_url, model=server.model, api_key="local", templates=templates)
+            base_url, model, key = server.base_url, server.model, "local"
         else:
-            key = api_key_from_env(cfg.ranker, environ)
-            ranker = Ranker(cfg.ranker, base_url=cfg.ranker.base_url, model=cfg.ranker.model, api_key=key, templates=templates)
+            base_url, model, key = cfg.ranker.base_url, cfg.ranker.model, api_key_from_env(cfg.ranker, environ)
+        ranker = stack.enter_context(Ranker(cfg.ranker, base_url=base_url, model=model, api_key=key, templates=templates))
+        if cfg.ranker.base_url is not None:
             ranker.preflight()
         yield ranker
 
@@ -124,7 +125,7 @@ class Round:
         return [Generation.from_json(d) for d in read_jsonl(self.rd.generations)]
 
     # -- phase 2 -------------------------------------------------------------------------
-    def rank(self, ranker: Callable[[], Ranker], static_demos: list[Demonstration], pool: DemoPool) -> None:
+    def rank(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> None:
         gens = self.generations()
         demos = select_demonstrations(
             static_demos, pool, self.cfg.ranker.num_static_demos, self.cfg.ranker.num_dynamic_demos
@@ -139,7 +140,8 @@ class Round:
                 if len(g.responses) < 2:
                     result = RankResult(g.prompt_id, None, reason="fewer than 2 distinct responses")
                 else:
-                    result = ranker().rank(self.by_id[g.prompt_id], g.responses, demos)
+                    assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
+                    result = ranker.rank(self.by_id[g.prompt_id], g.responses, demos)
                 append_jsonl(self.rd.rankings, result.to_json())  # persisted before anything else
                 self.reporter.advance()
             results = self.rankings()
@@ -289,8 +291,8 @@ def iterate(
 ) -> list[dict[str, Any]]:
     """Run (or resume) ``cfg.rounds`` rounds of CycleAlign; returns every round's metrics line.
 
-    Resources are opened only when a pending phase needs them: the policy for generation,
-    the ranker (and the embedded server) for ranking.
+    The policy is loaded only when a generation phase is pending; the ranker (and the
+    embedded server) is opened first of all while any ranking phase is pending.
 
     Raises:
         CycleAlignError subclasses: bad config, data, templates, run directory, or ranker key.
@@ -308,17 +310,17 @@ def iterate(
     model_dir = resolve_model_dir(cfg.model)
 
     with contextlib.ExitStack() as stack:
+        # The ranker is opened up front (a bad key fails before any generation work) unless
+        # every remaining round has already finished its ranking phase.
+        ranker = None
+        if any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
+            ranker = stack.enter_context(open_ranker(cfg, run, environ))
         cache: dict[str, Any] = {}
 
         def policy() -> TransformersPolicy:
             if "policy" not in cache:
                 cache["policy"] = TransformersPolicy(model_dir, cfg.model, cfg.generation)
             return cache["policy"]
-
-        def ranker() -> Ranker:
-            if "ranker" not in cache:
-                cache["ranker"] = stack.enter_context(open_ranker(cfg, run, environ))
-            return cache["ranker"]
 
         for index in range(cfg.rounds):
             rd = run.round(index)

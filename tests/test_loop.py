@@ -1,0 +1,152 @@
+"""Whole rounds on the real SmolLM2 policy against a real local HTTP ranker (scripted replies)."""
+
+import json
+import re
+
+import pytest
+
+from cyclealign.config import build_config
+from cyclealign.loop import NullReporter, iterate
+from cyclealign.rundir import RunDir, read_jsonl
+from scripted_api import ScriptedAPI
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-test-DO-NOT-LEAK-1234"
+
+
+def reverse_ranker(request):
+    """Ranks responses last-shown-first; answers the preflight ping with anything."""
+    text = request["messages"][-1]["content"]
+    n = len(re.findall(r'<response id="\d+">', text))
+    if n == 0:
+        return "pong"
+    return " > ".join(f"[{i}]" for i in range(n, 0, -1))
+
+
+def ranking_requests(api):
+    return [r for r in api.requests if "<response id=" in r["messages"][-1]["content"]]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    p = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def make_config(tmp_path, prompts_file, api, **extra):
+    return build_config(
+        **{
+            "run_dir": tmp_path / "run",
+            "prompts": prompts_file,
+            "rounds": 2,
+            "prompts_per_round": 2,
+            "generation.num_samples": 3,
+            "generation.max_new_tokens": 8,
+            "agreement.min_length": 1,
+            "ranker.base_url": api.base_url,
+            "ranker.model": "scripted",
+            **extra,
+        }
+    )
+
+
+def test_two_rounds_end_to_end(tmp_path, prompts_file):
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api)
+        metrics = iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+    assert [m["round"] for m in metrics] == [0, 1]
+    run = RunDir(cfg.run_dir)
+    for m in metrics:
+        assert m["ranked"] + m["unranked"] == 2
+        assert 0.0 <= m["agreement_rate"] <= 1.0 and -1.0 <= m["kendall_tau"] <= 1.0
+        assert m["tokens_sent"] > 0 and m["train_loss"] == m["train_loss"]  # not NaN
+        assert set(m["phase_s"]) == {"generate", "rank", "agreement", "train"}
+    for k in (0, 1):
+        rd = run.round(k)
+        assert (rd.adapter / "adapter_config.json").is_file()
+        agree = read_jsonl(rd.agreement)
+        for row in agree:
+            # the black box ranked last-shown-first, exactly as scripted
+            assert row["blackbox"] == list(range(row["n"] - 1, -1, -1))
+    # Round 0's agreed examples joined the pool (threshold 1) and round 1's ranker calls show them:
+    # system + 4 static demos (2 turns each) + query = 10 messages in round 0, 4 more in round 1.
+    reqs = ranking_requests(api)
+    assert [len(r["messages"]) for r in reqs[:2]] == [10, 10]
+    pool_after_0 = read_jsonl(run.round(0).demo_pool)
+    assert len(pool_after_0) == 2
+    assert all(len(r["messages"]) == 10 + 2 * 2 for r in reqs[2:])
+    dynamic_turns = reqs[2]["messages"][9]["content"] + reqs[2]["messages"][11]["content"]
+    assert all(d["query"] in dynamic_turns for d in pool_after_0)
+    # metrics.jsonl holds one line per round; the saved config holds no key.
+    assert [json.loads(line)["round"] for line in run.metrics.read_text().splitlines()] == [0, 1]
+    for f in cfg.run_dir.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+class CrashAfter(NullReporter):
+    """Simulates a crash: raises once the given phase of the given round has been persisted,
+    or, with ``advances=k``, at the k-th progress step of that phase."""
+
+    def __init__(self, round_index, phase, advances=None):
+        self.round_index, self.phase, self.advances = round_index, phase, advances
+        self.current = None
+
+    def phase_start(self, round_index, phase, total):
+        self.current = (round_index, phase)
+
+    def advance(self, n=1):
+        if self.advances is not None and n > 0 and self.current == (self.round_index, self.phase):
+            self.advances -= n
+            if self.advances <= 0:
+                raise KeyboardInterrupt("simulated crash mid-phase")
+
+    def phase_end(self, round_index, phase, info):
+        if self.advances is None and (round_index, phase) == (self.round_index, self.phase):
+            raise KeyboardInterrupt("simulated crash between phases")
+
+
+def test_resume_after_crash_between_phases_redoes_nothing(tmp_path, prompts_file):
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api)
+        with pytest.raises(KeyboardInterrupt):
+            iterate(cfg, environ={"OPENAI_API_KEY": KEY}, reporter=CrashAfter(0, "rank"))
+        run = RunDir(cfg.run_dir)
+        assert run.round(0).is_done("rank") and not run.round(0).is_done("agreement")
+        gen_mtime = run.round(0).generations.stat().st_mtime_ns
+        ranked_before = read_jsonl(run.round(0).rankings)
+        first_requests = len(ranking_requests(api))
+        assert first_requests == 2
+
+        metrics = iterate(cfg, resume=True, environ={"OPENAI_API_KEY": KEY})
+    assert [m["round"] for m in metrics] == [0, 1]
+    assert run.round(0).generations.stat().st_mtime_ns == gen_mtime  # not regenerated
+    assert read_jsonl(run.round(0).rankings) == ranked_before  # not re-ranked
+    # Only round 1's two prompts were sent after the resume.
+    assert len(ranking_requests(api)) == first_requests + 2
+
+
+def test_resume_mid_ranking_sends_only_missing_prompts(tmp_path, prompts_file):
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api, rounds=1)
+        with pytest.raises(KeyboardInterrupt):
+            iterate(cfg, environ={"OPENAI_API_KEY": KEY}, reporter=CrashAfter(0, "rank", advances=1))
+        run = RunDir(cfg.run_dir)
+        assert len(read_jsonl(run.round(0).rankings)) == 1 and not run.round(0).is_done("rank")
+        iterate(cfg, resume=True, environ={"OPENAI_API_KEY": KEY})
+    sent = [r["messages"][-1]["content"] for r in ranking_requests(api)]
+    assert len(sent) == 2 and sent[0] != sent[1]  # each prompt ranked exactly once
+    assert run.round(0).is_done("metrics")
+
+
+def test_missing_key_fails_before_generation(tmp_path, prompts_file):
+    from cyclealign.errors import RankerError
+
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api)
+        with pytest.raises(RankerError, match="OPENAI_API_KEY"):
+            iterate(cfg, environ={})
+    assert not RunDir(cfg.run_dir).round(0).generations.exists()

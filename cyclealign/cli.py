@@ -118,9 +118,12 @@ def iterate(
     from cyclealign.loop import iterate as run_iterate
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # rich draws the progress
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     try:
         flags = _config_overrides(ctx, config)
         cfg = build_config(**flags)

@@ -68,6 +68,11 @@ class RankerConfig(_Section):
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(4, ge=0, description="Retries (tenacity, exponential backoff) on transport errors.")
     max_reasks: int = Field(2, ge=0, description="Correction re-asks after an unparsable reply, then unranked.")
+    complete_missing_last: bool | None = Field(
+        None,
+        description="Accept a reply ranking N-1 responses as complete, the missing one last. "
+        "None = on for the embedded 135M ranker (which often stops one label short), off for an external API.",
+    )
     templates_dir: Path | None = Field(None, description="Folder of ranker templates; None = shipped prompts/.")
     demos_path: Path | None = Field(None, description="Static demonstrations JSONL; None = shipped demos/ranking.jsonl.")
     num_static_demos: int = Field(4, ge=0, description="Static demonstrations per ranker call.")
@@ -126,6 +131,8 @@ class Config(_Section):
                 f"ranker.max_tokens={self.ranker.max_tokens} is too small for a ranking of "
                 f"generation.num_samples={n} responses (needs about 6 tokens per label: >= {6 * n})"
             )
+        if self.ranker.complete_missing_last is None:
+            self.ranker.complete_missing_last = self.ranker.base_url is None
         if self.ranker.base_url is not None and self.ranker.model is None:
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")
         return self

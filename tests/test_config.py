@@ -36,3 +36,11 @@ def test_config_file_roundtrip_and_unknown_field(tmp_path):
 
 def test_saved_config_holds_no_secret_field():
     assert "key" not in json.dumps(json.loads(build_config().to_json())["ranker"]).replace("api_key_env", "")
+
+
+def test_complete_missing_last_defaults_on_only_for_the_embedded_ranker():
+    assert build_config().ranker.complete_missing_last is True
+    external = build_config(**{"ranker.base_url": "http://127.0.0.1:1/v1", "ranker.model": "m"})
+    assert external.ranker.complete_missing_last is False
+    forced = build_config(**{"ranker.base_url": "http://127.0.0.1:1/v1", "ranker.model": "m", "ranker.complete_missing_last": True})
+    assert forced.ranker.complete_missing_last is True

@@ -320,3 +320,11 @@ def test_query_template_must_show_the_responses(tmp_path):
     (folder / "ranker_user.jinja").write_text("{{ query }}\nRank {{ n }} responses.")
     with pytest.raises(TemplateError, match=r"ranker_user\.jinja: template does not use the required variables resp"):
         RankerTemplates(folder)
+
+
+def test_complete_missing_last_accepts_a_top_n_minus_1_reply(templates):
+    with ScriptedAPI(["[3] > [1] > [4]", "[3] > [1] > [4]"]) as api:
+        strict = make_ranker(api, templates, max_reasks=0).rank(PROMPT, RESPONSES, [])
+        lenient = make_ranker(api, templates, max_reasks=0, complete_missing_last=True).rank(PROMPT, RESPONSES, [])
+    assert strict.ranking is None and "missing label [2]" in strict.reason
+    assert lenient.ranking == [2, 0, 3, 1]

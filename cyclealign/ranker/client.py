@@ -248,7 +248,7 @@ class Ranker:
                 try:
                     if not reply.strip():
                         raise RankingParseError("empty reply")
-                    result.ranking = parse_ranking(reply, n)
+                    result.ranking = parse_ranking(reply, n, complete_last=bool(self.cfg.complete_missing_last))
                     return result
                 except RankingParseError as e:
                     reason = e.reason

@@ -34,7 +34,7 @@ def _labels(labels: list[int]) -> str:
     return ", ".join(f"[{x}]" for x in labels)
 
 
-def parse_ranking(reply: str, n: int) -> list[int]:
+def parse_ranking(reply: str, n: int, complete_last: bool = False) -> list[int]:
     """The 0-based ranking (best first) in ``reply``, a ranking of ``n`` responses labelled ``[1]..[n]``.
 
     Finds every chain of bracketed labels joined by ``>``; text around the chain is ignored.
@@ -43,6 +43,9 @@ def parse_ranking(reply: str, n: int) -> list[int]:
     Args:
         reply: the raw reply text of the ranker model.
         n: number of responses shown (``>= 2``).
+        complete_last: accept a chain of ``n - 1`` distinct in-range labels as the full
+            ranking with the one missing label last (a top-(n-1) list fixes the whole order).
+            Off by default: the strict reading.
 
     Returns:
         A permutation of ``range(n)``, best first.
@@ -71,6 +74,10 @@ def parse_ranking(reply: str, n: int) -> list[int]:
     ambiguous: 2 different rankings ([1] > [2] > [3]; [2] > [1] > [3])
     >>> why("Response 2 is best.", 3)
     no ranking found
+    >>> parse_ranking("[3] > [1] > [4]", 4, complete_last=True)
+    [2, 0, 3, 1]
+    >>> why("[3] > [1]", 4)
+    missing labels [2], [4]
     """
     if n < 2:
         raise ValueError(f"parse_ranking needs n >= 2 responses, got n={n}")
@@ -96,6 +103,8 @@ def parse_ranking(reply: str, n: int) -> list[int]:
         word = "label" if len(duplicated) == 1 else "labels"
         problems.append(f"duplicated {word} {_labels(duplicated)}")
     missing = [x for x in range(1, n + 1) if x not in chain]
+    if complete_last and not problems and len(missing) == 1:
+        return [x - 1 for x in chain + missing]
     if missing:
         word = "label" if len(missing) == 1 else "labels"
         problems.append(f"missing {word} {_labels(missing)}")

@@ -92,7 +92,17 @@ class AgreementConfig(_Section):
 class TrainConfig(_Section):
     """Ranking fine-tuning with TRL + PEFT LoRA (step 5)."""
 
-    loss: Literal["pro"] = Field("pro", description="Listwise ranking loss (PRO, Song et al. 2023).")
+    loss: Literal["pro", "rrhf", "dpo-pl", "lipo"] = Field(
+        "pro",
+        description="Ranking loss: pro (Song et al. 2023), rrhf (Yuan et al. 2023), "
+        "dpo-pl (Rafailov et al. 2023, A.3), lipo (LiPO-lambda, Liu et al. 2024).",
+    )
+    beta: float = Field(0.1, gt=0, description="Implicit-reward scale of dpo-pl and lipo.")
+    reference: Literal["initial", "previous"] = Field(
+        "initial",
+        description="Reference policy of dpo-pl and lipo: the initial policy (LoRA disabled) or the "
+        "previous round's policy (the adapter as this round's training starts).",
+    )
     pro_temperature: float = Field(1.0, gt=0, description="PRO: scores are divided by this before the softmax.")
     sft_weight: float = Field(0.1, ge=0, description="Weight of the SFT (NLL) term on the top response.")
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")

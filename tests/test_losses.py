@@ -51,3 +51,53 @@ def pytest_approx(x):
     import pytest
 
     return pytest.approx(x, rel=1e-5, abs=1e-6)
+
+
+def test_rrhf_loss_matches_hand_computation_with_mask():
+    from cyclealign.train.losses import rrhf_loss
+
+    s = torch.tensor([[-1.0, -0.4, -0.7, 9.0]])  # last is padding
+    mask = torch.tensor([[True, True, True, False]])
+    # pairs (better, worse): (0,1): max(0,-0.4+1)=0.6; (0,2): 0.3; (1,2): max(0,-0.7+0.4)=0
+    assert float(rrhf_loss(s, mask)[0]) == pytest_approx(0.9)
+
+
+def test_dpo_pl_loss_is_dpo_for_pairs_and_pl_for_lists():
+    from cyclealign.train.losses import dpo_pl_loss, implicit_rewards
+
+    pol = torch.tensor([[-10.0, -12.0, -11.0]])
+    ref = torch.tensor([[-11.0, -11.0, -11.0]])
+    r = implicit_rewards(pol, ref, beta=0.1)  # [0.1, -0.1, 0.0]
+    e = [math.exp(x) for x in (0.1, -0.1, 0.0)]
+    expected = -math.log(e[0] / sum(e)) - math.log(e[1] / (e[1] + e[2]))
+    assert float(dpo_pl_loss(r)[0]) == pytest_approx(expected)
+    # K = 2: the DPO loss -log sigmoid(r_w - r_l)
+    pair = r[:, :2]
+    assert float(dpo_pl_loss(pair)[0]) == pytest_approx(-math.log(1 / (1 + math.exp(-(0.1 - -0.1)))))
+
+
+def test_lipo_lambda_loss_matches_hand_computation():
+    from cyclealign.train.losses import lipo_lambda_loss
+
+    r = [0.2, 0.5, -0.1]  # label order: 0 best
+    n = len(r)
+    psi = [(n - 1 - k) / (n - 1) for k in range(n)]
+    gain = [2**p - 1 for p in psi]
+    order = sorted(range(n), key=lambda i: -r[i])
+    tau = {i: order.index(i) + 1 for i in range(n)}
+    inv_d = {i: 1 / math.log2(1 + tau[i]) for i in range(n)}
+    expected = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            delta = abs(gain[i] - gain[j]) * abs(inv_d[i] - inv_d[j])
+            expected -= delta * math.log(1 / (1 + math.exp(-(r[i] - r[j]))))
+    got = lipo_lambda_loss(torch.tensor([r + [3.0]]), torch.tensor([[True, True, True, False]]))
+    assert float(got[0]) == pytest_approx(expected)
+
+
+def test_all_losses_lower_for_the_labelled_order():
+    from cyclealign.train.losses import dpo_pl_loss, lipo_lambda_loss, rrhf_loss
+
+    good, bad = torch.tensor([[0.5, 0.0, -0.5]]), torch.tensor([[-0.5, 0.0, 0.5]])
+    for loss in (pro_loss, rrhf_loss, dpo_pl_loss, lipo_lambda_loss):
+        assert float(loss(good)[0]) < float(loss(bad)[0]), loss.__name__

@@ -1,44 +1,157 @@
 """Ranking losses as pure tensor functions.
 
-Scores are length-normalised log-likelihoods (mean token log-prob of each response
-given the prompt), ordered **best first** by the label ranking.
+Every loss takes per-response scores in **label order, best first**, as ``[batch, N]`` with a
+``[batch, N]`` bool mask of real responses (lists shorter than N are right-padded), and returns
+``[batch]`` losses in nats. Which score each loss uses:
+
+- PRO and RRHF: the length-normalised log-likelihood (mean token log-prob) of each response;
+- DPO-PL and LiPO: the implicit reward ``beta * (log pi(y|x) - log pi_ref(y|x))`` from
+  sequence (summed) log-probs, see :func:`implicit_rewards`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def pro_loss(scores: torch.Tensor, mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
-    """Preference Ranking Optimization loss: the Plackett-Luce negative log-likelihood of the ranking.
+def _full_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
 
-    Song et al. 2023, "Preference Ranking Optimization for Human Alignment" (arXiv 2306.17492),
-    Eq. 7 without the reward-dependent temperature::
 
-        L = - sum_{k=1}^{n-1} log( exp(s_k / T) / sum_{i=k}^{n} exp(s_i / T) )
+def plackett_luce_nll(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the label ranking under the Plackett-Luce model.
 
-    where ``s_1 .. s_n`` are the scores in label order (best first) and ``T`` the temperature.
+    ``L = - sum_{k=1}^{n-1} log( exp(s_k) / sum_{i=k}^{n} exp(s_i) )`` for scores ``s_1..s_n``
+    in label order (Plackett 1975; Luce 1959).
 
     Args:
-        scores: ``[batch, N]`` scores in label order, best first.
-        mask: ``[batch, N]`` bool, True on real responses (lists shorter than N are
-            right-padded); ``None`` = all real. Each list needs >= 2 real responses.
-        temperature: ``T > 0``.
+        scores: ``[batch, N]`` in label order, best first.
+        mask: ``[batch, N]`` True on real responses; ``None`` = all real.
     Returns:
-        ``[batch]`` loss per list (nats).
+        ``[batch]`` nats.
 
-    >>> s = torch.tensor([[0.0, 0.0, 0.0]])
-    >>> round(float(pro_loss(s)[0]), 4)  # log 3 + log 2
+    >>> round(float(plackett_luce_nll(torch.tensor([[0.0, 0.0, 0.0]]))[0]), 4)  # log 3 + log 2
     1.7918
     """
-    if mask is None:
-        mask = torch.ones_like(scores, dtype=torch.bool)
-    z = (scores / temperature).masked_fill(~mask, float("-inf"))  # [B, N]
+    mask = _full_mask(scores, mask)
+    z = scores.masked_fill(~mask, float("-inf"))  # [B, N]
     # Denominator of step k: logsumexp over positions k..n (a reversed cumulative logsumexp).
     tail = torch.logcumsumexp(z.flip(-1), dim=-1).flip(-1)  # [B, N]
     step = (tail - z).masked_fill(~mask, 0.0)  # -log P(pick k among k..n)
     # The last real position contributes log(1) = 0, so summing over all real ones is exact.
     return step.sum(-1)
+
+
+def pro_loss(scores: torch.Tensor, mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Preference Ranking Optimization: Plackett-Luce over length-normalised log-likelihoods.
+
+    Song et al. 2023, "Preference Ranking Optimization for Human Alignment" (arXiv 2306.17492),
+    Eq. 7 with a fixed temperature ``T`` in place of the reward-dependent one::
+
+        L = - sum_{k=1}^{n-1} log( exp(s_k / T) / sum_{i=k}^{n} exp(s_i / T) )
+
+    Args:
+        scores: ``[batch, N]`` mean token log-probs in label order, best first.
+        mask: ``[batch, N]`` True on real responses; each list needs >= 2.
+        temperature: ``T > 0``.
+    Returns:
+        ``[batch]`` nats.
+    """
+    return plackett_luce_nll(scores / temperature, mask)
+
+
+def rrhf_loss(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RRHF ranking loss: a hinge on every mis-ordered pair of length-normalised log-likelihoods.
+
+    Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback"
+    (arXiv 2304.05302), Eq. 2: ``L_rank = sum_{r_i < r_j} max(0, p_i - p_j)``, where response
+    ``j`` is preferred to ``i``. In label order (``k < l`` means ``k`` is better) that is
+    ``sum_{k<l} max(0, s_l - s_k)``.
+
+    Args:
+        scores: ``[batch, N]`` mean token log-probs in label order, best first.
+        mask: ``[batch, N]`` True on real responses.
+    Returns:
+        ``[batch]`` nats.
+
+    >>> float(rrhf_loss(torch.tensor([[-1.0, -0.5, -2.0]]))[0])  # only (1st, 2nd) is mis-ordered
+    0.5
+    """
+    mask = _full_mask(scores, mask)
+    diff = scores.unsqueeze(-2) - scores.unsqueeze(-1)  # [B, N, N]: diff[k, l] = s_l - s_k
+    n = scores.shape[-1]
+    better_first = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)  # k < l
+    pair = better_first & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    return (diff.clamp(min=0) * pair).sum((-1, -2))
+
+
+def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward ``beta * (log pi(y|x) - log pi_ref(y|x))`` (Rafailov et al. 2023, Eq. 5).
+
+    Args:
+        policy_logps, ref_logps: ``[batch, N]`` sequence (summed) log-probs of each response.
+    Returns:
+        ``[batch, N]`` rewards (nats, scaled by ``beta``).
+    """
+    return beta * (policy_logps - ref_logps)
+
+
+def dpo_pl_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """DPO for rankings: the Plackett-Luce NLL of the label ranking over implicit rewards.
+
+    Rafailov et al. 2023, "Direct Preference Optimization" (arXiv 2305.18290), Appendix A.3,
+    Eq. 18: ``L = - log prod_{k=1}^{K} exp(r(y_k)) / sum_{j=k}^{K} exp(r(y_j))``, with
+    ``r = beta log(pi / pi_ref)`` from :func:`implicit_rewards`. For K = 2 it is the DPO loss.
+
+    >>> r = torch.tensor([[0.3, -0.2]])
+    >>> round(float(dpo_pl_loss(r)[0]), 6) == round(-math.log(1 / (1 + math.exp(-0.5))), 6)
+    True
+    """
+    return plackett_luce_nll(rewards, mask)
+
+
+def lipo_lambda_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """LiPO-lambda: lambda-weighted pairwise logistic loss over implicit rewards.
+
+    Liu et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank"
+    (arXiv 2402.01878), Eq. 6 with the LambdaLoss weight of Eq. 7::
+
+        L = - sum_{psi_i > psi_j} Delta_ij * log sigmoid(s_i - s_j)
+        Delta_ij = |G_i - G_j| * |1 / D(tau(i)) - 1 / D(tau(j))|
+
+    with ``s`` the implicit rewards, gains ``G_i = 2^{psi_i} - 1``, discounts
+    ``D(tau) = log2(1 + tau)``, and ``tau(i)`` the 1-based rank of response ``i`` when sorted
+    by ``s`` (descending; the weights take no gradient). A ranking carries no graded labels, so
+    the label of the response at label position ``k`` (0-based) of a list of ``n`` is
+    ``psi = (n - 1 - k) / (n - 1)``, in [0, 1] like the paper's normalised rewards.
+
+    Args:
+        rewards: ``[batch, N]`` implicit rewards in label order, best first.
+        mask: ``[batch, N]`` True on real responses.
+    Returns:
+        ``[batch]`` nats.
+    """
+    mask = _full_mask(rewards, mask)
+    n_real = mask.sum(-1, keepdim=True).clamp(min=2).to(rewards.dtype)  # [B, 1]
+    pos = torch.arange(rewards.shape[-1], device=rewards.device, dtype=rewards.dtype).expand_as(rewards)
+    psi = ((n_real - 1 - pos) / (n_real - 1)).masked_fill(~mask, 0.0)  # [B, N]
+    gain = torch.pow(2.0, psi) - 1
+    with torch.no_grad():
+        s = rewards.masked_fill(~mask, float("-inf"))
+        order = s.argsort(dim=-1, descending=True, stable=True)
+        tau = torch.empty_like(order)
+        tau.scatter_(-1, order, torch.arange(1, rewards.shape[-1] + 1, device=rewards.device).expand_as(order))
+        inv_discount = 1.0 / torch.log2(1.0 + tau.to(rewards.dtype))  # [B, N]
+        delta = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (
+            inv_discount.unsqueeze(-1) - inv_discount.unsqueeze(-2)
+        ).abs()  # [B, N, N]
+    n = rewards.shape[-1]
+    better_first = torch.ones(n, n, dtype=torch.bool, device=rewards.device).triu(1)  # i < j: psi_i > psi_j
+    pair = better_first & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    logistic = torch.nn.functional.logsigmoid(rewards.unsqueeze(-1) - rewards.unsqueeze(-2))  # [B, N, N]
+    return -(delta * logistic * pair).sum((-1, -2))
 
 
 def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,3 +165,5 @@ def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     mask = mask.to(token_logp.dtype)
     return -(token_logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+

@@ -26,7 +26,10 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from cyclealign.config import TrainConfig
 from cyclealign.logprobs import response_logprobs
-from cyclealign.train.losses import pro_loss, sft_loss
+from cyclealign.train.losses import dpo_pl_loss, implicit_rewards, lipo_lambda_loss, pro_loss, rrhf_loss, sft_loss
+
+REFERENCE_LOSSES = ("dpo-pl", "lipo")
+"""Losses over implicit rewards, which need the reference model's log-probs."""
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,11 @@ class RankingConfig(_BaseConfig):
     """TRL trainer configuration for ranking fine-tuning (fields beyond ``TrainingArguments``).
 
     Parameters:
-        ranking_loss (`str`, defaults to `"pro"`): listwise loss; `"pro"` = Plackett-Luce
-            (Song et al. 2023).
+        ranking_loss (`str`, defaults to `"pro"`): `"pro"` (Plackett-Luce over length-normalised
+            log-likelihoods, Song et al. 2023), `"rrhf"` (pairwise hinge, Yuan et al. 2023),
+            `"dpo-pl"` (Plackett-Luce over implicit rewards, Rafailov et al. 2023 A.3) or
+            `"lipo"` (LiPO-lambda, Liu et al. 2024).
+        beta (`float`, defaults to `0.1`): implicit-reward scale of `"dpo-pl"` and `"lipo"`.
         pro_temperature (`float`, defaults to `1.0`): PRO scores are divided by it.
         sft_weight (`float`, defaults to `0.1`): weight of the NLL term on the top response.
         max_length (`int`, defaults to `512`): prompt + response tokens kept per sequence
@@ -58,7 +64,8 @@ class RankingConfig(_BaseConfig):
         pad_token_id (`int`, defaults to `0`): id used to pad sequences.
     """
 
-    ranking_loss: str = field(default="pro", metadata={"help": "Listwise ranking loss: 'pro'."})
+    ranking_loss: str = field(default="pro", metadata={"help": "Ranking loss: pro, rrhf, dpo-pl, lipo."})
+    beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale (dpo-pl, lipo)."})
     pro_temperature: float = field(default=1.0, metadata={"help": "PRO softmax temperature."})
     sft_weight: float = field(default=0.1, metadata={"help": "Weight of the SFT term on the top response."})
     max_length: int = field(default=512, metadata={"help": "Max prompt + response tokens per sequence."})
@@ -77,7 +84,8 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
             best first).
     Returns:
         ``input_ids`` / ``attention_mask`` / ``response_mask``: ``[sum N_b, seq]``;
-        ``list_sizes``: ``[batch]`` number of responses of each list (in order).
+        ``list_sizes``: ``[batch]`` number of responses of each list (in order);
+        ``ref_logps``: ``[sum N_b]`` reference sequence log-probs, when the examples carry them.
     """
     rows: list[tuple[list[int], int]] = []  # (ids, prompt length)
     sizes = []
@@ -95,21 +103,25 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
         resp_mask[r, plen : len(ids)] = 1
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention,
         "response_mask": resp_mask,
         "list_sizes": torch.tensor(sizes, dtype=torch.long),
     }
+    if all(ex.get("ref_logps") is not None for ex in examples):
+        batch["ref_logps"] = torch.tensor([x for ex in examples for x in ex["ref_logps"]], dtype=torch.float32)
+    return batch
 
 
 class RankingTrainer(_BaseTrainer):
     """Listwise ranking trainer: one forward pass over the ``[N, seq]`` batch of each list.
 
-    Loss per list: ``pro_loss(scores) + sft_weight * sft_loss(top response)``, where
-    ``scores[k]`` is response k's mean token log-prob (label order). Logged per step:
-    ``loss``, ``ranking_loss``, ``sft_loss``, ``ranking_accuracy`` (fraction of lists whose
-    log-likelihood order equals the label exactly).
+    Loss per list: ``ranking_loss(scores) + sft_weight * sft_loss(top response)``, where
+    ``scores[k]`` is response k's mean token log-prob (PRO, RRHF) or implicit reward (DPO-PL,
+    LiPO; the examples then carry ``ref_logps``), in label order. Logged per step: ``loss``,
+    ``ranking_loss``, ``sft_loss``, ``ranking_accuracy`` (fraction of lists whose
+    log-likelihood order equals the label exactly), ``grad_norm``, ``tokens_per_s``.
     """
 
     _tag_names = ["trl", "cyclealign", "ranking"]
@@ -122,42 +134,67 @@ class RankingTrainer(_BaseTrainer):
             kwargs["data_collator"] = lambda exs: collate_lists(exs, args_.pad_token_id, args_.max_length)
         super().__init__(*args, **kwargs)
         self._step_metrics: dict[str, list[float]] = {"ranking_loss": [], "sft_loss": [], "ranking_accuracy": []}
+        self._tokens = 0
+        self._last_log = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg: RankingConfig = self.args
         logp = response_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         mask = inputs["response_mask"][:, 1:]  # [R, T-1], aligned with logp
-        scores = (logp.sum(-1) / mask.sum(-1).clamp(min=1))  # [R] mean log-prob per response
+        seq_logp = logp.sum(-1)  # [R] sequence log-prob
+        mean_logp = seq_logp / mask.sum(-1).clamp(min=1)  # [R] length-normalised
+        if cfg.ranking_loss in REFERENCE_LOSSES:
+            scores = implicit_rewards(seq_logp, inputs["ref_logps"].to(seq_logp.dtype), cfg.beta)
+        else:
+            scores = mean_logp
         sizes = inputs["list_sizes"].tolist()
-        width = max(sizes)
-        padded = scores.new_zeros((len(sizes), width))
-        valid = torch.zeros((len(sizes), width), dtype=torch.bool, device=scores.device)
-        tops = []
-        start = 0
-        for b, n in enumerate(sizes):
-            padded[b, :n] = scores[start : start + n]
-            valid[b, :n] = True
-            tops.append(start)
-            start += n
-        rank = pro_loss(padded, valid, cfg.pro_temperature)  # [B]
+        index = torch.tensor(
+            [[start + k if k < n else start for k in range(max(sizes))] for start, n in zip(_starts(sizes), sizes)],
+            device=scores.device,
+        )  # [B, N] row of each list position (padding points at the list's first row)
+        valid = torch.tensor([[k < n for k in range(max(sizes))] for n in sizes], device=scores.device)
+        padded = scores[index]  # [B, N]
+        rank = RANKING_LOSSES[cfg.ranking_loss](padded, valid, cfg)  # [B]
+        tops = index[:, 0]
         sft = sft_loss(logp[tops], mask[tops])  # [B]
         loss = (rank + cfg.sft_weight * sft).mean()
         with torch.no_grad():
-            acc = [
-                float(all(padded[b, k] >= padded[b, k + 1] for k in range(n - 1))) for b, n in enumerate(sizes)
-            ]
+            ll = mean_logp[index]
+            ordered = ((ll[:, :-1] >= ll[:, 1:]) | ~valid[:, 1:]).all(-1)  # [B]
         m = self._step_metrics
         m["ranking_loss"].append(float(rank.detach().mean()))
         m["sft_loss"].append(float(sft.detach().mean()))
-        m["ranking_accuracy"].append(sum(acc) / len(acc))
+        m["ranking_accuracy"].append(float(ordered.float().mean()))
+        self._tokens += int(inputs["attention_mask"].sum())
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        for key, values in self._step_metrics.items():
-            if values and "loss" in logs:
-                logs[key] = sum(values) / len(values)
-                values.clear()
+        if "loss" in logs:
+            for key, values in self._step_metrics.items():
+                if values:
+                    logs[key] = sum(values) / len(values)
+                    values.clear()
+            now = time.perf_counter()
+            logs["tokens_per_s"] = self._tokens / max(now - self._last_log, 1e-9)
+            self._tokens, self._last_log = 0, now
         super().log(logs, start_time)
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(start)
+        start += n
+    return out
+
+
+RANKING_LOSSES = {
+    "pro": lambda s, m, cfg: pro_loss(s, m, cfg.pro_temperature),
+    "rrhf": lambda s, m, cfg: rrhf_loss(s, m),
+    "dpo-pl": lambda s, m, cfg: dpo_pl_loss(s, m),
+    "lipo": lambda s, m, cfg: lipo_lambda_loss(s, m),
+}
+"""Ranking loss name -> ``(scores [B, N], mask [B, N], config) -> [B]``."""
 
 
 @dataclass
@@ -212,6 +249,40 @@ def load_trainable_policy(
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
 
 
+@torch.no_grad()
+def reference_logps(
+    model, rows: list[dict[str, Any]], cfg: TrainConfig, *, pad_token_id: int, device: torch.device
+) -> list[list[float]]:
+    """Sequence log-probs of every response under the reference model, computed once before training.
+
+    The reference is the policy as it enters this round's training: with
+    ``cfg.reference == "previous"`` that is the model as given (the previous round's adapter);
+    with ``"initial"`` the adapter is disabled, leaving the initial (base) policy. Precomputing
+    them (as TRL's ``precompute_ref_log_probs`` does) keeps one model in memory.
+
+    Returns:
+        One list per row: ``[N]`` summed log-probs (nats) of its responses, in row order.
+    """
+    import contextlib
+
+    was_training = model.training
+    model.eval()
+    out = []
+    ctx = model.disable_adapter() if cfg.reference == "initial" else contextlib.nullcontext()
+    with ctx:
+        for row in rows:
+            batch = collate_lists([row], pad_token_id, cfg.max_length)
+            logp = response_logprobs(
+                model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["response_mask"].to(device),
+            )  # [N, T-1]
+            out.append(logp.sum(-1).float().cpu().tolist())
+    model.train(was_training)
+    return out
+
+
 def train_round(
     model,
     examples: list[RankingExample],
@@ -237,7 +308,11 @@ def train_round(
     usable = [e for e in examples if len(e.responses_ids) >= 2]
     if not usable:
         raise ValueError("no ranking list with at least 2 responses to train on")
-    dataset = Dataset.from_list([{"prompt_ids": e.prompt_ids, "responses_ids": e.responses_ids} for e in usable])
+    rows: list[dict[str, Any]] = [{"prompt_ids": e.prompt_ids, "responses_ids": e.responses_ids} for e in usable]
+    if cfg.loss in REFERENCE_LOSSES:
+        for row, ref in zip(rows, reference_logps(model, rows, cfg, pad_token_id=pad_token_id, device=device)):
+            row["ref_logps"] = ref
+    dataset = Dataset.from_list(rows)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="train-", dir=out_dir.parent))
     args = RankingConfig(
@@ -253,6 +328,7 @@ def train_round(
         use_cpu=device.type == "cpu",
         disable_tqdm=True,
         ranking_loss=cfg.loss,
+        beta=cfg.beta,
         pro_temperature=cfg.pro_temperature,
         sft_weight=cfg.sft_weight,
         max_length=cfg.max_length,

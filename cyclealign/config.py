@@ -113,6 +113,9 @@ class TrainConfig(_Section):
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: str | list[str] = Field("all-linear", description="PEFT target_modules.")
+    merge: bool = Field(
+        False, description="Also save each round's policy with the adapter merged into the base (round_k/merged/)."
+    )
 
 
 class Config(_Section):

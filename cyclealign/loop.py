@@ -200,7 +200,7 @@ class Round:
 
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, model_dir: str, pad_token_id: int) -> None:
-        from cyclealign.train.trainer import RankingExample, load_trainable_policy, train_round
+        from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
 
         def body() -> dict[str, Any]:
             gens = {g.prompt_id: g for g in self.generations()}
@@ -225,9 +225,11 @@ class Round:
                 device=device,
                 callbacks=[_StepProgress(self.reporter)],
             )
+            if self.cfg.train.merge:
+                save_merged(model, model_dir, self.rd.merged)
             write_json(self.rd.train, asdict(stats))
             summary = {k: v for k, v in asdict(stats).items() if k not in ("log_history", "wall_s")}
-            return {"adapter": True, **summary}
+            return {"adapter": True, "merged": self.cfg.train.merge, **summary}
 
         self._timed("train", None, body)
 

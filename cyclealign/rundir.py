@@ -12,6 +12,7 @@ Layout of ``runs/<name>/``::
         agreement.jsonl         phase "agreement"
         demo_pool.jsonl         the dynamic demonstration pool after this round
         adapter/                phase "train": the PEFT LoRA adapter
+        merged/                 phase "train", with train.merge: base + adapter merged
         train.json              phase "train": training summary and per-step log
 
 Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
@@ -101,6 +102,7 @@ class RoundDir:
         self.agreement = path / "agreement.jsonl"
         self.demo_pool = path / "demo_pool.jsonl"
         self.adapter = path / "adapter"
+        self.merged = path / "merged"
         self.train = path / "train.json"
         self._manifest = path / "manifest.json"
 

@@ -106,3 +106,71 @@ def test_reference_previous_vs_initial(embedded_model_dir):
     with torch.no_grad():
         want = response_logprobs(base, b["input_ids"], b["attention_mask"], b["response_mask"]).sum(-1)
     assert torch.allclose(torch.tensor(initial[0]), want, atol=1e-4)
+
+
+HELD_IN = ["How do I water a cactus?", "What is a good name for a cat?", "How long should I nap?", "Which fruit has the most fiber?",
+           "How can I learn to juggle?", "What should I cook tonight?", "How do I clean a keyboard?", "Why do leaves change color?"]
+HELD_OUT = ["How do I fold a shirt?", "What is a fun weekend hobby?", "How can I stay focused?", "Which tea helps me relax?",
+            "How do I start running?", "What book should I read next?", "How do I fix a squeaky door?", "Why is the ocean salty?"]
+# Label order, best first: a terse "Answer:" format the base model finds unlikely, then the rest.
+STYLES = ["Answer: {x}", "{x} (end of answer)", "{x}", "Certainly, happy to help! {x}"]
+ANSWER = "It depends on a few details, so start small and adjust."
+
+
+def _style_rows(tok, questions):
+    rows = []
+    for q in questions:
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_dict=False)
+        resp = [tok(s.format(x=ANSWER), add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for s in STYLES]
+        rows.append({"prompt_ids": list(prompt), "responses_ids": resp})
+    return rows
+
+
+def _mean_tau(model, tok, rows):
+    from cyclealign.agreement import kendall_tau, ranking_from_scores
+    from cyclealign.train.trainer import list_logps
+
+    taus = []
+    for sums, lens in list_logps(model, rows, pad_token_id=tok.pad_token_id, max_length=512, device=torch.device("cpu")):
+        taus.append(kendall_tau(list(range(len(sums))), ranking_from_scores([s / n for s, n in zip(sums, lens)])))
+    return sum(taus) / len(taus)
+
+
+def test_pro_training_generalises_a_style_preference_to_held_out_prompts(embedded_model_dir, tmp_path):
+    """Trained on 8 prompts whose rankings prefer one style, the policy's own log-likelihood
+    ranking agrees with that preference more on 8 held-out prompts (mean Kendall tau)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    cfg = build_config(**{"train.learning_rate": 5e-4, "train.epochs": 2, "train.sft_weight": 0.0})
+    device = torch.device("cpu")
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.float32)
+    train_rows, eval_rows = _style_rows(tok, HELD_IN), _style_rows(tok, HELD_OUT)
+    before = _mean_tau(model, tok, eval_rows)
+    examples = [RankingExample(r["prompt_ids"], r["responses_ids"]) for r in train_rows]
+    train_round(model, examples, cfg.train, pad_token_id=tok.pad_token_id, out_dir=tmp_path / "a", seed=0, device=device)
+    after = _mean_tau(model, tok, eval_rows)
+    print(f"held-out mean Kendall tau vs label: before={before:.3f} after={after:.3f}")
+    assert after > before + 0.2, (before, after)
+
+
+def test_save_merged_gives_a_plain_checkpoint_equal_to_the_adapter_policy(embedded_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cyclealign.train.trainer import save_merged
+
+    cfg = build_config().train
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.02)
+    ids = torch.tensor([[1, 9690, 198, 2683, 359]])
+    model.eval()
+    with torch.no_grad():
+        want = model(ids).logits
+    out = save_merged(model, str(embedded_model_dir), tmp_path / "merged")
+    assert not (out / "adapter_config.json").exists() and (out / "tokenizer.json").is_file()
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, want, atol=1e-3)

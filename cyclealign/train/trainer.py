@@ -249,7 +249,56 @@ def load_trainable_policy(
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
 
 
+def save_merged(model, tokenizer_dir: str, out_dir: Path) -> Path:
+    """Save the policy with its LoRA adapter merged into the base weights, atomically.
+
+    ``model`` (a PEFT model) is merged in place and must not be trained afterwards. The folder
+    holds a plain transformers checkpoint (config, safetensors, tokenizer from ``tokenizer_dir``)
+    that any transformers or vLLM loader takes without PEFT.
+    """
+    from transformers import AutoTokenizer
+
+    merged = model.merge_and_unload()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="merged-", dir=out_dir.parent))
+    try:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 @torch.no_grad()
+def list_logps(
+    model, rows: list[dict[str, Any]], *, pad_token_id: int, max_length: int, device: torch.device
+) -> list[tuple[list[float], list[int]]]:
+    """Sequence log-probs and lengths of every response of every ranking list, one forward pass per list.
+
+    Args:
+        rows: dicts with ``prompt_ids`` and ``responses_ids`` (as :func:`collate_lists` takes).
+    Returns:
+        Per row: (``[N]`` summed log-probs in nats, ``[N]`` response lengths in tokens).
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    for row in rows:
+        batch = collate_lists([row], pad_token_id, max_length)
+        logp = response_logprobs(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["response_mask"].to(device),
+        )  # [N, T-1]
+        out.append((logp.sum(-1).float().cpu().tolist(), batch["response_mask"].sum(-1).tolist()))
+    model.train(was_training)
+    return out
+
+
 def reference_logps(
     model, rows: list[dict[str, Any]], cfg: TrainConfig, *, pad_token_id: int, device: torch.device
 ) -> list[list[float]]:
@@ -265,22 +314,10 @@ def reference_logps(
     """
     import contextlib
 
-    was_training = model.training
-    model.eval()
-    out = []
     ctx = model.disable_adapter() if cfg.reference == "initial" else contextlib.nullcontext()
     with ctx:
-        for row in rows:
-            batch = collate_lists([row], pad_token_id, cfg.max_length)
-            logp = response_logprobs(
-                model,
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                batch["response_mask"].to(device),
-            )  # [N, T-1]
-            out.append(logp.sum(-1).float().cpu().tolist())
-    model.train(was_training)
-    return out
+        scored = list_logps(model, rows, pad_token_id=pad_token_id, max_length=cfg.max_length, device=device)
+    return [sums for sums, _ in scored]
 
 
 def train_round(

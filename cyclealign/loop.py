@@ -22,6 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from transformers import TrainerCallback
+
 from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
 from cyclealign.config import Config, ModelConfig
 from cyclealign.data import load_prompts, select_round_prompts
@@ -60,7 +62,9 @@ class NullReporter:
 
 
 @contextlib.contextmanager
-def open_ranker(cfg: Config, run: RunDir, environ: Mapping[str, str]) -> Iterator[Ranker]:
+def open_ranker(
+    cfg: Config, run: RunDir, environ: Mapping[str, str], templates: RankerTemplates
+) -> Iterator[Ranker]:
     """The black-box ranker for this run; starts (and finally stops) the embedded server if needed.
 
     With ``ranker.base_url`` unset, ``transformers serve`` is started on a free loopback port
@@ -71,7 +75,6 @@ def open_ranker(cfg: Config, run: RunDir, environ: Mapping[str, str]) -> Iterato
     Raises:
         RankerError: the key is missing or rejected, or the server cannot start.
     """
-    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     with contextlib.ExitStack() as stack:
         if cfg.ranker.base_url is None:
             embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
@@ -269,23 +272,17 @@ class Round:
         return line
 
 
-class _StepProgress:
-    """TrainerCallback that advances the reporter once per optimiser step."""
+class _StepProgress(TrainerCallback):
+    """Advances the reporter once per optimiser step of the train phase."""
 
     def __init__(self, reporter: Reporter) -> None:
-        from transformers import TrainerCallback
+        self.reporter = reporter
 
-        class _CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                reporter.phase_start(-1, "train-steps", state.max_steps)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.reporter.phase_start(-1, "train-steps", state.max_steps)
 
-            def on_step_end(self, args, state, control, **kw):
-                reporter.advance()
-
-        self._cb = _CB()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cb, name)
+    def on_step_end(self, args, state, control, **kwargs):
+        self.reporter.advance()
 
 
 def iterate(
@@ -303,20 +300,20 @@ def iterate(
 
     environ = os.environ if environ is None else environ
     reporter = reporter or NullReporter()
-    run = RunDir(cfg.run_dir)
-    run.prepare(cfg.to_json(), resume)
+    # Every input is checked before the run directory is touched.
     prompts = load_prompts(cfg.prompts)
-    templates_dir = cfg.ranker.templates_dir or default_templates_dir()
-    RankerTemplates(templates_dir)  # fail on a bad template before any work
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     static_demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
     model_dir = resolve_model_dir(cfg.model)
+    run = RunDir(cfg.run_dir)
+    run.prepare(cfg.to_json(), resume)
 
     with contextlib.ExitStack() as stack:
         # The ranker is opened up front (a bad key fails before any generation work) unless
         # every remaining round has already finished its ranking phase.
         ranker = None
         if any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
-            ranker = stack.enter_context(open_ranker(cfg, run, environ))
+            ranker = stack.enter_context(open_ranker(cfg, run, environ, templates))
         cache: dict[str, Any] = {}
 
         def policy() -> TransformersPolicy:

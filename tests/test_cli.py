@@ -56,3 +56,11 @@ def test_cli_runs_a_round_and_prints_the_summary(tmp_path):
     assert result.exit_code == 0, result.output
     assert "agreement rate" in result.output and "Kendall tau" in result.output
     assert (tmp_path / "run" / "round_000" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_bad_input_leaves_no_run_directory_behind(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nope": 1}\n')
+    result = runner.invoke(app, ["iterate", "--prompts", str(bad), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "bad.jsonl:1" in result.output
+    assert not (tmp_path / "run").exists()  # fixing the file and re-running needs no --resume

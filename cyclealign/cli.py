@@ -191,3 +191,48 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+@app.command("train-round")
+def train_round_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose round to train.")],
+    round_index: Annotated[int, typer.Option("--round", help="Round index (0-based).")],
+) -> None:
+    """Train one round from its saved rankings (what the loop runs under accelerate/torchrun).
+
+    Every launched process runs this; the main process writes the adapter and train.json.
+    The loop marks the phase done afterwards.
+    """
+    import warnings
+
+    from accelerate import PartialState
+
+    from cyclealign.config import Config
+    from cyclealign.models import resolve_device, resolve_model_dir
+    from cyclealign.policy.hf import load_tokenizer
+    from cyclealign.rundir import RunDir
+    from cyclealign.train.phase import run_train_phase
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        cfg = Config.from_json_file(run_dir / "config.json")
+        state = PartialState(cpu=resolve_device(cfg.model).type == "cpu")  # joins the launcher's process group
+        model_dir = resolve_model_dir(cfg.model)
+        summary = run_train_phase(
+            cfg,
+            RunDir(run_dir),
+            round_index,
+            model_dir=model_dir,
+            pad_token_id=load_tokenizer(model_dir).pad_token_id,
+            device=state.device,
+            is_main_process=state.is_main_process,
+        )
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    if state.is_main_process:
+        console.print(summary)
+
+
+if __name__ == "__main__":  # `python -m cyclealign.cli`, as the training launchers run it
+    app()

@@ -113,6 +113,15 @@ class TrainConfig(_Section):
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: str | list[str] = Field("all-linear", description="PEFT target_modules.")
+    launcher: Literal["inprocess", "accelerate", "torchrun"] = Field(
+        "inprocess",
+        description="Run training in the loop's process, or as `cyclealign train-round` under "
+        "`accelerate launch` (multi-GPU DDP / DeepSpeed) or `torchrun` (DDP, also over CPU processes).",
+    )
+    num_processes: int = Field(1, ge=1, description="Processes for the accelerate / torchrun launcher.")
+    accelerate_config: Path | None = Field(
+        None, description="accelerate config file (e.g. scripts/accelerate/zero2.yaml) for launcher=accelerate."
+    )
     merge: bool = Field(
         False, description="Also save each round's policy with the adapter merged into the base (round_k/merged/)."
     )

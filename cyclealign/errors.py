@@ -39,3 +39,7 @@ class ModelError(CycleAlignError):
 
 class RunDirError(CycleAlignError):
     """The run directory is inconsistent with the request (e.g. exists without --resume)."""
+
+
+class TrainError(CycleAlignError):
+    """The training phase failed in a launched process; the message holds its last log lines."""

@@ -16,9 +16,10 @@ answers already on disk (see :mod:`cyclealign.rundir`).
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,8 +28,9 @@ from transformers import TrainerCallback
 from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
 from cyclealign.config import Config, ModelConfig
 from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.errors import TrainError
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
-from cyclealign.models import resolve_device, resolve_dtype, resolve_model_dir
+from cyclealign.models import resolve_device, resolve_model_dir
 from cyclealign.policy import Generation, TransformersPolicy
 from cyclealign.ranker import EmbeddedServer, Ranker, RankerTemplates, api_key_from_env, load_demonstrations
 from cyclealign.records import Demonstration, PromptRecord, RankResult
@@ -203,36 +205,31 @@ class Round:
 
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, model_dir: str, pad_token_id: int) -> None:
-        from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
+        from cyclealign.train.phase import launch_command, run_train_phase
 
         def body() -> dict[str, Any]:
-            gens = {g.prompt_id: g for g in self.generations()}
-            examples = []
-            for r in self.rankings():
-                if r.ranking is not None:
-                    g = gens[r.prompt_id]
-                    examples.append(RankingExample(g.prompt_token_ids, [g.response_token_ids[i] for i in r.ranking]))
-            if not examples:
+            if self.cfg.train.launcher == "inprocess":
+                return run_train_phase(
+                    self.cfg,
+                    self.run,
+                    self.index,
+                    model_dir=model_dir,
+                    pad_token_id=pad_token_id,
+                    device=resolve_device(self.cfg.model),
+                    callbacks=[_StepProgress(self.reporter)],
+                )
+            cmd = launch_command(self.cfg, self.run.path, self.index)
+            log_path = self.rd.path / "train.log"
+            with open(log_path, "ab") as log_file:
+                code = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False).returncode
+            if code != 0:
+                tail = log_path.read_text(errors="replace").splitlines()[-20:]
+                raise TrainError(f"{' '.join(cmd)} exited with code {code}; last lines of {log_path}:\n" + "\n".join(tail))
+            if not self.rd.train.exists():
                 return {"adapter": False, "skipped": "no ranked prompt this round"}
-            device = resolve_device(self.cfg.model)
-            model = load_trainable_policy(
-                model_dir, self.run.latest_adapter(self.index), self.cfg.train, device, resolve_dtype(self.cfg.model, device)
-            )
-            stats = train_round(
-                model,
-                examples,
-                self.cfg.train,
-                pad_token_id=pad_token_id,
-                out_dir=self.rd.adapter,
-                seed=self.cfg.seed + self.index,
-                device=device,
-                callbacks=[_StepProgress(self.reporter)],
-            )
-            if self.cfg.train.merge:
-                save_merged(model, model_dir, self.rd.merged)
-            write_json(self.rd.train, asdict(stats))
-            summary = {k: v for k, v in asdict(stats).items() if k not in ("log_history", "wall_s")}
-            return {"adapter": True, "merged": self.cfg.train.merge, **summary}
+            stats = json.loads(self.rd.train.read_text())
+            summary = {k: v for k, v in stats.items() if k not in ("log_history", "wall_s")}
+            return {"adapter": True, "merged": self.cfg.train.merge, "launcher": self.cfg.train.launcher, **summary}
 
         self._timed("train", None, body)
 

@@ -150,3 +150,23 @@ def test_missing_key_fails_before_generation(tmp_path, prompts_file):
         with pytest.raises(RankerError, match="OPENAI_API_KEY"):
             iterate(cfg, environ={})
     assert not RunDir(cfg.run_dir).round(0).generations.exists()
+
+
+def test_training_under_torchrun_ddp_with_two_cpu_processes(tmp_path, prompts_file):
+    """The train phase launched as `torchrun --nproc_per_node 2 -m cyclealign.cli train-round`:
+    real DDP over two CPU processes (gloo); the lists are sharded, the main process saves."""
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(
+            tmp_path, prompts_file, api, rounds=1, prompts_per_round=4,
+            **{"train.launcher": "torchrun", "train.num_processes": 2},
+        )
+        metrics = iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+    rd = RunDir(cfg.run_dir).round(0)
+    info = rd.phases()["train"]
+    assert info["launcher"] == "torchrun" and info["adapter"] is True
+    ranked = metrics[0]["ranked"]
+    assert ranked >= 2
+    assert info["steps"] == -(-ranked // 2)  # each step: one list per process, two processes
+    assert (rd.adapter / "adapter_model.safetensors").is_file()
+    log = (rd.path / "train.log").read_text()
+    assert "Traceback" not in log

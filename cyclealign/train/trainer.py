@@ -382,11 +382,13 @@ def train_round(
         vals = [h[key] for h in history if key in h]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    tmp_adapter = work / "adapter"
-    model.save_pretrained(str(tmp_adapter))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_adapter, out_dir)
+    if trainer.accelerator.is_main_process:  # one writer under DDP / DeepSpeed
+        tmp_adapter = work / "adapter"
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp_adapter))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_adapter, out_dir)
+    trainer.accelerator.wait_for_everyone()
     shutil.rmtree(work, ignore_errors=True)
     per_epoch_tokens = sum(len(e.prompt_ids) * len(e.responses_ids) + sum(map(len, e.responses_ids)) for e in usable)
     return TrainStats(

@@ -1,0 +1,108 @@
+"""The train phase of one round, runnable in-process or under a multi-process launcher.
+
+In-process (the default) the loop calls :func:`run_train_phase` directly. With
+``train.launcher`` set to ``accelerate`` or ``torchrun``, the loop instead runs
+``cyclealign train-round RUN_DIR --round K`` under that launcher (see :func:`launch_command`):
+every process runs :func:`run_train_phase`, the Trainer shards the ranking lists across them
+(DDP, or DeepSpeed ZeRO through an accelerate config), and only the main process writes the
+adapter and ``train.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cyclealign.config import Config
+from cyclealign.models import resolve_dtype
+from cyclealign.policy import Generation
+from cyclealign.records import RankResult
+from cyclealign.rundir import RunDir, read_jsonl, write_json
+from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
+
+
+def round_examples(run: RunDir, index: int) -> list[RankingExample]:
+    """The round's ranked prompts as training lists: prompt ids and response ids, best first.
+
+    A prompt ranked twice (an API error retried on resume) counts with its latest result.
+    """
+    rd = run.round(index)
+    gens = {g.prompt_id: g for g in (Generation.from_json(d) for d in read_jsonl(rd.generations))}
+    latest: dict[str, RankResult] = {}
+    for d in read_jsonl(rd.rankings):
+        latest[d["prompt_id"]] = RankResult.from_json(d)
+    examples = []
+    for r in latest.values():
+        if r.ranking is not None:
+            g = gens[r.prompt_id]
+            examples.append(RankingExample(g.prompt_token_ids, [g.response_token_ids[i] for i in r.ranking]))
+    return examples
+
+
+def run_train_phase(
+    cfg: Config,
+    run: RunDir,
+    index: int,
+    *,
+    model_dir: str,
+    pad_token_id: int,
+    device: torch.device,
+    is_main_process: bool = True,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train round ``index`` on its black-box rankings, continuing the previous round's adapter.
+
+    Writes ``round_k/adapter/`` (and ``merged/`` with ``train.merge``) and ``train.json``
+    (main process only).
+
+    Returns:
+        The phase summary recorded in the round's manifest (``adapter: False`` with the
+        reason when no prompt was ranked).
+    """
+    examples = round_examples(run, index)
+    if not examples:
+        return {"adapter": False, "skipped": "no ranked prompt this round"}
+    rd = run.round(index)
+    model = load_trainable_policy(
+        model_dir, run.latest_adapter(index), cfg.train, device, resolve_dtype(cfg.model, device)
+    )
+    stats = train_round(
+        model,
+        examples,
+        cfg.train,
+        pad_token_id=pad_token_id,
+        out_dir=rd.adapter,
+        seed=cfg.seed + index,
+        device=device,
+        callbacks=callbacks,
+    )
+    if is_main_process:
+        if cfg.train.merge:
+            save_merged(model, model_dir, rd.merged)
+        write_json(rd.train, asdict(stats))
+    summary = {k: v for k, v in asdict(stats).items() if k not in ("log_history", "wall_s")}
+    return {"adapter": True, "merged": cfg.train.merge, **summary}
+
+
+def launch_command(cfg: Config, run_dir: Path, index: int) -> list[str]:
+    """The command that runs round ``index``'s training under ``cfg.train.launcher``.
+
+    ``accelerate``: ``accelerate launch [--config_file F] --num_processes P -m cyclealign.cli
+    train-round RUN_DIR --round K`` (DDP on GPUs; DeepSpeed ZeRO-2/3 with the configs in
+    ``scripts/accelerate/``). ``torchrun``: ``torchrun --nproc_per_node P -m cyclealign.cli ...``
+    (also runs DDP over CPU processes with the gloo backend).
+    """
+    tail = ["-m", "cyclealign.cli", "train-round", str(run_dir), "--round", str(index)]
+    t = cfg.train
+    if t.launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        if t.accelerate_config is not None:
+            cmd += ["--config_file", str(t.accelerate_config)]
+        return cmd + ["--num_processes", str(t.num_processes), *tail]
+    if t.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(t.num_processes), *tail]
+    raise ValueError(f"train.launcher={t.launcher!r} runs in process; there is no command to launch")

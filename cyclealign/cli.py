@@ -108,7 +108,7 @@ def iterate(
     temperature: Annotated[float, typer.Option(help="White-box sampling temperature.")] = 0.9,
     num_dynamic_demos: Annotated[int, typer.Option(help="k: dynamic demonstrations per ranker call.")] = 2,
     agreement_min_length: Annotated[Optional[int], typer.Option(help="LCS length to join the demo pool (default N-1).")] = None,
-    loss: Annotated[str, typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo.")] = "pro",
+    loss: Annotated[str, typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo | dpo (TRL DPOTrainer on pairs).")] = "pro",
     beta: Annotated[float, typer.Option(help="Implicit-reward scale of dpo-pl and lipo.")] = 0.1,
     reference: Annotated[str, typer.Option(help="Reference policy of dpo-pl/lipo: initial | previous.")] = "initial",
     merge: Annotated[bool, typer.Option(help="Also save each round's policy with the adapter merged (round_k/merged/).")] = False,

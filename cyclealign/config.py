@@ -92,15 +92,18 @@ class AgreementConfig(_Section):
 class TrainConfig(_Section):
     """Ranking fine-tuning with TRL + PEFT LoRA (step 5)."""
 
-    loss: Literal["pro", "rrhf", "dpo-pl", "lipo"] = Field(
+    loss: Literal["pro", "rrhf", "dpo-pl", "lipo", "dpo"] = Field(
         "pro",
         description="Ranking loss: pro (Song et al. 2023), rrhf (Yuan et al. 2023), "
-        "dpo-pl (Rafailov et al. 2023, A.3), lipo (LiPO-lambda, Liu et al. 2024).",
+        "dpo-pl (Rafailov et al. 2023, A.3), lipo (LiPO-lambda, Liu et al. 2024), or dpo: the "
+        "ranking expanded into preference pairs and trained with TRL's DPOTrainer.",
     )
+    dpo_pairs: Literal["all", "adjacent"] = Field("all", description="dpo: all (better, worse) pairs, or adjacent ones.")
+    dpo_loss_type: str = Field("sigmoid", description="dpo: TRL DPOConfig.loss_type (sigmoid, ipo, hinge, ...).")
     beta: float = Field(0.1, gt=0, description="Implicit-reward scale of dpo-pl and lipo.")
     reference: Literal["initial", "previous"] = Field(
         "initial",
-        description="Reference policy of dpo-pl and lipo: the initial policy (LoRA disabled) or the "
+        description="Reference policy of dpo-pl, lipo and dpo: the initial policy (LoRA disabled) or the "
         "previous round's policy (the adapter as this round's training starts).",
     )
     pro_temperature: float = Field(1.0, gt=0, description="PRO: scores are divided by this before the softmax.")

@@ -170,3 +170,15 @@ def test_training_under_torchrun_ddp_with_two_cpu_processes(tmp_path, prompts_fi
     assert (rd.adapter / "adapter_model.safetensors").is_file()
     log = (rd.path / "train.log").read_text()
     assert "Traceback" not in log
+
+
+def test_a_round_trained_with_trl_dpo_on_ranking_pairs(tmp_path, prompts_file):
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api, rounds=1, **{"train.loss": "dpo", "train.dpo_pairs": "adjacent"})
+        iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+    rd = RunDir(cfg.run_dir).round(0)
+    info = rd.phases()["train"]
+    assert info["adapter"] is True and info["steps"] >= 1
+    assert (rd.adapter / "adapter_model.safetensors").is_file()
+    history = json.loads(rd.train.read_text())["log_history"]
+    assert history and all("rewards/accuracies" in h for h in history)

@@ -70,16 +70,22 @@ def run_train_phase(
     model = load_trainable_policy(
         model_dir, run.latest_adapter(index), cfg.train, device, resolve_dtype(cfg.model, device)
     )
-    stats = train_round(
-        model,
-        examples,
-        cfg.train,
-        pad_token_id=pad_token_id,
-        out_dir=rd.adapter,
-        seed=cfg.seed + index,
-        device=device,
-        callbacks=callbacks,
-    )
+    common = dict(pad_token_id=pad_token_id, out_dir=rd.adapter, seed=cfg.seed + index, device=device, callbacks=callbacks)
+    if cfg.train.loss == "dpo":
+        from cyclealign.policy.hf import load_tokenizer
+        from cyclealign.train.dpo import train_round_dpo
+
+        stats = train_round_dpo(
+            model,
+            examples,
+            cfg.train,
+            tokenizer=load_tokenizer(model_dir),
+            pairs=cfg.train.dpo_pairs,
+            loss_type=cfg.train.dpo_loss_type,
+            **common,
+        )
+    else:
+        stats = train_round(model, examples, cfg.train, **common)
     if is_main_process:
         if cfg.train.merge:
             save_merged(model, model_dir, rd.merged)

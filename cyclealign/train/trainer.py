@@ -76,6 +76,27 @@ class RankingConfig(_BaseConfig):
     report_to: Any = field(default="none", metadata={"help": "Integrations to report to."})
 
 
+def keep_prompt_tail(prompt_ids: list[int], response_len: int, max_length: int) -> list[int]:
+    """The prompt's last tokens that fit beside a response of ``response_len`` in ``max_length``
+    (at least ``max_length // 2`` of them; the response is cut at ``max_length`` afterwards)."""
+    return prompt_ids[-max(max_length - response_len, max_length // 2) :]
+
+
+def save_adapter_atomic(trainer, work: Path, out_dir: Path) -> None:
+    """Save the trained adapter (PEFT format) into ``work``, rename it to ``out_dir``, remove ``work``.
+
+    Only the main process writes (DDP / DeepSpeed); every process waits for it.
+    """
+    if trainer.accelerator.is_main_process:
+        tmp_adapter = work / "adapter"
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp_adapter))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_adapter, out_dir)
+    trainer.accelerator.wait_for_everyone()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length: int) -> dict[str, torch.Tensor]:
     """Pack ranking lists into one right-padded batch of sequences.
 
@@ -92,7 +113,7 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
     for ex in examples:
         sizes.append(len(ex["responses_ids"]))
         for resp in ex["responses_ids"]:
-            prompt = ex["prompt_ids"][-max(max_length - len(resp), max_length // 2) :]
+            prompt = keep_prompt_tail(ex["prompt_ids"], len(resp), max_length)
             ids = (prompt + resp)[:max_length]
             rows.append((ids, len(prompt)))
     width = max(len(ids) for ids, _ in rows)
@@ -382,14 +403,7 @@ def train_round(
         vals = [h[key] for h in history if key in h]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    if trainer.accelerator.is_main_process:  # one writer under DDP / DeepSpeed
-        tmp_adapter = work / "adapter"
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp_adapter))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_adapter, out_dir)
-    trainer.accelerator.wait_for_everyone()
-    shutil.rmtree(work, ignore_errors=True)
+    save_adapter_atomic(trainer, work, out_dir)
     per_epoch_tokens = sum(len(e.prompt_ids) * len(e.responses_ids) + sum(map(len, e.responses_ids)) for e in usable)
     return TrainStats(
         steps=int(result.global_step),

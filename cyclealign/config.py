@@ -125,6 +125,9 @@ class TrainConfig(_Section):
     accelerate_config: Path | None = Field(
         None, description="accelerate config file (e.g. scripts/accelerate/zero2.yaml) for launcher=accelerate."
     )
+    qlora: bool = Field(
+        False, description="QLoRA: load the base 4-bit (NF4) with bitsandbytes; CUDA only."
+    )
     merge: bool = Field(
         False, description="Also save each round's policy with the adapter merged into the base (round_k/merged/)."
     )
@@ -156,6 +159,8 @@ class Config(_Section):
                 f"ranker.max_tokens={self.ranker.max_tokens} is too small for a ranking of "
                 f"generation.num_samples={n} responses (needs about 6 tokens per label: >= {6 * n})"
             )
+        if self.train.qlora and self.train.merge:
+            raise ValueError("train.merge=true cannot merge into a 4-bit base (train.qlora=true): merge a bf16 base instead")
         if self.ranker.complete_missing_last is None:
             self.ranker.complete_missing_last = self.ranker.base_url is None
         if self.ranker.base_url is not None and self.ranker.model is None:

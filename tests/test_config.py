@@ -44,3 +44,8 @@ def test_complete_missing_last_defaults_on_only_for_the_embedded_ranker():
     assert external.ranker.complete_missing_last is False
     forced = build_config(**{"ranker.base_url": "http://127.0.0.1:1/v1", "ranker.model": "m", "ranker.complete_missing_last": True})
     assert forced.ranker.complete_missing_last is True
+
+
+def test_qlora_cannot_merge():
+    with pytest.raises(ConfigError, match="cannot merge into a 4-bit base"):
+        build_config(**{"train.qlora": True, "train.merge": True})

@@ -32,3 +32,18 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
     assert next(model.parameters()).device.type == "cuda"
     assert any(not torch.equal(p.detach().float(), before[n]) for n, p in model.named_parameters() if p.requires_grad)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_qlora_step_on_cuda(tmp_path, embedded_model_dir):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    from transformers import AutoTokenizer
+
+    from cyclealign.train.trainer import load_trainable_policy
+
+    cfg = build_config(**{"train.qlora": True, "model.device": "cuda"})
+    device = torch.device("cuda")
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    ex = [RankingExample([1, 9690, 198], [[30, 31, 2], [40, 2]])]
+    stats = train_round(model, ex, cfg.train, pad_token_id=tok.pad_token_id, out_dir=tmp_path / "a", seed=0, device=device)
+    assert stats.steps == 1 and (tmp_path / "a" / "adapter_config.json").is_file()

@@ -174,3 +174,13 @@ def test_save_merged_gives_a_plain_checkpoint_equal_to_the_adapter_policy(embedd
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, want, atol=1e-3)
+
+
+def test_qlora_without_cuda_is_a_clear_config_error(embedded_model_dir):
+    from cyclealign.errors import ConfigError
+
+    cfg = build_config(**{"train.qlora": True}).train
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tests/test_cuda.py covers QLoRA")
+    with pytest.raises(ConfigError, match="train.qlora needs a CUDA device"):
+        load_trainable_policy(str(embedded_model_dir), None, cfg, torch.device("cpu"), torch.float32)

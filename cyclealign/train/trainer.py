@@ -259,15 +259,48 @@ def load_trainable_policy(
 ):
     """The base model with a trainable LoRA adapter: a fresh one, or ``adapter`` to continue.
 
-    Only LoRA parameters require gradients (PEFT freezes the base).
+    Only LoRA parameters require gradients (PEFT freezes the base). With ``cfg.qlora`` the base
+    is loaded 4-bit (NF4, double quantisation, bf16 compute; Dettmers et al. 2023, QLoRA) through
+    bitsandbytes and prepared with PEFT's ``prepare_model_for_kbit_training``.
+
+    Raises:
+        ConfigError: ``cfg.qlora`` without a CUDA device or without bitsandbytes installed.
     """
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    if cfg.qlora:
+        base = _load_4bit(model_dir, device)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     if adapter is None:
         return get_peft_model(base, lora_config(cfg))
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+
+
+def _load_4bit(model_dir: str, device: torch.device):
+    """The base model quantised to 4-bit NF4 on ``device`` (QLoRA's base), ready for k-bit training."""
+    import importlib.util
+
+    from cyclealign.errors import ConfigError
+
+    if device.type != "cuda":
+        raise ConfigError(f"train.qlora needs a CUDA device (model.device resolved to {device})")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.qlora needs bitsandbytes: pip install bitsandbytes")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quant, dtype=torch.bfloat16, device_map={"": device.index or 0}
+    )
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
 
 
 def save_merged(model, tokenizer_dir: str, out_dir: Path) -> Path:

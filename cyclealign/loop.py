@@ -127,7 +127,7 @@ class Round:
         self._timed("generate", len(self.prompts), body)
 
     def generations(self) -> list[Generation]:
-        return [Generation.from_json(d) for d in read_jsonl(self.rd.generations)]
+        return self.rd.read_generations()
 
     # -- phase 2 -------------------------------------------------------------------------
     def rank(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> None:
@@ -163,11 +163,7 @@ class Round:
         self._timed("rank", len(gens), body)
 
     def rankings(self) -> list[RankResult]:
-        """The latest result per prompt (a retried API error replaces the earlier line)."""
-        latest = {}
-        for d in read_jsonl(self.rd.rankings):
-            latest[d["prompt_id"]] = RankResult.from_json(d)
-        return list(latest.values())
+        return self.rd.read_rankings()
 
     # -- phase 3 -------------------------------------------------------------------------
     def agreement(self, pool: DemoPool) -> None:

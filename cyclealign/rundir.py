@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from cyclealign.errors import RunDirError
+from cyclealign.policy.base import Generation
+from cyclealign.records import RankResult
 
 PHASES = ("generate", "rank", "agreement", "train", "metrics")
 
@@ -111,6 +113,17 @@ class RoundDir:
         if not self._manifest.exists():
             return {}
         return json.loads(self._manifest.read_text())["phases"]
+
+    def read_generations(self) -> list[Generation]:
+        """The round's generations (phase "generate"), in prompt order."""
+        return [Generation.from_json(d) for d in read_jsonl(self.generations)]
+
+    def read_rankings(self) -> list[RankResult]:
+        """The latest black-box result per prompt (a retried API error replaces the earlier line)."""
+        latest: dict[str, RankResult] = {}
+        for d in read_jsonl(self.rankings):
+            latest[d["prompt_id"]] = RankResult.from_json(d)
+        return list(latest.values())
 
     def is_done(self, phase: str) -> bool:
         return phase in self.phases()

@@ -26,7 +26,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from cyclealign.config import TrainConfig
-from cyclealign.train.trainer import RankingExample, TrainStats, keep_prompt_tail, save_adapter_atomic
+from cyclealign.train.trainer import RankingExample, TrainStats, history_mean, keep_prompt_tail, save_adapter_atomic
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REF_ADAPTER = "ref"
@@ -176,19 +176,15 @@ def train_round_dpo(
                 model.delete_adapter(REF_ADAPTER)
     history = [h for h in trainer.state.log_history if "loss" in h and "rewards/accuracies" in h]
 
-    def mean(key: str) -> float:
-        vals = [h[key] for h in history if key in h]
-        return sum(vals) / len(vals) if vals else float("nan")
-
     save_adapter_atomic(trainer, work, out_dir)
     per_epoch_tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
     return TrainStats(
         steps=int(result.global_step),
         lists=int(round(len(usable) * cfg.epochs)),
         train_loss=float(result.training_loss),
-        ranking_loss=mean("loss"),
+        ranking_loss=history_mean(history, "loss"),
         sft_loss=float("nan"),
-        ranking_accuracy=mean("rewards/accuracies"),
+        ranking_accuracy=history_mean(history, "rewards/accuracies"),
         tokens=int(per_epoch_tokens * cfg.epochs),
         wall_s=wall,
         log_history=history,

@@ -19,9 +19,7 @@ import torch
 
 from cyclealign.config import Config
 from cyclealign.models import resolve_dtype
-from cyclealign.policy import Generation
-from cyclealign.records import RankResult
-from cyclealign.rundir import RunDir, read_jsonl, write_json
+from cyclealign.rundir import RunDir, write_json
 from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
 
 
@@ -31,12 +29,9 @@ def round_examples(run: RunDir, index: int) -> list[RankingExample]:
     A prompt ranked twice (an API error retried on resume) counts with its latest result.
     """
     rd = run.round(index)
-    gens = {g.prompt_id: g for g in (Generation.from_json(d) for d in read_jsonl(rd.generations))}
-    latest: dict[str, RankResult] = {}
-    for d in read_jsonl(rd.rankings):
-        latest[d["prompt_id"]] = RankResult.from_json(d)
+    gens = {g.prompt_id: g for g in rd.read_generations()}
     examples = []
-    for r in latest.values():
+    for r in rd.read_rankings():
         if r.ranking is not None:
             g = gens[r.prompt_id]
             examples.append(RankingExample(g.prompt_token_ids, [g.response_token_ids[i] for i in r.ranking]))

@@ -76,6 +76,12 @@ class RankingConfig(_BaseConfig):
     report_to: Any = field(default="none", metadata={"help": "Integrations to report to."})
 
 
+def history_mean(history: list[dict[str, float]], key: str) -> float:
+    """Mean of ``key`` over the trainer's logged steps that have it (nan when none do)."""
+    vals = [h[key] for h in history if key in h]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def keep_prompt_tail(prompt_ids: list[int], response_len: int, max_length: int) -> list[int]:
     """The prompt's last tokens that fit beside a response of ``response_len`` in ``max_length``
     (at least ``max_length // 2`` of them; the response is cut at ``max_length`` afterwards)."""
@@ -432,19 +438,15 @@ def train_round(
     wall = time.perf_counter() - t0
     history = [h for h in trainer.state.log_history if "ranking_loss" in h]
 
-    def mean(key: str) -> float:
-        vals = [h[key] for h in history if key in h]
-        return sum(vals) / len(vals) if vals else float("nan")
-
     save_adapter_atomic(trainer, work, out_dir)
     per_epoch_tokens = sum(len(e.prompt_ids) * len(e.responses_ids) + sum(map(len, e.responses_ids)) for e in usable)
     return TrainStats(
         steps=int(result.global_step),
         lists=int(round(len(usable) * cfg.epochs)),
         train_loss=float(result.training_loss),
-        ranking_loss=mean("ranking_loss"),
-        sft_loss=mean("sft_loss"),
-        ranking_accuracy=mean("ranking_accuracy"),
+        ranking_loss=history_mean(history, "ranking_loss"),
+        sft_loss=history_mean(history, "sft_loss"),
+        ranking_accuracy=history_mean(history, "ranking_accuracy"),
         tokens=int(per_epoch_tokens * cfg.epochs),
         wall_s=wall,
         log_history=history,

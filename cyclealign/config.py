@@ -173,10 +173,16 @@ class Config(_Section):
         return self.agreement.min_length or self.generation.num_samples - 1
 
     def to_json(self) -> str:
+        """The resolved config as JSON (what ``config.json`` holds; no secrets are fields)."""
         return self.model_dump_json(indent=2)
 
     @classmethod
     def from_json_file(cls, path: Path) -> "Config":
+        """Load and validate a config file.
+
+        Raises:
+            ConfigError: naming the file and every invalid field.
+        """
         try:
             return cls.model_validate(json.loads(Path(path).read_text()))
         except ValidationError as e:

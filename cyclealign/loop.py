@@ -41,10 +41,17 @@ from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_
 class Reporter(Protocol):
     """Where the loop reports progress (the CLI draws rich progress bars; tests pass None)."""
 
-    def phase_start(self, round_index: int, phase: str, total: int | None) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None: ...
-    def round_end(self, metrics: dict[str, Any]) -> None: ...
+    def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
+        """A phase begins; ``total`` = progress steps (prompts, optimiser steps) or None if unknown."""
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more steps of the current phase are done."""
+
+    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
+        """A phase finished and is persisted; ``info`` is what its manifest records (``wall_s``...)."""
+
+    def round_end(self, metrics: dict[str, Any]) -> None:
+        """A round finished; ``metrics`` is its ``metrics.jsonl`` line."""
 
 
 class NullReporter:
@@ -113,6 +120,7 @@ class Round:
 
     # -- phase 1 -------------------------------------------------------------------------
     def generate(self, policy: Callable[[], TransformersPolicy]) -> None:
+        """Phase 1: sample N responses per prompt with the latest adapter -> ``generations.jsonl``."""
         def body() -> dict[str, Any]:
             backend = policy()
             backend.load_adapter(self.run.latest_adapter(self.index))
@@ -127,10 +135,13 @@ class Round:
         self._timed("generate", len(self.prompts), body)
 
     def generations(self) -> list[Generation]:
+        """The round's generations, read back from disk."""
         return self.rd.read_generations()
 
     # -- phase 2 -------------------------------------------------------------------------
     def rank(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> None:
+        """Phase 2: black-box ranking of every prompt's responses, each answer appended to
+        ``rankings.jsonl`` as it arrives; prompts already answered (resume) are not sent again."""
         gens = self.generations()
         demos = select_demonstrations(
             static_demos, pool, self.cfg.ranker.num_static_demos, self.cfg.ranker.num_dynamic_demos
@@ -163,10 +174,13 @@ class Round:
         self._timed("rank", len(gens), body)
 
     def rankings(self) -> list[RankResult]:
+        """The latest black-box result per prompt, read back from disk."""
         return self.rd.read_rankings()
 
     # -- phase 3 -------------------------------------------------------------------------
     def agreement(self, pool: DemoPool) -> None:
+        """Phase 3: white-box ranking, LCS and Kendall tau per ranked prompt -> ``agreement.jsonl``;
+        prompts whose LCS reaches the threshold join ``pool`` (saved as ``demo_pool.jsonl``)."""
         threshold = self.cfg.agreement_min_length
 
         def body() -> dict[str, Any]:
@@ -201,6 +215,12 @@ class Round:
 
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, model_dir: str, pad_token_id: int) -> None:
+        """Phase 4: LoRA fine-tuning on the black-box rankings -> ``adapter/`` and ``train.json``,
+        in process or under the configured launcher.
+
+        Raises:
+            TrainError: the launched training process failed (its log's last lines included).
+        """
         from cyclealign.train.phase import launch_command, run_train_phase
 
         def body() -> dict[str, Any]:
@@ -231,6 +251,7 @@ class Round:
 
     # -- phase 5 -------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
+        """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases recorded."""
         def body() -> dict[str, Any]:
             ph = self.rd.phases()
             rows = read_jsonl(self.rd.agreement)

@@ -126,6 +126,7 @@ class RoundDir:
         return list(latest.values())
 
     def is_done(self, phase: str) -> bool:
+        """Whether ``phase`` is recorded as finished in the manifest."""
         return phase in self.phases()
 
     def mark_done(self, phase: str, **info: Any) -> None:
@@ -147,6 +148,7 @@ class RunDir:
         self.server_log = self.path / "server.log"
 
     def round(self, index: int) -> RoundDir:
+        """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
         return RoundDir(self.path / f"round_{index:03d}", index)
 
     def prepare(self, config_json: str, resume: bool) -> None:

@@ -165,6 +165,11 @@ class RankingTrainer(_BaseTrainer):
         self._last_log = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Mean over the batch's lists of ranking loss + ``sft_weight`` x SFT loss (nats).
+
+        ``inputs`` is a :func:`collate_lists` batch: ``[R, seq]`` tensors for the R responses of
+        all lists, ``list_sizes`` ``[B]``, and ``ref_logps`` ``[R]`` for the reference losses.
+        """
         cfg: RankingConfig = self.args
         logp = response_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         mask = inputs["response_mask"][:, 1:]  # [R, T-1], aligned with logp
@@ -196,6 +201,7 @@ class RankingTrainer(_BaseTrainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the step metrics (means since the last log) and tokens/s to TRL's log line."""
         if "loss" in logs:
             for key, values in self._step_metrics.items():
                 if values:

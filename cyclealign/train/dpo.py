@@ -26,7 +26,15 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from cyclealign.config import TrainConfig
-from cyclealign.train.trainer import RankingExample, TrainStats, history_mean, keep_prompt_tail, save_adapter_atomic
+from cyclealign.train.trainer import (
+    RankingExample,
+    TrainStats,
+    history_mean,
+    keep_prompt_tail,
+    save_adapter_atomic,
+    training_arguments,
+    usable_lists,
+)
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REF_ADAPTER = "ref"
@@ -114,9 +122,7 @@ def train_round_dpo(
     """
     from datasets import Dataset
 
-    usable = [e for e in examples if len(e.responses_ids) >= 2]
-    if not usable:
-        raise ValueError("no ranking list with at least 2 responses to train on")
+    usable = usable_lists(examples)
     rows: list[dict[str, Any]] = []
     for ex in usable:
         for prompt, chosen, rejected in ranking_to_pairs(ex, pairs):
@@ -131,19 +137,8 @@ def train_round_dpo(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="train-dpo-", dir=out_dir.parent))
     args = DPOConfig(
-        output_dir=str(work / "trainer"),
         per_device_train_batch_size=per_list,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        seed=seed,
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        use_cpu=device.type == "cpu",
-        disable_tqdm=True,
-        report_to="none",
-        logging_steps=1,
+        **training_arguments(cfg, work=work, seed=seed, device=device),
         activation_checkpointing=False,  # transformers 5 name of gradient_checkpointing (no deprecation warning)
         beta=cfg.beta,
         loss_type=loss_types,

@@ -76,6 +76,37 @@ class RankingConfig(_BaseConfig):
     report_to: Any = field(default="none", metadata={"help": "Integrations to report to."})
 
 
+def usable_lists(examples: list[RankingExample]) -> list[RankingExample]:
+    """The lists with at least 2 responses (a ranking of one says nothing).
+
+    Raises:
+        ValueError: none is left.
+    """
+    usable = [e for e in examples if len(e.responses_ids) >= 2]
+    if not usable:
+        raise ValueError("no ranking list with at least 2 responses to train on")
+    return usable
+
+
+def training_arguments(cfg: TrainConfig, *, work: Path, seed: int, device: torch.device) -> dict[str, Any]:
+    """The ``TrainingArguments`` both round trainers (ranking and TRL DPO) share: schedule,
+    accumulation, precision (bf16 on CUDA, fp32 on CPU), no checkpoints, no tqdm, a log per step."""
+    return dict(
+        output_dir=str(work / "trainer"),
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        seed=seed,
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        use_cpu=device.type == "cpu",
+        disable_tqdm=True,
+        report_to="none",
+        logging_steps=1,
+    )
+
+
 def history_mean(history: list[dict[str, float]], key: str) -> float:
     """Mean of ``key`` over the trainer's logged steps that have it (nan when none do)."""
     vals = [h[key] for h in history if key in h]
@@ -408,9 +439,7 @@ def train_round(
     """
     from datasets import Dataset
 
-    usable = [e for e in examples if len(e.responses_ids) >= 2]
-    if not usable:
-        raise ValueError("no ranking list with at least 2 responses to train on")
+    usable = usable_lists(examples)
     rows: list[dict[str, Any]] = [{"prompt_ids": e.prompt_ids, "responses_ids": e.responses_ids} for e in usable]
     if cfg.loss in REFERENCE_LOSSES:
         for row, ref in zip(rows, reference_logps(model, rows, cfg, pad_token_id=pad_token_id, device=device)):
@@ -419,17 +448,8 @@ def train_round(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="train-", dir=out_dir.parent))
     args = RankingConfig(
-        output_dir=str(work / "trainer"),
         per_device_train_batch_size=1,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        seed=seed,
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        use_cpu=device.type == "cpu",
-        disable_tqdm=True,
+        **training_arguments(cfg, work=work, seed=seed, device=device),
         ranking_loss=cfg.loss,
         beta=cfg.beta,
         pro_temperature=cfg.pro_temperature,

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cyclealign.config import Config, build_config
-from cyclealign.errors import CycleAlignError
+from cyclealign.config import Config, build_config, flatten
+from cyclealign.errors import BudgetError, CycleAlignError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
 console = Console(stderr=True)
@@ -71,8 +71,12 @@ _ROWS = [
     ("Kendall tau", "kendall_tau"),
     ("demo pool size", "pool_size"),
     ("train loss", "train_loss"),
+    ("ranker API calls", "ranker_api_calls"),
+    ("ranker cache hits", "ranker_cache_hits"),
     ("ranker tokens sent", "tokens_sent"),
     ("ranker tokens received", "tokens_received"),
+    ("ranker cost USD", "ranker_cost_usd"),
+    ("consistency rate", "consistency_rate"),
 ]
 
 
@@ -107,6 +111,21 @@ def iterate(
     max_new_tokens: Annotated[int, typer.Option(help="Response length cap, tokens.")] = 64,
     temperature: Annotated[float, typer.Option(help="White-box sampling temperature.")] = 0.9,
     num_dynamic_demos: Annotated[int, typer.Option(help="k: dynamic demonstrations per ranker call.")] = 2,
+    ranker_concurrency: Annotated[int, typer.Option(help="Ranker requests in flight at once.")] = 8,
+    ranker_rpm: Annotated[Optional[float], typer.Option(help="Ranker requests-per-minute limit.")] = None,
+    ranker_tpm: Annotated[Optional[float], typer.Option(help="Ranker tokens-per-minute limit.")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse stored ranker replies (--no-cache sends every request again; replies are still stored).")] = True,
+    ranker_cache: Annotated[Optional[Path], typer.Option(help="SQLite reply cache file (default: ~/.cache/cyclealign/ranker_cache.sqlite, shared by runs).")] = None,
+    max_cost_usd: Annotated[Optional[float], typer.Option(help="Stop (resumably) before ranker spending would exceed this many USD.")] = None,
+    ranker_price_input: Annotated[Optional[float], typer.Option(help="USD per 1M prompt tokens (overrides the price table).")] = None,
+    ranker_price_output: Annotated[Optional[float], typer.Option(help="USD per 1M completion tokens (overrides the price table).")] = None,
+    ranker_prices: Annotated[Optional[Path], typer.Option(help="Price table JSON (default: cyclealign/assets/prices.json).")] = None,
+    ranker_shuffle: Annotated[bool, typer.Option("--ranker-shuffle/--no-ranker-shuffle", help="Show responses to the ranker in a seeded random order.")] = True,
+    ranker_consistency: Annotated[int, typer.Option(help="K: ask K shuffled orders, keep rankings all K agree on.")] = 1,
+    ranker_structured_output: Annotated[Optional[str], typer.Option(help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
+    ranker_batch: Annotated[bool, typer.Option(help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
+    eval_every: Annotated[int, typer.Option(help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
+    eval_prompts: Annotated[Optional[Path], typer.Option(help="Held-out prompts for --eval-every.")] = None,
     agreement_min_length: Annotated[Optional[int], typer.Option(help="LCS length to join the demo pool (default N-1).")] = None,
     loss: Annotated[str, typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo | dpo (TRL DPOTrainer on pairs).")] = "pro",
     beta: Annotated[float, typer.Option(help="Implicit-reward scale of dpo-pl and lipo.")] = 0.1,
@@ -136,6 +155,9 @@ def iterate(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
             metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=RichReporter(progress))
+    except BudgetError as e:
+        console.print(f"[yellow]stopped:[/yellow] {e}")
+        raise typer.Exit(code=3) from None
     except CycleAlignError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(code=2) from None
@@ -158,6 +180,21 @@ _FIELDS = {
     "max_new_tokens": "generation.max_new_tokens",
     "temperature": "generation.temperature",
     "num_dynamic_demos": "ranker.num_dynamic_demos",
+    "ranker_concurrency": "ranker.concurrency",
+    "ranker_rpm": "ranker.requests_per_minute",
+    "ranker_tpm": "ranker.tokens_per_minute",
+    "cache": "ranker.cache",
+    "ranker_cache": "ranker.cache_path",
+    "max_cost_usd": "ranker.max_cost_usd",
+    "ranker_price_input": "ranker.price_input_per_mtok",
+    "ranker_price_output": "ranker.price_output_per_mtok",
+    "ranker_prices": "ranker.prices_path",
+    "ranker_shuffle": "ranker.shuffle",
+    "ranker_consistency": "ranker.consistency",
+    "ranker_structured_output": "ranker.structured_output",
+    "ranker_batch": "ranker.batch",
+    "eval_every": "eval.every",
+    "eval_prompts": "eval.prompts",
     "agreement_min_length": "agreement.min_length",
     "loss": "train.loss",
     "beta": "train.beta",
@@ -180,19 +217,8 @@ def _config_overrides(ctx: typer.Context, config_file: Path | None) -> dict[str,
     explicit = {
         field for name, field in _FIELDS.items() if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
     }
-    base = _flatten(Config.from_json_file(config_file).model_dump(mode="json"))
+    base = flatten(Config.from_json_file(config_file).model_dump(mode="json"))
     return {**base, **{k: v for k, v in flags.items() if k in explicit}}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k in ("model", "generation", "ranker", "agreement", "train"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 @app.command("train-round")
@@ -234,6 +260,137 @@ def train_round_command(
         raise typer.Exit(code=2) from None
     if state.is_main_process:
         console.print(summary)
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to evaluate.")],
+    prompts: Annotated[Path, typer.Option(help="Held-out prompts (prompts the run trains on are left out).")],
+    num_prompts: Annotated[int, typer.Option(help="Held-out prompts to use (a seeded sample).")] = 32,
+    round_index: Annotated[Optional[list[int]], typer.Option("--round", help="Policy to evaluate: a round index, -1 = base; repeatable. Default: base and the latest round.")] = None,
+    vs: Annotated[int, typer.Option(help="Reference policy of the win rate (-1 = base).")] = -1,
+    reward_model: Annotated[Optional[str], typer.Option(help="HF sequence-classification model id or path: mean/std reward per policy.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """Held-out evaluation: win rate vs base (judged both ways round), ranking agreement, lengths."""
+    import warnings
+
+    from cyclealign.evaluate import EvalPlan
+    from cyclealign.loop import evaluate_run
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        cfg = Config.from_json_file(run_dir / "config.json").model_copy(update={"run_dir": run_dir})
+        plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model)
+        lines = evaluate_run(cfg, plan, environ=os.environ)
+    except BudgetError as e:
+        console.print(f"[yellow]stopped:[/yellow] {e}")
+        raise typer.Exit(code=3) from None
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    Console().print(eval_table(lines))
+    console.print(f"results: {run_dir / 'eval'}")
+
+
+def eval_table(lines: list[dict[str, Any]]) -> Table:
+    """A rich table of evaluation summary lines: one column per policy."""
+    table = Table(title="held-out evaluation")
+    table.add_column("metric")
+    for line in lines:
+        table.add_column(line["label"], justify="right")
+    rows = [
+        ("win rate vs " + lines[0]["vs"], "win_rate"),
+        ("95% CI low", "ci_low"),
+        ("95% CI high", "ci_high"),
+        ("wins / losses / ties", None),
+        ("invalid judgements", "invalid"),
+        ("Kendall tau (held-out)", "kendall_tau"),
+        ("agreement rate (held-out)", "agreement_rate"),
+        ("length mean (tokens)", "length_mean"),
+        ("reward mean", "reward_mean"),
+    ]
+    for name, key in rows:
+        if key is None:
+            cells = [f"{ln['wins']}/{ln['losses']}/{ln['ties']}" if "wins" in ln else "-" for ln in lines]
+        else:
+            cells = [_fmt(ln.get(key)) for ln in lines]
+        table.add_row(name, *cells)
+    return table
+
+
+@app.command()
+def reparse(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose stored ranker replies to parse again.")],
+    round_index: Annotated[Optional[list[int]], typer.Option("--round", help="Round(s) to reparse (default: all).")] = None,
+    rewind: Annotated[bool, typer.Option(help="Allow changing rounds whose agreement/training used the old rankings: reset them, set later rounds aside.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only report what would change.")] = False,
+    complete_missing_last: Annotated[Optional[bool], typer.Option("--complete-missing-last/--strict", help="Override ranker.complete_missing_last of the run.")] = None,
+) -> None:
+    """Re-apply the (fixed) ranking parser to the raw replies on disk: no API call is made."""
+    from cyclealign.reparse import reparse_run
+
+    try:
+        summaries = reparse_run(
+            run_dir, rounds=round_index or None, rewind=rewind, dry_run=dry_run, complete_last=complete_missing_last
+        )
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    table = Table(title=f"reparse {run_dir}" + (" (dry run)" if dry_run else ""))
+    for col in ("round", "prompts", "ranked before", "ranked after", "changed", "written", "rewound"):
+        table.add_column(col, justify="right")
+    for s in summaries:
+        table.add_row(*(str(v) for v in (s.round, s.prompts, s.ranked_before, s.ranked_after, s.changed, s.written, s.rewound)))
+    Console().print(table)
+    if any(s.rewound for s in summaries):
+        console.print(f"rounds reset: continue with `cyclealign iterate --run-dir {run_dir} --resume`")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose black-box rankings to export.")],
+    fmt: Annotated[str, typer.Option("--format", help="dpo: TRL conversational preference pairs (prompt/chosen/rejected), every (better, worse) pair of each ranking | ranking: one row per ranked prompt (prompt, responses, ranking best first).")],
+    out: Annotated[Path, typer.Option(help="Folder to save the dataset in (datasets save_to_disk; must be new or empty).")],
+    rounds: Annotated[Optional[str], typer.Option(help="Rounds to export, comma-separated, e.g. 0,1 (default: every round with rankings).")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(help="Also push the dataset to this Hugging Face Hub repo id (needs a login).")] = None,
+) -> None:
+    """Export the run's rankings as a Hugging Face dataset (unranked prompts are skipped)."""
+    import datasets
+
+    from cyclealign.export import export_rankings, parse_rounds
+    from cyclealign.export import push_to_hub as push
+
+    datasets.disable_progress_bars()  # one summary line is printed instead
+
+    try:
+        dataset = export_rankings(run_dir, fmt, out, rounds=parse_rounds(rounds) if rounds is not None else None)
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    prompts = len(set(zip(dataset["round"], dataset["prompt_id"])))
+    exported = sorted(set(dataset["round"]))
+    console.print(f"wrote {dataset.num_rows} rows ({prompts} ranked prompts, rounds {', '.join(map(str, exported))}) to {out}", soft_wrap=True)
+    if push_to_hub:
+        push(dataset, push_to_hub)
+        console.print(f"pushed to the Hugging Face Hub: {push_to_hub}", soft_wrap=True)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to report on.")],
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: RUN_DIR/report).")] = None,
+) -> None:
+    """Write an HTML report of the run: metrics and plots across rounds, evaluation, sample responses."""
+    from cyclealign.report import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    console.print(f"report: {path}", soft_wrap=True)
 
 
 if __name__ == "__main__":  # `python -m cyclealign.cli`, as the training launchers run it

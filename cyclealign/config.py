@@ -78,6 +78,36 @@ class RankerConfig(_Section):
     num_static_demos: int = Field(4, ge=0, description="Static demonstrations per ranker call.")
     num_dynamic_demos: int = Field(2, ge=0, description="k: dynamic (agreement-pool) demonstrations per call.")
     server_startup_timeout_s: float = Field(300.0, gt=0, description="Wait for the embedded server's /health.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Ranker requests in flight at once.")
+    requests_per_minute: float | None = Field(None, gt=0, description="Requests-per-minute limit; None = none.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Tokens-per-minute limit (prompt estimate + max_tokens per request); None = none."
+    )
+    cache: bool = Field(True, description="Read replies from the reply cache (false = --no-cache; replies are still stored).")
+    cache_path: Path | None = Field(
+        None, description="SQLite reply cache, shareable across runs; None = <model.cache_dir>/ranker_cache.sqlite."
+    )
+    shuffle: bool = Field(True, description="Show the responses in a seeded random order (against position bias).")
+    consistency: int = Field(
+        1, ge=1, le=8, description="K: ask K shuffled orders; keep the ranking only when all K agree."
+    )
+    structured_output: Literal["auto", "json_schema", "off"] | None = Field(
+        None,
+        description="Ask for a JSON-schema answer: auto (use it, fall back to text if the endpoint refuses), "
+        "json_schema (always), off (text labels). None = auto for an external API, off for the embedded ranker.",
+    )
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="Stop the run (resumable) before ranker spending would exceed this, USD."
+    )
+    prices_path: Path | None = Field(
+        None, description="Price table JSON (USD per 1M tokens per model); None = the shipped table."
+    )
+    price_input_per_mtok: float | None = Field(None, ge=0, description="Override: USD per 1M prompt tokens.")
+    price_output_per_mtok: float | None = Field(None, ge=0, description="Override: USD per 1M completion tokens.")
+    batch: bool = Field(
+        False, description="Send each round's first asks through the OpenAI Batch API (half price, up to 24 h)."
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between Batch API status polls.")
 
 
 class AgreementConfig(_Section):
@@ -133,6 +163,15 @@ class TrainConfig(_Section):
     )
 
 
+class EvalConfig(_Section):
+    """Held-out evaluation during a run (``iterate --eval-every``); ``cyclealign eval`` takes the same settings as flags."""
+
+    every: int = Field(0, ge=0, description="Evaluate base vs the latest round every K rounds; 0 = never.")
+    prompts: Path | None = Field(None, description="Held-out prompt source (prompts the run trains on are left out).")
+    num_prompts: int = Field(32, ge=1, description="Held-out prompts per evaluation.")
+    reward_model: str | None = Field(None, description="HF sequence-classification model id or path to score responses.")
+
+
 class Config(_Section):
     """A whole `cyclealign iterate` run."""
 
@@ -146,6 +185,7 @@ class Config(_Section):
     ranker: RankerConfig = Field(default_factory=RankerConfig)
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -163,9 +203,22 @@ class Config(_Section):
             raise ValueError("train.merge=true cannot merge into a 4-bit base (train.qlora=true): merge a bf16 base instead")
         if self.ranker.complete_missing_last is None:
             self.ranker.complete_missing_last = self.ranker.base_url is None
+        if self.eval.every and self.eval.prompts is None:
+            raise ValueError("eval.every needs eval.prompts (held-out prompts, e.g. --eval-prompts PATH)")
+        if self.ranker.structured_output is None:
+            self.ranker.structured_output = "off" if self.ranker.base_url is None else "auto"
+        if self.ranker.consistency > 1 and not self.ranker.shuffle:
+            raise ValueError("ranker.consistency > 1 needs ranker.shuffle=true (K identical orders would always agree)")
+        if self.ranker.batch and self.ranker.base_url is None:
+            raise ValueError("ranker.batch needs an external ranker.base_url (the embedded server has no Batch API)")
         if self.ranker.base_url is not None and self.ranker.model is None:
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")
         return self
+
+    @property
+    def ranker_cache_path(self) -> Path:
+        """The resolved reply cache file."""
+        return self.ranker.cache_path or self.model.cache_dir / "ranker_cache.sqlite"
 
     @property
     def agreement_min_length(self) -> int:
@@ -187,6 +240,42 @@ class Config(_Section):
             return cls.model_validate(json.loads(Path(path).read_text()))
         except ValidationError as e:
             raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+
+
+RESUMABLE_CHANGES = frozenset(
+    {
+        "rounds",
+        "ranker.concurrency",
+        "ranker.requests_per_minute",
+        "ranker.tokens_per_minute",
+        "ranker.cache",
+        "ranker.timeout_s",
+        "ranker.max_retries",
+        "ranker.max_cost_usd",
+        "ranker.batch_poll_s",
+        "ranker.server_startup_timeout_s",
+        "eval.every",
+        "eval.prompts",
+        "eval.num_prompts",
+        "eval.reward_model",
+    }
+)
+"""Dotted config fields a resumed run may change: they bound or schedule work, not its results."""
+
+
+def flatten(d: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested config JSON as dotted keys.
+
+    >>> flatten({"rounds": 2, "ranker": {"model": "m"}})
+    {'rounds': 2, 'ranker.model': 'm'}
+    """
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def format_validation_error(e: ValidationError) -> str:

@@ -43,3 +43,8 @@ class RunDirError(CycleAlignError):
 
 class TrainError(CycleAlignError):
     """The training phase failed in a launched process; the message holds its last log lines."""
+
+
+class BudgetError(CycleAlignError):
+    """The run reached ``--max-cost-usd``: no further paid call was sent. Finished work is kept;
+    resume with a higher budget to continue."""

@@ -30,9 +30,21 @@ from cyclealign.config import Config, ModelConfig
 from cyclealign.data import load_prompts, select_round_prompts
 from cyclealign.errors import TrainError
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
+from cyclealign.evaluate import BASE, EvalPlan, run_evaluation
 from cyclealign.models import resolve_device, resolve_model_dir
 from cyclealign.policy import Generation, TransformersPolicy
-from cyclealign.ranker import EmbeddedServer, Ranker, RankerTemplates, api_key_from_env, load_demonstrations
+from cyclealign.ranker import (
+    EmbeddedServer,
+    Ranker,
+    RankerTemplates,
+    RankJob,
+    ReplyCache,
+    api_key_from_env,
+    load_demonstrations,
+)
+from cyclealign.ranker.batch import prefetch_batch
+from cyclealign.ranker.judge import JudgeTemplates
+from cyclealign.ranker.pricing import FREE, Budget, resolve_price
 from cyclealign.records import Demonstration, PromptRecord, RankResult
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_json, write_jsonl
@@ -77,24 +89,53 @@ def open_ranker(
     """The black-box ranker for this run; starts (and finally stops) the embedded server if needed.
 
     With ``ranker.base_url`` unset, ``transformers serve`` is started on a free loopback port
-    with the embedded SmolLM2 model (no API key needed); otherwise the key is read from the
-    environment variable ``ranker.api_key_env`` and checked with one cheap preflight call
-    before any other work.
+    with the embedded SmolLM2 model (no API key needed, free); otherwise the key is read from
+    the environment variable ``ranker.api_key_env`` and checked with one cheap preflight call
+    before any other work. The reply cache, the model's price and the run's budget (what the
+    cost ledger says the run already spent) are set up here.
 
     Raises:
-        RankerError: the key is missing or rejected, or the server cannot start.
+        RankerError: the key is missing or rejected, the server cannot start, or the cache
+            cannot be opened.
+        ConfigError: a budget is set but the model's price is unknown, or a bad price table.
     """
+    r = cfg.ranker
     with contextlib.ExitStack() as stack:
-        if cfg.ranker.base_url is None:
+        if r.base_url is None:
+            price = FREE
+        else:
+            price = resolve_price(
+                r.model or "",
+                prices_path=r.prices_path,
+                input_per_mtok=r.price_input_per_mtok,
+                output_per_mtok=r.price_output_per_mtok,
+            )
+            key = api_key_from_env(r, environ)  # before the cache or anything else is touched
+        cache = stack.enter_context(ReplyCache(cfg.ranker_cache_path))
+        budget = Budget(r.max_cost_usd, spent_usd=run.ranker_spend()["cost_usd"])
+        if r.base_url is None:
             embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
             server = stack.enter_context(
-                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=cfg.ranker.server_startup_timeout_s)
+                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=r.server_startup_timeout_s)
             )
-            base_url, model, key = server.base_url, server.model, "local"
+            # The port changes every run: cache keys name the embedded model instead.
+            base_url, model, key, endpoint_id = server.base_url, server.model, "local", "embedded"
         else:
-            base_url, model, key = cfg.ranker.base_url, cfg.ranker.model, api_key_from_env(cfg.ranker, environ)
-        ranker = stack.enter_context(Ranker(cfg.ranker, base_url=base_url, model=model, api_key=key, templates=templates))
-        if cfg.ranker.base_url is not None:
+            base_url, model, endpoint_id = r.base_url, r.model or "", None
+        ranker = stack.enter_context(
+            Ranker(
+                r,
+                base_url=base_url,
+                model=model,
+                api_key=key,
+                templates=templates,
+                cache=cache,
+                price=price,
+                budget=budget,
+                endpoint_id=endpoint_id,
+            )
+        )
+        if r.base_url is not None:
             ranker.preflight()
         yield ranker
 
@@ -140,42 +181,68 @@ class Round:
 
     # -- phase 2 -------------------------------------------------------------------------
     def rank(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> None:
-        """Phase 2: black-box ranking of every prompt's responses, each answer appended to
-        ``rankings.jsonl`` as it arrives; prompts already answered (resume) are not sent again."""
+        """Phase 2: black-box ranking of every prompt's responses, concurrently; each answer is
+        appended to ``rankings.jsonl`` as it arrives (the raw replies are in the reply cache
+        before that), and the file is rewritten in prompt order when the phase ends. Prompts
+        already answered (resume) are not sent again; an ``api error`` is asked again.
+
+        Raises:
+            BudgetError: ``ranker.max_cost_usd`` was reached (the phase stays pending; resumable).
+            RankerError: the API refused the requests (bad key, unknown model).
+        """
         gens = self.generations()
         demos = select_demonstrations(
             static_demos, pool, self.cfg.ranker.num_static_demos, self.cfg.ranker.num_dynamic_demos
         )
 
+        def persist(result: RankResult) -> None:
+            append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
+            self.reporter.advance()
+
         def body() -> dict[str, Any]:
             done = {r.prompt_id for r in self.rankings() if not (r.reason or "").startswith("api error")}
             self.reporter.advance(len(done))
+            jobs = []
             for g in gens:
                 if g.prompt_id in done:
                     continue
                 if len(g.responses) < 2:
-                    result = RankResult(g.prompt_id, None, reason="fewer than 2 distinct responses")
+                    persist(RankResult(g.prompt_id, None, reason="fewer than 2 distinct responses"))
                 else:
-                    assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
-                    result = ranker.rank(self.by_id[g.prompt_id], g.responses, demos)
-                append_jsonl(self.rd.rankings, result.to_json())  # persisted before anything else
-                self.reporter.advance()
+                    jobs.append(RankJob(self.by_id[g.prompt_id], g.responses, demos, self.cfg.seed + self.index))
+            batch_info: dict[str, Any] = {}
+            if jobs:
+                assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
+                ranker.on_call = lambda call: append_jsonl(self.run.ranker_calls, {"round": self.index, **call}, fsync=False)
+                if self.cfg.ranker.batch:
+                    batch_info = prefetch_batch(ranker, jobs, self.rd.path / "ranker_batch.json")
+                ranker.rank_all(jobs, on_result=lambda _, result: persist(result))
             results = self.rankings()
+            write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
+            spend = self.run.ranker_spend(self.index)
+            multi = [r for r in results if r.consistent is not None]
             return {
                 "ranked": sum(r.ranking is not None for r in results),
                 "unranked": sum(r.ranking is None for r in results),
                 "calls": sum(r.attempts for r in results),
-                "prompt_tokens": sum(r.prompt_tokens for r in results),
-                "completion_tokens": sum(r.completion_tokens for r in results),
+                "api_calls": int(spend["calls"]),
+                "cache_hits": sum(r.attempts - r.api_calls for r in results),
+                "prompt_tokens": int(spend["prompt_tokens"]),
+                "completion_tokens": int(spend["completion_tokens"]),
+                "cost_usd": spend["cost_usd"],
+                "consistency_rate": sum(bool(r.consistent) for r in multi) / len(multi) if multi else None,
+                "structured_output": ranker.structured if ranker is not None else None,
                 "demos_static": min(len(static_demos), self.cfg.ranker.num_static_demos),
                 "demos_dynamic": min(len(pool), self.cfg.ranker.num_dynamic_demos),
+                **({"batch": batch_info} if batch_info else {}),
             }
 
         self._timed("rank", len(gens), body)
 
     def rankings(self) -> list[RankResult]:
-        """The latest black-box result per prompt, read back from disk."""
-        return self.rd.read_rankings()
+        """The latest black-box result per prompt, in prompt order, read back from disk."""
+        position = {p.id: i for i, p in enumerate(self.prompts)}
+        return sorted(self.rd.read_rankings(), key=lambda r: position.get(r.prompt_id, len(position)))
 
     # -- phase 3 -------------------------------------------------------------------------
     def agreement(self, pool: DemoPool) -> None:
@@ -273,9 +340,14 @@ class Round:
                 "ranking_loss": train.get("ranking_loss"),
                 "sft_loss": train.get("sft_loss"),
                 "train_ranking_accuracy": train.get("ranking_accuracy"),
+                "unranked_reasons": _reason_counts(self.rankings()),
                 "ranker_calls": ph["rank"]["calls"],
+                "ranker_api_calls": ph["rank"].get("api_calls"),
+                "ranker_cache_hits": ph["rank"].get("cache_hits"),
                 "tokens_sent": ph["rank"]["prompt_tokens"],
                 "tokens_received": ph["rank"]["completion_tokens"],
+                "ranker_cost_usd": ph["rank"].get("cost_usd"),
+                "consistency_rate": ph["rank"].get("consistency_rate"),
                 "generated_tokens": ph["generate"]["generated_tokens"],
                 "phase_s": {p: ph[p]["wall_s"] for p in ("generate", "rank", "agreement", "train")},
             }
@@ -326,7 +398,7 @@ def iterate(
         # The ranker is opened up front (a bad key fails before any generation work) unless
         # every remaining round has already finished its ranking phase.
         ranker = None
-        if any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
+        if cfg.eval.every or any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
             ranker = stack.enter_context(open_ranker(cfg, run, environ, templates))
         cache: dict[str, Any] = {}
 
@@ -347,9 +419,85 @@ def iterate(
             rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
             rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
             reporter.round_end(rnd.metrics())
+            if cfg.eval.every and (index + 1) % cfg.eval.every == 0 and not _evaluated(run, index):
+                assert ranker is not None
+                plan = EvalPlan(cfg.eval.prompts, cfg.eval.num_prompts, None, BASE, cfg.eval.reward_model)
+                reporter.phase_start(index, "eval", None)
+                t0 = time.perf_counter()
+                lines = evaluate_with(cfg, run, plan, ranker, policy(), templates)
+                wall = round(time.perf_counter() - t0, 3)
+                reporter.phase_end(index, "eval", {"wall_s": wall, "evaluated": [ln["label"] for ln in lines]})
         metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
     write_jsonl(run.metrics, [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics])
     return metrics
+
+
+def _evaluated(run: RunDir, index: int) -> bool:
+    """Whether ``eval/summary.jsonl`` already holds round ``index`` (a resumed run does not redo it)."""
+    return any(row.get("round") == index for row in read_jsonl(run.path / "eval" / "summary.jsonl"))
+
+
+def judge_templates(cfg: Config) -> JudgeTemplates:
+    """The judge templates: the user's templates folder when it has them, else the shipped ones."""
+    folder = cfg.ranker.templates_dir
+    if folder is not None and all((Path(folder) / f).is_file() for f in JudgeTemplates.FILES):
+        return JudgeTemplates(folder)
+    return JudgeTemplates(default_templates_dir())
+
+
+def evaluate_with(
+    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: TransformersPolicy, templates: RankerTemplates
+) -> list[dict[str, Any]]:
+    """:func:`cyclealign.evaluate.run_evaluation` with the run's ranker; paid calls go to the
+    cost ledger as round ``"eval"``."""
+    ranker.on_call = lambda call: append_jsonl(run.ranker_calls, {"round": "eval", **call}, fsync=False)
+    return run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg))
+
+
+def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """``cyclealign eval``: open the run's ranker (starting the embedded server if needed) and the
+    policy, and evaluate ``plan`` on the run in ``cfg.run_dir``.
+
+    Raises:
+        RunDirError, ConfigError, RankerError, BudgetError, DataError: see :func:`run_evaluation`.
+    """
+    import os
+
+    run = RunDir(cfg.run_dir)
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
+    model_dir = resolve_model_dir(cfg.model)
+    with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
+        policy = _LazyPolicy(lambda: TransformersPolicy(model_dir, cfg.model, cfg.generation))
+        return evaluate_with(cfg, run, plan, ranker, policy, templates)  # type: ignore[arg-type]
+
+
+class _LazyPolicy:
+    """A policy loaded on first use: an evaluation whose generations are all on disk loads no model."""
+
+    def __init__(self, factory: Callable[[], TransformersPolicy]) -> None:
+        self._factory = factory
+        self._policy: TransformersPolicy | None = None
+
+    def _get(self) -> TransformersPolicy:
+        if self._policy is None:
+            self._policy = self._factory()
+        return self._policy
+
+    def load_adapter(self, path: Path | None) -> None:
+        self._get().load_adapter(path)
+
+    def sample(self, prompts: list[PromptRecord], seed: int) -> list[Generation]:
+        return self._get().sample(prompts, seed=seed)
+
+
+def _reason_counts(results: list[RankResult]) -> dict[str, int]:
+    """Unranked prompts by the kind of reason (text before the first ':' or ' after')."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.ranking is None:
+            kind = (r.reason or "unknown").split(":")[0].split(" after ")[0].split(" across ")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:

@@ -68,6 +68,31 @@ class Demonstration:
 
 
 @dataclass
+class RankSample:
+    """One ask of the ranker for a prompt: one presentation order, its reply and re-asks.
+
+    Attributes:
+        order: the presentation order: label ``[j + 1]`` showed response ``order[j]`` (a seeded
+            shuffle against position bias; identity when shuffling is off).
+        replies: every raw reply text received for this order, in order (re-asks included).
+        ranking: the parsed ranking mapped back to response indices (0-based, best first), or None.
+        reason: why this ask gave no ranking (None when it did).
+    """
+
+    order: list[int]
+    replies: list[str] = field(default_factory=list)
+    ranking: list[int] | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RankSample":
+        return cls(**d)
+
+
+@dataclass
 class RankResult:
     """The black-box ranker's answer for one prompt.
 
@@ -75,25 +100,39 @@ class RankResult:
         prompt_id: id of the :class:`PromptRecord`.
         ranking: permutation of ``range(N)`` (0-based, best first), or ``None`` when unranked.
         reason: why the prompt is unranked (``None`` when ranked).
-        raw_replies: every raw reply text received, in order (re-asks included).
-        attempts: number of chat completions made (1 + re-asks).
-        prompt_tokens: prompt tokens billed over all attempts (from the API's ``usage``).
-        completion_tokens: completion tokens billed over all attempts.
+        samples: one :class:`RankSample` per presentation order asked (``ranker.consistency`` of them).
+        consistent: with several orders, whether their rankings agreed (None with one order, or
+            when an order gave no ranking).
+        attempts: chat completions used (first asks and re-asks, cached ones included).
+        api_calls: of those, the ones actually sent and answered (billed); the rest came from the cache.
+        prompt_tokens: prompt tokens of the completions used (from the API's ``usage``).
+        completion_tokens: completion tokens of the completions used.
+        cost_usd: USD billed for the ``api_calls`` (0 for cached replies and the embedded ranker).
         latency_s: wall seconds spent on this prompt's calls.
     """
 
     prompt_id: str
     ranking: list[int] | None
     reason: str | None = None
-    raw_replies: list[str] = field(default_factory=list)
+    samples: list[RankSample] = field(default_factory=list)
+    consistent: bool | None = None
     attempts: int = 0
+    api_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     latency_s: float = 0.0
+
+    @property
+    def raw_replies(self) -> list[str]:
+        """Every raw reply of every sample, in order."""
+        return [r for s in self.samples for r in s.replies]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RankResult":
+        d = dict(d)
+        d["samples"] = [RankSample.from_json(x) for x in d.get("samples", [])]
         return cls(**d)

@@ -5,10 +5,13 @@ Layout of ``runs/<name>/``::
     config.json                 the resolved Config (no secrets)
     metrics.jsonl               one line per finished round
     server.log                  the embedded ranker server's log (when one is started)
+    ranker_calls.jsonl          the cost ledger: one line per paid ranker call (round, tokens, USD)
     round_000/
         manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
         generations.jsonl       phase "generate"
-        rankings.jsonl          phase "rank": appended one line per ranker answer, fsync'd
+        rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives,
+                                rewritten in prompt order when the phase ends
+        ranker_batch.json       phase "rank" with ranker.batch: the Batch API job being waited on
         agreement.jsonl         phase "agreement"
         demo_pool.jsonl         the dynamic demonstration pool after this round
         adapter/                phase "train": the PEFT LoRA adapter
@@ -17,8 +20,9 @@ Layout of ``runs/<name>/``::
 
 Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
-``rankings.jsonl`` is append-only so that no paid ranker answer is lost mid-phase;
-a torn last line (crash during a write) is ignored on reading.
+``rankings.jsonl`` and ``ranker_calls.jsonl`` are appended so that no ranker answer is lost
+mid-phase (the raw replies themselves are in the reply cache before they are used, see
+:mod:`cyclealign.ranker.cache`); a torn last line (crash during a write) is ignored on reading.
 """
 
 from __future__ import annotations
@@ -62,13 +66,15 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def append_jsonl(path: Path, row: Any) -> None:
-    """Append one JSON line and fsync it (used for paid results, one by one)."""
+def append_jsonl(path: Path, row: Any, fsync: bool = True) -> None:
+    """Append one JSON line (used for paid results, one by one); ``fsync`` also survives a power
+    loss, without it the line survives the process being killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
 
 
 def read_jsonl(path: Path) -> list[Any]:
@@ -129,6 +135,11 @@ class RoundDir:
         """Whether ``phase`` is recorded as finished in the manifest."""
         return phase in self.phases()
 
+    def reset(self, *phases: str) -> None:
+        """Mark ``phases`` as not done (their outputs are redone by the next resume)."""
+        kept = {p: v for p, v in self.phases().items() if p not in phases}
+        write_json(self._manifest, {"round": self.index, "phases": kept})
+
     def mark_done(self, phase: str, **info: Any) -> None:
         """Record ``phase`` as finished; call only after its outputs are written."""
         if phase not in PHASES:
@@ -146,6 +157,7 @@ class RunDir:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.server_log = self.path / "server.log"
+        self.ranker_calls = self.path / "ranker_calls.jsonl"
 
     def round(self, index: int) -> RoundDir:
         """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
@@ -155,8 +167,9 @@ class RunDir:
         """Create the run directory, or check it for ``--resume``.
 
         A new run refuses a directory that already holds a run (nothing is overwritten);
-        a resumed run must find one, and its saved config must match except for the
-        number of rounds (which may be raised to schedule more).
+        a resumed run must find one, and its saved config must match except for the fields
+        in :data:`~cyclealign.config.RESUMABLE_CHANGES` (the number of rounds, the budget,
+        concurrency and rate limits...).
 
         Raises:
             RunDirError: on either mismatch, naming the directory and the differing fields.
@@ -166,16 +179,27 @@ class RunDir:
         if resume and not self.config.exists():
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
         if resume:
-            old, new = json.loads(self.config.read_text()), json.loads(config_json)
-            old.pop("rounds", None)
-            new_cmp = {k: v for k, v in new.items() if k != "rounds"}
-            diff = sorted(k for k in set(old) | set(new_cmp) if old.get(k) != new_cmp.get(k))
+            from cyclealign.config import RESUMABLE_CHANGES, flatten
+
+            old, new = flatten(json.loads(self.config.read_text())), flatten(json.loads(config_json))
+            diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
             if diff:
                 raise RunDirError(
                     f"{self.path}: --resume with a different config ({', '.join(diff)}); "
                     "resume with the same settings, or start a new --run-dir"
                 )
         atomic_write_text(self.config, config_json)
+
+    def ranker_spend(self, round_index: int | None = None) -> dict[str, float]:
+        """Paid ranker calls from the cost ledger: ``{"calls", "prompt_tokens", "completion_tokens", "cost_usd"}``,
+        for the whole run or one round."""
+        rows = [r for r in read_jsonl(self.ranker_calls) if round_index is None or r.get("round") == round_index]
+        return {
+            "calls": len(rows),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "completion_tokens": sum(r["completion_tokens"] for r in rows),
+            "cost_usd": sum(r["cost_usd"] for r in rows),
+        }
 
     def finished_rounds(self) -> int:
         """Number of leading rounds whose every phase is done."""

@@ -51,11 +51,22 @@ def test_cli_runs_a_round_and_prints_the_summary(tmp_path):
             "iterate", "--prompts", str(prompts), "--rounds", "1", "--prompts-per-round", "2",
             "--num-samples", "2", "--max-new-tokens", "6", "--run-dir", str(tmp_path / "run"),
             "--ranker-base-url", api.base_url, "--ranker-model", "scripted",
+            "--ranker-cache", str(tmp_path / "cache.sqlite"),
         ]
         result = runner.invoke(app, args, env={"OPENAI_API_KEY": "sk-cli-test"})
-    assert result.exit_code == 0, result.output
-    assert "agreement rate" in result.output and "Kendall tau" in result.output
-    assert (tmp_path / "run" / "round_000" / "adapter" / "adapter_config.json").is_file()
+        assert result.exit_code == 0, result.output
+        assert "agreement rate" in result.output and "Kendall tau" in result.output
+        assert "ranker cost USD" in result.output
+        assert (tmp_path / "run" / "round_000" / "adapter" / "adapter_config.json").is_file()
+
+        # A budget too small for one call: the run stops cleanly (exit code 3), resumable.
+        # (--no-cache: the same requests are in the cache, and cached replies cost nothing.)
+        budget = [a if a != str(tmp_path / "run") else str(tmp_path / "run2") for a in args]
+        budget += ["--no-cache", "--max-cost-usd", "0.000001", "--ranker-price-input", "1", "--ranker-price-output", "1"]
+        result = runner.invoke(app, budget, env={"OPENAI_API_KEY": "sk-cli-test"})
+    assert result.exit_code == 3, result.output
+    assert "stopped:" in result.output and "--max-cost-usd" in result.output
+    assert (tmp_path / "run2" / "round_000" / "generations.jsonl").is_file()
 
 
 def test_bad_input_leaves_no_run_directory_behind(tmp_path):

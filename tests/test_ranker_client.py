@@ -36,15 +36,19 @@ def templates() -> RankerTemplates:
     return RankerTemplates(default_templates_dir())
 
 
-def make_ranker(api: ScriptedAPI, templates: RankerTemplates, **cfg) -> Ranker:
-    cfg = {"max_retries": 2, "max_reasks": 2, "timeout_s": 5.0, **cfg}
+def make_ranker(api: ScriptedAPI, templates: RankerTemplates, *, key: str = KEY, reply_cache=None, budget=None, price=None, **cfg) -> Ranker:
+    """A Ranker on ``api`` with no retry waits; ``cfg`` overrides RankerConfig fields (shuffle off by default)."""
+    cfg = {"max_retries": 2, "max_reasks": 2, "timeout_s": 5.0, "shuffle": False, "structured_output": "off", **cfg}
     return Ranker(
         RankerConfig(**cfg),
         base_url=api.base_url,
         model="scripted",
-        api_key=KEY,
+        api_key=key,
         templates=templates,
         retry_wait=tenacity.wait_none(),
+        cache=reply_cache,
+        budget=budget,
+        price=price,
     )
 
 
@@ -151,14 +155,14 @@ def test_retries_exhausted_give_an_unranked_result_not_an_exception(templates):
         result = make_ranker(api, templates, max_retries=2).rank(PROMPT, RESPONSES, [])
     assert result.ranking is None and api.count == 3
     assert result.reason == "api error: InternalServerError: HTTP 503: overloaded"
-    assert result.attempts == 1 and result.raw_replies == []
+    assert result.attempts == 0 and result.api_calls == 0 and result.raw_replies == []
 
 
 def test_api_error_during_a_reask_keeps_earlier_replies(templates):
     with ScriptedAPI(["no ranking here", Drop(), Drop()]) as api:
         result = make_ranker(api, templates, max_retries=1).rank(PROMPT, RESPONSES, [])
-    assert result.ranking is None and result.reason.startswith("api error: APIConnectionError")
-    assert result.attempts == 2 and result.raw_replies == ["no ranking here"]
+    assert result.ranking is None and result.reason.startswith(("api error: APIConnectionError", "api error: APITimeoutError"))
+    assert result.attempts == 1 and result.raw_replies == ["no ranking here"]
 
 
 # -- errors retries cannot fix ---------------------------------------------------------------
@@ -255,7 +259,7 @@ def test_template_with_undeclared_variable(tmp_path):
     with pytest.raises(TemplateError) as e:
         RankerTemplates(folder)
     msg = str(e.value)
-    assert "ranker_correction.jinja" in msg and "attempts, reason" in msg and "error, n" in msg
+    assert "ranker_correction.jinja" in msg and "attempts, reason" in msg and "error, json_output, n" in msg
 
 
 def test_template_syntax_error_names_file_and_line(tmp_path):

@@ -5,13 +5,18 @@ A templates folder holds four files (the shipped ones are in ``prompts/``):
 ==========================  ============================  =======================================
 file                        variables it may use          renders
 ==========================  ============================  =======================================
-``ranker_system.jinja``     ``n``                         the system message (task and format)
+``ranker_system.jinja``     ``n``, ``json_output``        the system message (task and format)
 ``ranker_user.jinja``       ``query``, ``responses``,     one query block: the conversation and
                             ``n``                         the responses labelled ``[1]..[N]``
 ``ranker_answer.jinja``     ``labels``                    a demonstration's answer, e.g.
                                                           ``[2] > [1] > [4] > [3]``
-``ranker_correction.jinja`` ``error``, ``n``              the re-ask after an unparsable reply
+``ranker_correction.jinja`` ``error``, ``n``,             the re-ask after an unparsable reply
+                            ``json_output``
 ==========================  ============================  =======================================
+
+``json_output`` is true when the call asks for structured output (a JSON schema,
+:func:`~cyclealign.ranker.parse.ranking_json_schema`): the answer is then
+``{"ranking": [2, 1, 4, 3]}`` and demonstrations are answered in that form.
 
 Templates are loaded with ``StrictUndefined`` and checked at load time: a missing file, a
 syntax error, a variable outside the table, or a query/answer template that leaves out the
@@ -37,10 +42,10 @@ from cyclealign.records import Demonstration, Message
 __all__ = ["REQUIRED_VARIABLES", "TEMPLATE_VARIABLES", "RankerTemplates", "load_demonstrations"]
 
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
-    "ranker_system.jinja": frozenset({"n"}),
+    "ranker_system.jinja": frozenset({"n", "json_output"}),
     "ranker_user.jinja": frozenset({"query", "responses", "n"}),
     "ranker_answer.jinja": frozenset({"labels"}),
-    "ranker_correction.jinja": frozenset({"error", "n"}),
+    "ranker_correction.jinja": frozenset({"error", "n", "json_output"}),
 }
 """Each template file and the variables the ranker provides when rendering it."""
 
@@ -89,6 +94,7 @@ class RankerTemplates:
         )
         self._sources: dict[str, str] = {}
         self._templates: dict[str, jinja2.Template] = {}
+        self._rendered: dict[tuple[Any, ...], Any] = {}  # system prompts and demo turns, rendered once
         for name, provided in TEMPLATE_VARIABLES.items():
             path = self.folder / name
             if not path.is_file():
@@ -117,33 +123,49 @@ class RankerTemplates:
         except jinja2.TemplateError as e:  # e.g. StrictUndefined on an attribute of a variable
             raise TemplateError(f"{self.folder / name}: cannot render: {e}") from None
 
-    def system(self, n: int) -> str:
-        """The system message for a ranking of ``n`` responses."""
-        return self._render("ranker_system.jinja", n=n)
+    def system(self, n: int, json_output: bool = False) -> str:
+        """The system message for a ranking of ``n`` responses (answer format: labels, or JSON)."""
+        key = ("system", n, json_output)
+        if key not in self._rendered:
+            self._rendered[key] = self._render("ranker_system.jinja", n=n, json_output=json_output)
+        return self._rendered[key]
 
     def query_block(self, query: str, responses: Sequence[str]) -> str:
         """One query: the conversation and the responses labelled ``[1]..[N]`` between delimiters."""
         shown = [_neutralize_delimiters(r) for r in responses]
         return self._render("ranker_user.jinja", query=_neutralize_delimiters(query), responses=shown, n=len(shown))
 
-    def answer(self, ranking: Sequence[int]) -> str:
-        """The answer to a demonstration: 0-based ``ranking`` (best first) shown as 1-based labels."""
-        return self._render("ranker_answer.jinja", labels=[i + 1 for i in ranking])
+    def answer(self, ranking: Sequence[int], json_output: bool = False) -> str:
+        """The answer to a demonstration: 0-based ``ranking`` (best first) shown as 1-based labels
+        (``ranker_answer.jinja``), or as ``{"ranking": [...]}`` with structured output."""
+        labels = [i + 1 for i in ranking]
+        if json_output:
+            return json.dumps({"ranking": labels})
+        return self._render("ranker_answer.jinja", labels=labels)
 
-    def correction(self, error: str, n: int) -> str:
+    def correction(self, error: str, n: int, json_output: bool = False) -> str:
         """The user message re-asking for a ranking of ``n`` responses after reply ``error``."""
-        return self._render("ranker_correction.jinja", error=error, n=n)
+        return self._render("ranker_correction.jinja", error=error, n=n, json_output=json_output)
 
-    def build_messages(self, query: str, responses: Sequence[str], demos: Sequence[Demonstration]) -> list[Message]:
+    def build_messages(
+        self, query: str, responses: Sequence[str], demos: Sequence[Demonstration], json_output: bool = False
+    ) -> list[Message]:
         """The chat messages of one ranker call.
 
         ``[system] + [user(demo query block), assistant(demo answer)] per demo + [user(query block)]``.
         The system message is rendered for ``len(responses)``; demonstrations may have another N.
+        ``json_output``: the call uses structured output (answers are ``{"ranking": [...]}``).
         """
-        messages: list[Message] = [{"role": "system", "content": self.system(len(responses))}]
+        messages: list[Message] = [{"role": "system", "content": self.system(len(responses), json_output)}]
         for demo in demos:
-            messages.append({"role": "user", "content": self.query_block(demo.query, demo.responses)})
-            messages.append({"role": "assistant", "content": self.answer(demo.ranking)})
+            key = ("demo", demo.query, tuple(demo.responses), tuple(demo.ranking), json_output)
+            if key not in self._rendered:
+                if len(self._rendered) > 4096:  # a long run's dynamic demos: keep the memo bounded
+                    self._rendered.clear()
+                self._rendered[key] = (self.query_block(demo.query, demo.responses), self.answer(demo.ranking, json_output))
+            question, answer = self._rendered[key]
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": answer})
         messages.append({"role": "user", "content": self.query_block(query, responses)})
         return messages
 

@@ -1,0 +1,102 @@
+"""Pairwise judging for evaluation: is response A better than B, by the black-box model?
+
+The judge sees the conversation and two responses labelled ``[1]`` and ``[2]``
+(``prompts/judge_system.jinja``, ``prompts/judge_user.jinja``) and answers ``[1]``, ``[2]`` or
+``tie``. Each pair is judged in both presentation orders (:func:`pair_outcome`): a win counts
+only when the judge prefers the same response in both orders, which cancels position bias
+(Zheng et al. 2023, "Judging LLM-as-a-judge", section 3.4, "swap position").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+
+from cyclealign.errors import TemplateError
+from cyclealign.ranker.templates import _neutralize_delimiters
+from cyclealign.records import Message
+
+__all__ = ["JudgeTemplates", "VerdictParseError", "pair_outcome", "parse_verdict"]
+
+_VERDICT = re.compile(r"\[\s*([12])\s*\]|\btie\b", re.IGNORECASE)
+
+
+class VerdictParseError(ValueError):
+    """The judge's reply holds no single verdict."""
+
+
+def parse_verdict(reply: str) -> int | None:
+    """The judge's verdict: ``0`` (the response shown first is better), ``1`` (the second), or
+    ``None`` (a tie).
+
+    Raises:
+        VerdictParseError: no verdict, or conflicting ones.
+
+    >>> parse_verdict("[2]"), parse_verdict("Response [1] is better."), parse_verdict("Tie.")
+    (1, 0, None)
+    >>> parse_verdict("[1] or [2]")
+    Traceback (most recent call last):
+    ...
+    cyclealign.ranker.judge.VerdictParseError: conflicting verdicts: [1], [2]
+    """
+    found = []
+    for m in _VERDICT.finditer(reply):
+        v = "tie" if m.group(1) is None else f"[{m.group(1)}]"
+        if v not in found:
+            found.append(v)
+    if not found:
+        raise VerdictParseError("no verdict ([1], [2] or tie) found")
+    if len(found) > 1:
+        raise VerdictParseError(f"conflicting verdicts: {', '.join(found)}")
+    return None if found[0] == "tie" else int(found[0][1]) - 1
+
+
+def pair_outcome(verdict_ab: int | None, verdict_ba: int | None) -> str:
+    """``"win"``, ``"loss"`` or ``"tie"`` for A, from the verdicts with A shown first (``ab``) and
+    with B shown first (``ba``): a win or loss needs both orders to agree.
+
+    >>> pair_outcome(0, 1), pair_outcome(1, 0), pair_outcome(0, 0), pair_outcome(None, 1)
+    ('win', 'loss', 'tie', 'tie')
+    """
+    a_first = {0: "A", 1: "B", None: "tie"}[verdict_ab]
+    b_first = {0: "B", 1: "A", None: "tie"}[verdict_ba]
+    if a_first == b_first == "A":
+        return "win"
+    if a_first == b_first == "B":
+        return "loss"
+    return "tie"
+
+
+class JudgeTemplates:
+    """The two judge templates of a folder (the shipped ones are in ``prompts/``).
+
+    Raises:
+        TemplateError: a file is missing or does not parse (file and line named).
+    """
+
+    FILES = ("judge_system.jinja", "judge_user.jinja")
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+        self._templates = {}
+        for name in self.FILES:
+            path = self.folder / name
+            if not path.is_file():
+                raise TemplateError(f"{path}: judge template missing")
+            try:
+                self._templates[name] = env.from_string(path.read_text(encoding="utf-8"))
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+
+    def messages(self, query: str, first: str, second: str) -> list[Message]:
+        """``[system, user]`` asking which of ``first`` ([1]) and ``second`` ([2]) is better."""
+        user = self._templates["judge_user.jinja"].render(
+            query=_neutralize_delimiters(query), first=_neutralize_delimiters(first), second=_neutralize_delimiters(second)
+        )
+        return [
+            {"role": "system", "content": self._templates["judge_system.jinja"].render().strip()},
+            {"role": "user", "content": user.strip()},
+        ]

@@ -1,0 +1,119 @@
+"""Held-out evaluation: pairwise win rate with order swaps, ties and a binomial interval; the
+whole `eval` on a real trained run against a real local HTTP judge; `iterate --eval-every`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from scipy.stats import binomtest
+from scripted_api import Reply, ScriptedAPI
+from test_loop import KEY, make_config, ranking_requests, reverse_ranker
+from test_ranker_client import make_ranker
+
+from cyclealign.evaluate import EvalPlan, _win_rate, wilson_interval
+from cyclealign.loop import evaluate_run, iterate
+from cyclealign.policy.base import Generation
+from cyclealign.ranker import RankerTemplates
+from cyclealign.ranker.judge import JudgeTemplates
+from cyclealign.records import PromptRecord
+from cyclealign.resources import default_templates_dir
+from cyclealign.rundir import RunDir, read_jsonl
+
+
+def shown_pair(request):
+    user = request["messages"][-1]["content"]
+    return re.findall(r'<response id="\d">\n(.*?)\n</response>', user, re.S)
+
+
+def test_win_rate_counts_a_win_only_when_both_orders_agree(tmp_path):
+    # A's responses say "good", B's say "bad". Per prompt the judge behaves differently:
+    #   q0, q1: prefers the good one in both orders -> win
+    #   q2: prefers the bad one in both orders -> loss
+    #   q3: always picks [1] (position bias) -> tie
+    #   q4: says "tie" -> tie
+    #   q5: unparsable -> invalid, left out
+    def judge(request):
+        q = re.search(r"User: (q\d)", request["messages"][-1]["content"]).group(1)
+        first, second = shown_pair(request)
+        if q in ("q0", "q1"):
+            return "[1]" if "good" in first else "[2]"
+        if q == "q2":
+            return "[1]" if "bad" in first else "[2]"
+        return {"q3": "[1]", "q4": "tie", "q5": "I cannot decide between [1] or [2]"}[q]
+
+    prompts = {f"q{i}": PromptRecord(f"q{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(6)}
+    gens_a = [Generation(p, [1], [f"good {p}"], [[1]], [-1.0], [True]) for p in prompts]
+    gens_b = [Generation(p, [1], [f"bad {p}"], [[1]], [-1.0], [True]) for p in prompts]
+    with ScriptedAPI(fallback=lambda r: Reply(judge(r))) as api:
+        ranker = make_ranker(api, RankerTemplates(default_templates_dir()))
+        judge_t = JudgeTemplates(default_templates_dir())
+        line = _win_rate(ranker, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts)
+        assert api.count == 12  # both orders of 6 pairs
+        orders = {tuple(shown_pair(r)) for r in api.requests if "q0" in r["messages"][-1]["content"]}
+        assert orders == {("good q0", "bad q0"), ("bad q0", "good q0")}
+    assert (line["wins"], line["losses"], line["ties"], line["invalid"]) == (2, 1, 2, 1)
+    assert line["win_rate"] == pytest.approx(2 / 5) and line["win_rate_ties_half"] == pytest.approx(3 / 5)
+    ci = binomtest(2, 5).proportion_ci(method="wilson")
+    assert (line["ci_low"], line["ci_high"]) == pytest.approx((ci.low, ci.high))
+    rows = read_jsonl(tmp_path / "judgements_round_000_vs_base.jsonl")
+    assert [r["outcome"] for r in rows] == ["win", "win", "loss", "tie", "tie", "invalid"]
+    assert rows[5]["problem"].startswith("unparsable verdict: conflicting verdicts")
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == (None, None)
+    low, high = wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and 0 < high < 0.35
+    low, high = wilson_interval(10, 10)
+    assert 0.65 < low < 1 and high == pytest.approx(1.0)
+
+
+def judge_or_rank(request):
+    """The ranker's scripted answers, and for the judge: always prefer the longer response."""
+    if "Which response is better?" in request["messages"][-1]["content"]:
+        first, second = shown_pair(request)
+        return "[1]" if len(first) >= len(second) else "[2]"
+    return reverse_ranker(request)
+
+
+@pytest.mark.slow
+def test_eval_every_round_then_eval_again_costs_no_call(tmp_path, prompts_file):
+    held = tmp_path / "held_out.jsonl"
+    questions = ["Name a planet.", "Say thanks.", "Name a color.", "Give a number."]  # "Name a color." is trained on
+    held.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions))
+    with ScriptedAPI(fallback=judge_or_rank) as api:
+        cfg = make_config(
+            tmp_path, prompts_file, api, rounds=1, prompts_per_round=4,
+            **{"eval.every": 1, "eval.prompts": held, "eval.num_prompts": 8},
+        )
+        iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+        out = cfg.run_dir / "eval"
+        summary = read_jsonl(out / "summary.jsonl")
+        assert [s["label"] for s in summary] == ["base", "round 0"]
+        base, r0 = summary
+        assert r0["vs"] == "base" and r0["prompts"] == 3  # the trained-on prompt was left out
+        assert r0["wins"] + r0["losses"] + r0["ties"] + r0["invalid"] == 3
+        assert 0 <= r0["ci_low"] <= r0["win_rate"] <= r0["ci_high"] <= 1
+        assert -1 <= r0["kendall_tau"] <= 1 and r0["length_mean"] > 0 and "win_rate" not in base
+        samples = read_jsonl(out / "samples.jsonl")
+        assert {s["label"] for s in samples} == {"base", "round 0"} and len(samples) == 6
+        assert "Name a color." not in {s["prompt"].split(": ", 1)[1] for s in samples}
+        ledger = read_jsonl(RunDir(cfg.run_dir).ranker_calls)
+        assert any(c["round"] == "eval" for c in ledger)
+
+        # The same evaluation again: generations reused, every judge/ranker reply from the cache.
+        before = api.count
+        lines = evaluate_run(cfg, EvalPlan(held, 8), environ={"OPENAI_API_KEY": KEY})
+        assert api.count == before + 1  # the preflight ping only
+        assert [ln.get("win_rate") for ln in lines] == [s.get("win_rate") for s in summary]
+    assert len(ranking_requests(api)) > 0
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    p = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p

@@ -1,0 +1,152 @@
+"""`cyclealign report`: an HTML report with plots, from a recorded run directory (real files)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from cyclealign.cli import app
+from cyclealign.config import build_config
+from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.errors import RunDirError
+from cyclealign.policy.base import Generation
+from cyclealign.records import RankResult
+from cyclealign.report import write_report
+from cyclealign.rundir import RunDir, write_jsonl
+
+runner = CliRunner()
+
+
+def flat(output):
+    """CLI output with rich's line wrapping undone (it breaks long paths)."""
+    return output.replace("\n", "")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METRIC_PLOTS = ["agreement", "loss", "unranked", "pool", "ranker", "phases"]
+
+
+def metrics_line(k, **extra):
+    line = {
+        "round": k, "prompts": 4, "responses": 16, "ranked": 4 - k, "unranked": k,
+        "agreement_rate": [0.5, 0.625, 0.8125][k], "kendall_tau": [-0.25, 0.125, 0.4375][k],
+        "pool_added": k + 1, "pool_size": [1, 3, 6][k],
+        "train_loss": [2.5, 2.0, 1.75][k], "ranking_loss": [2.25, 1.8, 1.6][k], "sft_loss": [2.5, 2.0, 1.5][k],
+        "train_ranking_accuracy": 0.5, "unranked_reasons": {} if k == 0 else {"unparsable": 1, "api error": k - 1},
+        "ranker_calls": 5, "ranker_api_calls": 5 - k, "ranker_cache_hits": k,
+        "tokens_sent": [12000, 11000, 10500][k], "tokens_received": [300, 280, 260][k],
+        "ranker_cost_usd": [0.0021, 0.0019, 0.0018][k], "consistency_rate": None, "generated_tokens": 900,
+        "phase_s": {"generate": 20.5, "rank": 30.25 + k, "agreement": 0.25, "train": 22.0},
+    }
+    line.update(extra)
+    return line
+
+
+def make_run(tmp_path, *, with_eval=True, metrics=None):
+    """A recorded 3-round run: metrics.jsonl, generations and rankings, and eval/ files."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question <{i}>?"}) + "\n" for i in range(12)))
+    cfg = build_config(
+        run_dir=tmp_path / "run", prompts=prompts, rounds=3, prompts_per_round=4,
+        **{"ranker.base_url": "http://x/v1", "ranker.model": "m"},
+    )
+    run = RunDir(cfg.run_dir)
+    run.prepare(cfg.to_json(), resume=False)
+    for k in range(3):
+        gens, results = [], []
+        for i, p in enumerate(select_round_prompts(load_prompts(prompts), k, 4, cfg.seed)):
+            gens.append(Generation(p.id, [1], [f"r{k} {p.id} answer {j}" for j in range(4)], [[1]] * 4, [-1.0] * 4, [True] * 4))
+            results.append(RankResult(p.id, [1, 3, 0, 2]) if i >= k else RankResult(p.id, None, reason="unparsable after 3 attempts: x"))
+        write_jsonl(run.round(k).generations, [g.to_json() for g in gens])
+        write_jsonl(run.round(k).rankings, [r.to_json() for r in results])
+    write_jsonl(run.metrics, metrics if metrics is not None else [metrics_line(k) for k in range(3)])
+    if with_eval:
+        base = {"round": -1, "label": "base", "vs": "base", "prompts": 10, "kendall_tau": 0.1, "agreement_rate": 0.5,
+                "length_mean": 40.0, "length_std": 5.0, "reward_mean": None, "reward_std": None}
+        rounds = [
+            {"round": k, "label": f"round {k}", "vs": "base", "prompts": 10, "wins": w, "losses": l, "ties": 10 - w - l,
+             "win_rate": rate, "ci_low": lo, "ci_high": hi, "kendall_tau": None, "agreement_rate": 0.625,
+             "length_mean": 42.5, "length_std": 6.25, "reward_mean": 0.3125, "reward_std": 0.1}
+            for k, w, l, rate, lo, hi in [(0, 5, 4, 0.5556, 0.2667, 0.8112), (2, 7, 2, 0.7778, 0.4526, 0.9368)]
+        ]
+        write_jsonl(run.path / "eval" / "summary.jsonl", [base, *rounds])
+        samples = [
+            {"round": k, "label": label, "prompt_id": f"h{i}", "prompt": f"User: held-out question {i}",
+             "response": f"{label} says <b>{i}</b> & more"}
+            for k, label in [(-1, "base"), (0, "round 0"), (2, "round 2")]
+            for i in range(7)
+        ]
+        write_jsonl(run.path / "eval" / "samples.jsonl", samples)
+    return run
+
+
+def embedded_images(html):
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_full_report_embeds_plots_numbers_and_samples(tmp_path):
+    run = make_run(tmp_path)
+    path = write_report(run.path)
+    assert path == run.path / "report" / "report.html"
+    html = path.read_text()
+    names = METRIC_PLOTS + ["win_rate"]
+    images = embedded_images(html)
+    assert len(images) == len(names)
+    for name, data in zip(names, images):
+        png = run.path / "report" / f"{name}.png"
+        assert png.read_bytes() == data and data.startswith(PNG_MAGIC)
+        pixels = imread(png)  # matplotlib reads it back
+        assert pixels.shape[0] == 360 and pixels.shape[1] in (640, 1280) and pixels.shape[2] in (3, 4)
+    assert imread(run.path / "report" / "unranked.png").shape[1] == 1280  # rate + reasons panels
+    # Per-round table and evaluation table hold the recorded numbers.
+    for number in ("0.625", "0.812", "0.438", "-0.250", "1.750", "12000", "0.0021", "74.0"):
+        assert number in html, number
+    for number in ("0.556", "0.778", "[0.453, 0.937]", "7 / 2 / 1", "42.50 ± 6.25", "0.31 ± 0.10"):
+        assert number in html, number
+    # Held-out samples: 5 prompts of 7, one column per policy, HTML-escaped.
+    assert html.count("held-out question") == 5 and "held-out question 5" not in html
+    assert "round 2 says &lt;b&gt;4&lt;/b&gt; &amp; more" in html and "<b>4</b>" not in html
+    assert html.index("<th>base</th>") < html.index("<th>round 0</th>") < html.index("<th>round 2</th>")
+
+
+def test_metrics_only_run_shows_ranked_samples_and_skips_missing_plots(tmp_path):
+    old = [{"round": k, "ranked": 4, "unranked": 0, "agreement_rate": 0.5, "kendall_tau": 0.0} for k in range(3)]
+    run = make_run(tmp_path, with_eval=False, metrics=old)  # an old run: few keys, no eval
+    html = write_report(run.path, tmp_path / "rep").read_text()
+    assert len(embedded_images(html)) == 2  # agreement and unranked rate only
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["agreement.png", "unranked.png"]
+    assert "Not plotted (no data in this run): loss, pool, ranker, phases." in html
+    assert "Held-out evaluation" not in html and "train loss" not in html
+    # Without eval/samples.jsonl: each round's first 3 prompts, top- and bottom-ranked responses
+    # (ranking [1, 3, 0, 2]), prompt texts rebuilt from the prompt source and escaped.
+    assert html.count("<h3>Round") == 3
+    assert "User: Question &lt;" in html
+    assert "r0 " in html and "answer 1</td><td>r0 " in html
+    assert "unranked: unparsable after 3 attempts: x" in html  # round 1's first prompt
+
+
+def test_interrupted_run_reports_from_round_manifests(tmp_path):
+    run = make_run(tmp_path, with_eval=False, metrics=[])
+    run.metrics.unlink()
+    with pytest.raises(RunDirError, match="nothing to report"):
+        write_report(run.path)
+    for k in range(2):  # two rounds finished before the interruption
+        for phase in ("generate", "rank", "agreement", "train"):
+            run.round(k).mark_done(phase, wall_s=1.0)
+        run.round(k).mark_done("metrics", **{key: v for key, v in metrics_line(k).items() if key != "round"}, wall_s=0.1)
+    html = write_report(run.path).read_text()
+    assert len(embedded_images(html)) == len(METRIC_PLOTS) and "0.625" in html
+
+
+def test_cli_report(tmp_path):
+    run = make_run(tmp_path)
+    result = runner.invoke(app, ["report", str(run.path)])
+    assert result.exit_code == 0, result.output
+    assert str(run.path / "report" / "report.html") in flat(result.output)
+    assert (run.path / "report" / "win_rate.png").is_file()
+    result = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "error:" in flat(result.output) and "nothing to report" in flat(result.output)

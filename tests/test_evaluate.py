@@ -117,3 +117,42 @@ def prompts_file(tmp_path):
     rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, embedded_model_dir):
+    """A real local sequence-classification model: SmolLM2's body with a seeded 1-logit head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(embedded_model_dir, num_labels=1)
+    out = tmp_path_factory.mktemp("reward_model")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(embedded_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_reward_scores_do_not_depend_on_batching_or_padding(reward_model_dir):
+    from cyclealign.config import Config
+    from cyclealign.evaluate import reward_scores
+
+    cfg = Config()
+    prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Name a planet."}])
+    pairs = [(prompt, "Mars."), (prompt, "Jupiter is the largest planet of the solar system, a gas giant."), (prompt, "Venus.")]
+    batched = reward_scores(str(reward_model_dir), pairs, cfg, batch_size=3)
+    alone = [reward_scores(str(reward_model_dir), [p], cfg, batch_size=1)[0] for p in pairs]
+    assert batched == pytest.approx(alone, abs=1e-3)  # the padded batch reads each pair's own last token
+    assert len(set(round(s, 4) for s in batched)) == 3  # distinct responses, distinct scores
+
+
+def test_reward_model_that_cannot_load_names_the_path(tmp_path):
+    from cyclealign.config import Config
+    from cyclealign.errors import ConfigError
+    from cyclealign.evaluate import reward_scores
+
+    missing = tmp_path / "no_such_reward_model"
+    prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi."}])
+    with pytest.raises(ConfigError, match="no_such_reward_model"):
+        reward_scores(str(missing), [(prompt, "Hello.")], Config())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,6 +22,23 @@ from cyclealign.errors import BudgetError, CycleAlignError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
 console = Console(stderr=True)
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Turn a CycleAlign error into a printed message and an exit status.
+
+    Exit 3 when a cost budget stopped the work (``BudgetError``: finished work is kept, the run
+    resumes), 2 for any other ``CycleAlignError`` (bad input, a rejected key, a broken run dir).
+    """
+    try:
+        yield
+    except BudgetError as e:
+        console.print(f"[yellow]stopped:[/yellow] {e}")
+        raise typer.Exit(code=3) from None
+    except CycleAlignError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
 
 
 @app.callback()
@@ -148,19 +167,13 @@ def iterate(
 
     transformers.utils.logging.disable_progress_bar()  # rich draws the progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
-    try:
+    with _exit_codes():
         flags = _config_overrides(ctx, config)
         cfg = build_config(**flags)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
             metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=RichReporter(progress))
-    except BudgetError as e:
-        console.print(f"[yellow]stopped:[/yellow] {e}")
-        raise typer.Exit(code=3) from None
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     console.print(round_table(metrics))
     console.print(f"run directory: {cfg.run_dir}  (metrics: {cfg.run_dir / 'metrics.jsonl'})")
 
@@ -242,7 +255,7 @@ def train_round_command(
     from cyclealign.train.phase import run_train_phase
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
+    with _exit_codes():
         cfg = Config.from_json_file(run_dir / "config.json")
         state = PartialState(cpu=resolve_device(cfg.model).type == "cpu")  # joins the launcher's process group
         model_dir = resolve_model_dir(cfg.model)
@@ -255,9 +268,6 @@ def train_round_command(
             device=state.device,
             is_main_process=state.is_main_process,
         )
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     if state.is_main_process:
         console.print(summary)
 
@@ -280,16 +290,10 @@ def eval_command(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
+    with _exit_codes():
         cfg = Config.from_json_file(run_dir / "config.json").model_copy(update={"run_dir": run_dir})
         plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model)
         lines = evaluate_run(cfg, plan, environ=os.environ)
-    except BudgetError as e:
-        console.print(f"[yellow]stopped:[/yellow] {e}")
-        raise typer.Exit(code=3) from None
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     Console().print(eval_table(lines))
     console.print(f"results: {run_dir / 'eval'}")
 
@@ -331,13 +335,10 @@ def reparse(
     """Re-apply the (fixed) ranking parser to the raw replies on disk: no API call is made."""
     from cyclealign.reparse import reparse_run
 
-    try:
+    with _exit_codes():
         summaries = reparse_run(
             run_dir, rounds=round_index or None, rewind=rewind, dry_run=dry_run, complete_last=complete_missing_last
         )
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     table = Table(title=f"reparse {run_dir}" + (" (dry run)" if dry_run else ""))
     for col in ("round", "prompts", "ranked before", "ranked after", "changed", "written", "rewound"):
         table.add_column(col, justify="right")
@@ -364,11 +365,8 @@ def export_command(
 
     datasets.disable_progress_bars()  # one summary line is printed instead
 
-    try:
+    with _exit_codes():
         dataset = export_rankings(run_dir, fmt, out, rounds=parse_rounds(rounds) if rounds is not None else None)
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     prompts = len(set(zip(dataset["round"], dataset["prompt_id"])))
     exported = sorted(set(dataset["round"]))
     console.print(f"wrote {dataset.num_rows} rows ({prompts} ranked prompts, rounds {', '.join(map(str, exported))}) to {out}", soft_wrap=True)
@@ -385,11 +383,8 @@ def report_command(
     """Write an HTML report of the run: metrics and plots across rounds, evaluation, sample responses."""
     from cyclealign.report import write_report
 
-    try:
+    with _exit_codes():
         path = write_report(run_dir, out)
-    except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
     console.print(f"report: {path}", soft_wrap=True)
 
 

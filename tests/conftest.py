@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is set before anything loads."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,3 +29,12 @@ def hh_rlhf_path() -> Path:
     if not HH_RLHF.exists():
         pytest.skip(f"{HH_RLHF} not present (the shared data folder is optional)")
     return HH_RLHF
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    """Four one-turn prompts as a JSONL file."""
+    p = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p

@@ -111,13 +111,6 @@ def test_eval_every_round_then_eval_again_costs_no_call(tmp_path, prompts_file):
     assert len(ranking_requests(api)) > 0
 
 
-@pytest.fixture
-def prompts_file(tmp_path):
-    p = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
-
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, embedded_model_dir):

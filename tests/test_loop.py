@@ -28,13 +28,6 @@ def ranking_requests(api):
     return [r for r in api.requests if "<response id=" in r["messages"][-1]["content"]]
 
 
-@pytest.fixture
-def prompts_file(tmp_path):
-    p = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
-
 
 def make_config(tmp_path, prompts_file, api, **extra):
     return build_config(

@@ -280,6 +280,7 @@ def eval_command(
     round_index: Annotated[Optional[list[int]], typer.Option("--round", help="Policy to evaluate: a round index, -1 = base; repeatable. Default: base and the latest round.")] = None,
     vs: Annotated[int, typer.Option(help="Reference policy of the win rate (-1 = base).")] = -1,
     reward_model: Annotated[Optional[str], typer.Option(help="HF sequence-classification model id or path: mean/std reward per policy.")] = None,
+    judge_max_tokens: Annotated[Optional[int], typer.Option(min=4, help="Completion cap per judge call, tokens (default: the run's eval.judge_max_tokens, 16).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Held-out evaluation: win rate vs base (judged both ways round), ranking agreement, lengths."""
@@ -292,6 +293,8 @@ def eval_command(
     warnings.filterwarnings("ignore", category=FutureWarning)
     with _exit_codes():
         cfg = Config.from_json_file(run_dir / "config.json").model_copy(update={"run_dir": run_dir})
+        if judge_max_tokens is not None:
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"judge_max_tokens": judge_max_tokens})})
         plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model)
         lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))

@@ -170,6 +170,9 @@ class EvalConfig(_Section):
     prompts: Path | None = Field(None, description="Held-out prompt source (prompts the run trains on are left out).")
     num_prompts: int = Field(32, ge=1, description="Held-out prompts per evaluation.")
     reward_model: str | None = Field(None, description="HF sequence-classification model id or path to score responses.")
+    judge_max_tokens: int = Field(
+        16, ge=4, description="Completion cap per pairwise judge call, tokens (room for a short preamble before [1]/[2]/tie)."
+    )
 
 
 class Config(_Section):

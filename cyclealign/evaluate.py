@@ -158,7 +158,9 @@ def run_evaluation(
             lines[k].update(_reward(plan.reward_model, gens[k], by_id, cfg))
     for k in rounds:
         if k != plan.vs:
-            lines[k].update(_win_rate(ranker, judge, out, k, plan.vs, gens[k], gens[plan.vs], by_id))
+            lines[k].update(
+                _win_rate(ranker, judge, out, k, plan.vs, gens[k], gens[plan.vs], by_id, cfg.eval.judge_max_tokens)
+            )
     summary = {row["round"]: row for row in read_jsonl(out / "summary.jsonl")}
     summary.update(lines)
     write_jsonl(out / "summary.jsonl", [summary[k] for k in sorted(summary)])
@@ -226,15 +228,17 @@ def _win_rate(
     gens_a: Sequence[Generation],
     gens_b: Sequence[Generation],
     by_id: dict[str, PromptRecord],
+    max_tokens: int = 16,
 ) -> dict[str, Any]:
-    """Pairwise judgements of policy ``k`` (A) against ``vs`` (B), both orders, on the first responses."""
+    """Pairwise judgements of policy ``k`` (A) against ``vs`` (B), both orders, on the first responses
+    (``max_tokens``: completion cap per judge call, tokens)."""
     b_by_id = {g.prompt_id: g for g in gens_b}
     pairs = [(g.prompt_id, g.responses[0], b_by_id[g.prompt_id].responses[0]) for g in gens_a if g.responses and b_by_id.get(g.prompt_id) and b_by_id[g.prompt_id].responses]
     conversations = []
     for pid, a, b in pairs:
         query = by_id[pid].query_text
         conversations += [judge.messages(query, a, b), judge.messages(query, b, a)]
-    replies = ranker.ask_all(conversations)
+    replies = ranker.ask_all(conversations, max_tokens=max_tokens)
     rows, counts = [], {"win": 0, "loss": 0, "tie": 0, "invalid": 0}
     for i, (pid, a, b) in enumerate(pairs):
         verdicts, raw, problem = [], [], None

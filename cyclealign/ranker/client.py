@@ -523,7 +523,7 @@ class Ranker:
 
         self._run(all_items)
 
-    def ask_all(self, conversations: Sequence[list[Message]], max_tokens: int = 8) -> list[CachedReply | Exception]:
+    def ask_all(self, conversations: Sequence[list[Message]], max_tokens: int = 16) -> list[CachedReply | Exception]:
         """Send each conversation once, as the rankings are sent (reply cache, budget, retries,
         concurrency and rate limits), without structured output; used by evaluation's judge.
 

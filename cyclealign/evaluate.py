@@ -6,7 +6,7 @@ on held-out prompts (none of those the run trained on):
 * **win rate** against a reference policy (default: base): the first sampled response of each
   policy is judged pairwise by the black-box model in both presentation orders
   (:mod:`cyclealign.ranker.judge`); a win or a loss needs both orders to agree, anything else
-  is a tie. ``win_rate = wins / judged`` with a Wilson 95% interval (``scipy.stats.binomtest``);
+  is a tie (a pair of identical responses is a tie without a call). ``win_rate = wins / judged`` with a Wilson 95% interval (``scipy.stats.binomtest``);
   ``win_rate_ties_half = (wins + ties / 2) / judged``. Unparsable or failed judgements are
   counted as ``invalid`` and left out.
 * **ranking agreement**: the black-box ranking of the policy's N samples against the policy's
@@ -231,18 +231,27 @@ def _win_rate(
     max_tokens: int = 16,
 ) -> dict[str, Any]:
     """Pairwise judgements of policy ``k`` (A) against ``vs`` (B), both orders, on the first responses
-    (``max_tokens``: completion cap per judge call, tokens)."""
+    (``max_tokens``: completion cap per judge call, tokens). A pair of identical responses (the
+    policies sample with the same seed, so unchanged behaviour gives the same text) is a tie
+    without a call; ``identical`` counts them."""
     b_by_id = {g.prompt_id: g for g in gens_b}
     pairs = [(g.prompt_id, g.responses[0], b_by_id[g.prompt_id].responses[0]) for g in gens_a if g.responses and b_by_id.get(g.prompt_id) and b_by_id[g.prompt_id].responses]
+    # Identical responses are a tie by definition: no judge call is paid for them.
+    asked = [(pid, a, b) for pid, a, b in pairs if a.strip() != b.strip()]
     conversations = []
-    for pid, a, b in pairs:
+    for pid, a, b in asked:
         query = by_id[pid].query_text
         conversations += [judge.messages(query, a, b), judge.messages(query, b, a)]
-    replies = ranker.ask_all(conversations, max_tokens=max_tokens)
+    replies = ranker.ask_all(conversations, max_tokens=max_tokens) if conversations else []
+    reply_pairs = {pid: replies[2 * i : 2 * i + 2] for i, (pid, _, _) in enumerate(asked)}
     rows, counts = [], {"win": 0, "loss": 0, "tie": 0, "invalid": 0}
-    for i, (pid, a, b) in enumerate(pairs):
+    for pid, a, b in pairs:
+        if pid not in reply_pairs:
+            counts["tie"] += 1
+            rows.append({"prompt_id": pid, "a": a, "b": b, "replies": [], "outcome": "tie", "problem": None, "identical": True})
+            continue
         verdicts, raw, problem = [], [], None
-        for reply in replies[2 * i : 2 * i + 2]:
+        for reply in reply_pairs[pid]:
             if isinstance(reply, Exception):
                 problem = f"api error: {type(reply).__name__}"
                 raw.append(None)
@@ -264,6 +273,7 @@ def _win_rate(
         "losses": counts["loss"],
         "ties": counts["tie"],
         "invalid": counts["invalid"],
+        "identical": len(pairs) - len(asked),
         "win_rate": counts["win"] / judged if judged else None,
         "win_rate_ties_half": (counts["win"] + counts["tie"] / 2) / judged if judged else None,
         "ci_low": low,

@@ -34,6 +34,7 @@ def test_win_rate_counts_a_win_only_when_both_orders_agree(tmp_path):
     #   q3: always picks [1] (position bias) -> tie
     #   q4: says "tie" -> tie
     #   q5: unparsable -> invalid, left out
+    #   q6: both policies gave the same response -> tie, never sent to the judge
     def judge(request):
         q = re.search(r"User: (q\d)", request["messages"][-1]["content"]).group(1)
         first, second = shown_pair(request)
@@ -43,22 +44,23 @@ def test_win_rate_counts_a_win_only_when_both_orders_agree(tmp_path):
             return "[1]" if "bad" in first else "[2]"
         return {"q3": "[1]", "q4": "tie", "q5": "I cannot decide between [1] or [2]"}[q]
 
-    prompts = {f"q{i}": PromptRecord(f"q{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(6)}
-    gens_a = [Generation(p, [1], [f"good {p}"], [[1]], [-1.0], [True]) for p in prompts]
-    gens_b = [Generation(p, [1], [f"bad {p}"], [[1]], [-1.0], [True]) for p in prompts]
+    prompts = {f"q{i}": PromptRecord(f"q{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(7)}
+    gens_a = [Generation(p, [1], ["same" if p == "q6" else f"good {p}"], [[1]], [-1.0], [True]) for p in prompts]
+    gens_b = [Generation(p, [1], ["same\n" if p == "q6" else f"bad {p}"], [[1]], [-1.0], [True]) for p in prompts]
     with ScriptedAPI(fallback=lambda r: Reply(judge(r))) as api:
         ranker = make_ranker(api, RankerTemplates(default_templates_dir()))
         judge_t = JudgeTemplates(default_templates_dir())
         line = _win_rate(ranker, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts)
-        assert api.count == 12  # both orders of 6 pairs
+        assert api.count == 12  # both orders of the 6 pairs that differ
         orders = {tuple(shown_pair(r)) for r in api.requests if "q0" in r["messages"][-1]["content"]}
         assert orders == {("good q0", "bad q0"), ("bad q0", "good q0")}
-    assert (line["wins"], line["losses"], line["ties"], line["invalid"]) == (2, 1, 2, 1)
-    assert line["win_rate"] == pytest.approx(2 / 5) and line["win_rate_ties_half"] == pytest.approx(3 / 5)
-    ci = binomtest(2, 5).proportion_ci(method="wilson")
+    assert (line["wins"], line["losses"], line["ties"], line["invalid"], line["identical"]) == (2, 1, 3, 1, 1)
+    assert line["win_rate"] == pytest.approx(2 / 6) and line["win_rate_ties_half"] == pytest.approx(3.5 / 6)
+    ci = binomtest(2, 6).proportion_ci(method="wilson")
     assert (line["ci_low"], line["ci_high"]) == pytest.approx((ci.low, ci.high))
     rows = read_jsonl(tmp_path / "judgements_round_000_vs_base.jsonl")
-    assert [r["outcome"] for r in rows] == ["win", "win", "loss", "tie", "tie", "invalid"]
+    assert [r["outcome"] for r in rows] == ["win", "win", "loss", "tie", "tie", "invalid", "tie"]
+    assert rows[6]["identical"] and rows[6]["replies"] == []
     assert rows[5]["problem"].startswith("unparsable verdict: conflicting verdicts")
 
 

@@ -300,28 +300,43 @@ def plot_phases(rows: list[dict[str, Any]]) -> Figure | None:
 
 
 def plot_win_rate(summary: list[dict[str, Any]]) -> Figure | None:
-    """Held-out win rate of each evaluated policy against its reference, with the Wilson 95% interval."""
-    rows = [s for s in summary if number(s.get("win_rate")) is not None]
+    """Held-out pairwise outcomes of each evaluated policy against its reference.
+
+    One stacked bar per policy: the shares of wins, ties and losses among judged pairs (invalid
+    judgements left out, their count under the bar); a black interval on the win share is the
+    Wilson 95% interval of ``wins / judged``; a diamond marks ``(wins + ties / 2) / judged``, whose
+    parity is 0.5 (dashed line). Rows without win counts are skipped; None when none has any.
+    """
+    rows = [s for s in summary if number(s.get("win_rate")) is not None and all(k in s for k in ("wins", "losses", "ties"))]
     if not rows:
         return None
     fig, (ax,) = _figure()
     x = list(range(len(rows)))
-    rate = [float(s["win_rate"]) for s in rows]
+    judged = [max(1, s["wins"] + s["losses"] + s["ties"]) for s in rows]
+    win = [s["wins"] / j for s, j in zip(rows, judged)]
+    tie = [s["ties"] / j for s, j in zip(rows, judged)]
+    loss = [s["losses"] / j for s, j in zip(rows, judged)]
+    ax.bar(x, win, color="tab:green", alpha=0.8, label="wins")
+    ax.bar(x, tie, bottom=win, color="lightgrey", label="ties")
+    ax.bar(x, loss, bottom=[w + t for w, t in zip(win, tie)], color="tab:red", alpha=0.7, label="losses")
     # A missing interval bound draws no bar on that side.
     lows, highs = [number(s.get("ci_low")) for s in rows], [number(s.get("ci_high")) for s in rows]
-    low = [0.0 if lo is None else max(0.0, w - lo) for lo, w in zip(lows, rate)]
-    high = [0.0 if hi is None else max(0.0, hi - w) for hi, w in zip(highs, rate)]
-    ax.bar(x, rate, color="tab:blue", alpha=0.7)
-    ax.errorbar(x, rate, yerr=[low, high], fmt="none", ecolor="black", capsize=6, label="Wilson 95% interval")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity (0.5)")
-    for i, s in enumerate(rows):
-        if all(k in s for k in ("wins", "losses", "ties")):
-            ax.annotate(f"W/L/T\n{s['wins']}/{s['losses']}/{s['ties']}", (i, 0.02), ha="center", fontsize="small")
+    low = [0.0 if lo is None else max(0.0, w - lo) for lo, w in zip(lows, win)]
+    high = [0.0 if hi is None else max(0.0, hi - w) for hi, w in zip(highs, win)]
+    ax.errorbar(x, win, yerr=[low, high], fmt="none", ecolor="black", capsize=6, label="win rate, Wilson 95%", clip_on=False)
+    half = [w + t / 2 for w, t in zip(win, tie)]
+    ax.scatter(x, half, marker="D", color="black", zorder=3, label="win rate, ties half", clip_on=False)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity (ties half)")
     refs = sorted({str(s.get("vs", "?")) for s in rows})
-    ax.set_xticks(x, [f"{s.get('label', s.get('round'))}\nvs {s.get('vs', '?')}" for s in rows])
+    labels = []
+    for s in rows:
+        extra = f", {s['invalid']} invalid" if s.get("invalid") else ""
+        labels.append(f"{s.get('label', s.get('round'))} vs {s.get('vs', '?')}\nW/L/T {s['wins']}/{s['losses']}/{s['ties']}{extra}")
+    ax.set_xticks(x, labels, fontsize="small")
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("win rate (wins / judged)")
-    ax.set_title(f"Held-out win rate vs {', '.join(refs)}")
+    ax.set_ylabel("share of judged pairs")
+    ax.set_title(f"Held-out pairwise judgements vs {', '.join(refs)}")
     _legend_outside(ax)
     ax.grid(True, axis="y", alpha=0.3)
     return fig

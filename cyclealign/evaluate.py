@@ -6,7 +6,8 @@ on held-out prompts (none of those the run trained on):
 * **win rate** against a reference policy (default: base): the first sampled response of each
   policy is judged pairwise by the black-box model in both presentation orders
   (:mod:`cyclealign.ranker.judge`); a win or a loss needs both orders to agree, anything else
-  is a tie (a pair of identical responses is a tie without a call). ``win_rate = wins / judged`` with a Wilson 95% interval (``scipy.stats.binomtest``);
+  is a tie (a pair of identical responses is a tie without a call). ``win_rate = wins / judged``
+  with a Wilson 95% interval (``scipy.stats.binomtest``);
   ``win_rate_ties_half = (wins + ties / 2) / judged``. Unparsable or failed judgements are
   counted as ``invalid`` and left out.
 * **ranking agreement**: the black-box ranking of the policy's N samples against the policy's

@@ -25,8 +25,8 @@ import openai
 
 from cyclealign.errors import BudgetError, RankerError
 from cyclealign.ranker.client import MalformedResponseError, RankJob, Ranker, _reply_of, check_completion
-from cyclealign.ranker.pricing import BudgetExhausted, estimate_tokens
-from cyclealign.rundir import atomic_write_text
+from cyclealign.ranker.pricing import FREE, BudgetExhausted, estimate_tokens
+from cyclealign.rundir import write_json
 
 __all__ = ["FINAL_STATUSES", "prefetch_batch"]
 
@@ -88,7 +88,7 @@ def prefetch_batch(ranker: Ranker, jobs: list[RankJob], state_path: Path) -> dic
         out["cost_usd"] = cost
     ranker.budget.settle(state.get("reserved_usd", 0.0), 0.0)
     state["status"] = "downloaded"
-    atomic_write_text(state_path, json.dumps(state))
+    write_json(state_path, state)
     if batch.status != "completed":
         log.warning("ranker batch %s ended %s: %d of %d answered", batch.id, batch.status, out["answered"], out["requests"])
     if batch.status == "failed" and not batch.output_file_id:
@@ -108,7 +108,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 def _submit(client: openai.OpenAI, ranker: Ranker, requests: dict[str, dict[str, Any]], state_path: Path) -> dict[str, Any]:
     """Upload the requests and create the batch; the state file records it before anything else."""
     reserved = sum(
-        (ranker.price.cost_usd(estimate_tokens(b["messages"]), ranker.cfg.max_tokens, batch=True) if ranker.price else 0.0)
+        (ranker.price or FREE).cost_usd(estimate_tokens(b["messages"]), ranker.cfg.max_tokens, batch=True)
         for b in requests.values()
     )
     try:
@@ -138,7 +138,7 @@ def _submit(client: openai.OpenAI, ranker: Ranker, requests: dict[str, dict[str,
         "reserved_usd": reserved,
         "submitted_at": time.time(),
     }
-    atomic_write_text(state_path, json.dumps(state))
+    write_json(state_path, state)
     log.info("ranker batch %s submitted: %d requests", batch.id, len(requests))
     return state
 

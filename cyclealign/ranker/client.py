@@ -217,6 +217,26 @@ def combine_samples(samples: Sequence[RankSample]) -> tuple[list[int] | None, st
     return None, f"inconsistent across {len(samples)} presentation orders: {shown}", False
 
 
+def parse_reply(text: str, n: int, order: list[int], complete_last: bool) -> list[int]:
+    """The ranking a reply gives, mapped back from presentation labels through ``order``
+    (response indices, best first).
+
+    Raises:
+        RankingParseError: an empty reply, or one :func:`parse_ranking` rejects.
+
+    >>> parse_reply("[2] > [1] > [3]", 3, [2, 0, 1], False)
+    [0, 2, 1]
+    """
+    if not text.strip():
+        raise RankingParseError("empty reply")
+    return [order[j] for j in parse_ranking(text, n, complete_last=complete_last)]
+
+
+def unparsable_reason(attempts: int, reason: str) -> str:
+    """The ``reason`` of a sample none of whose ``attempts`` replies parsed."""
+    return f"unparsable after {attempts} attempts: {reason}"
+
+
 def reparse_sample(sample: RankSample, n: int, complete_last: bool) -> RankSample:
     """``sample`` with its ranking re-derived from its stored replies (no call): the first reply
     that parses, mapped back through ``sample.order``. API-error samples are returned as they are.
@@ -229,14 +249,12 @@ def reparse_sample(sample: RankSample, n: int, complete_last: bool) -> RankSampl
     reason = "no reply"
     for text in sample.replies:
         try:
-            if not text.strip():
-                raise RankingParseError("empty reply")
-            shown = parse_ranking(text, n, complete_last=complete_last)
+            ranking = parse_reply(text, n, sample.order, complete_last)
         except RankingParseError as e:
             reason = e.reason
             continue
-        return RankSample(sample.order, list(sample.replies), [sample.order[j] for j in shown], None)
-    return RankSample(sample.order, list(sample.replies), None, f"unparsable after {len(sample.replies)} attempts: {reason}")
+        return RankSample(sample.order, list(sample.replies), ranking, None)
+    return RankSample(sample.order, list(sample.replies), None, unparsable_reason(len(sample.replies), reason))
 
 
 def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: bool = True) -> list[int]:
@@ -484,33 +502,36 @@ class Ranker:
         results: list[RankResult | None] = [None] * len(jobs)
 
         async def one(i: int, job: RankJob) -> None:
-            try:
-                result = await self._rank_job(job)
-            except BudgetExhausted:
-                return
-            results[i] = result
+            results[i] = result = await self._rank_job(job)
             if on_result is not None:
                 on_result(i, result)
 
-        self._run_pool(jobs, one)
-        if any(r is None for r in results):
-            done = sum(r is not None for r in results)
+        held = self._run_pool(jobs, one)
+        if held:
             raise BudgetError(
-                f"the ranker budget is reached: spent ${self.budget.spent_usd:.4f} of "
-                f"--max-cost-usd ${self.budget.limit_usd:.4f}; {done} of {len(jobs)} prompts ranked in this "
+                f"{self.budget.reached()}; {len(jobs) - held} of {len(jobs)} prompts ranked in this "
                 "call were kept. Raise --max-cost-usd and --resume to go on."
             )
         return [r for r in results if r is not None]
 
-    def _run_pool(self, items: Sequence[Any], one: Callable[[int, Any], Any]) -> None:
-        """Run ``await one(i, item)`` for every item with ``cfg.concurrency`` workers."""
+    def _run_pool(self, items: Sequence[Any], one: Callable[[int, Any], Any]) -> int:
+        """Run ``await one(i, item)`` for every item with ``cfg.concurrency`` workers.
+
+        Returns:
+            How many items the budget held back (their ``one`` raised :class:`BudgetExhausted`).
+        """
         pending = iter(enumerate(items))
+        held = 0
 
         async def worker() -> None:
+            nonlocal held
             # Items are prepared (messages rendered, cache looked up) only when a worker is free,
             # so the first requests go out at once and memory stays flat for large rounds.
             for i, item in pending:
-                await one(i, item)
+                try:
+                    await one(i, item)
+                except BudgetExhausted:
+                    held += 1
 
         async def all_items() -> None:
             tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.cfg.concurrency, len(items)))]
@@ -522,6 +543,7 @@ class Ranker:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
         self._run(all_items)
+        return held
 
     def ask_all(self, conversations: Sequence[list[Message]], max_tokens: int = 16) -> list[CachedReply | Exception]:
         """Send each conversation once, as the rankings are sent (reply cache, budget, retries,
@@ -544,14 +566,10 @@ class Ranker:
                 )
             except (openai.APIError, MalformedResponseError) as e:
                 results[i] = e
-            except BudgetExhausted:
-                return
 
-        self._run_pool(conversations, one)
-        if any(r is None for r in results):
+        if self._run_pool(conversations, one):
             raise BudgetError(
-                f"the ranker budget is reached: spent ${self.budget.spent_usd:.4f} of --max-cost-usd "
-                f"${self.budget.limit_usd:.4f}. Raise --max-cost-usd and run again: answers already paid for are cached."
+                f"{self.budget.reached()}. Raise --max-cost-usd and run again: answers already paid for are cached."
             )
         return [r for r in results if r is not None]
 
@@ -583,23 +601,25 @@ class Ranker:
         """The presentation order of sample ``k`` of ``job``."""
         return presentation_order(job.shuffle_seed, job.prompt.id, k, len(job.responses), self.cfg.shuffle)
 
-    def first_request(self, job: RankJob, k: int) -> tuple[str, dict[str, Any]]:
-        """``(cache key, request body)`` of the first ask of sample ``k`` of ``job`` (for the Batch API)."""
+    def _first_messages(self, job: RankJob, k: int) -> tuple[list[int], list[Message]]:
+        """``(presentation order, messages)`` of the first ask of sample ``k`` of ``job``."""
         order = self.job_order(job, k)
         messages = self.templates.build_messages(
             job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=self._structured
         )
+        return order, messages
+
+    def first_request(self, job: RankJob, k: int) -> tuple[str, dict[str, Any]]:
+        """``(cache key, request body)`` of the first ask of sample ``k`` of ``job`` (for the Batch API)."""
+        order, messages = self._first_messages(job, k)
         body = self._body(messages, self.cfg.temperature, len(order))
         return self._key(body, order), body
 
     async def _ask(self, job: RankJob, k: int, usage: _Usage) -> RankSample:
         """One presentation order: ask, re-ask with corrections, map the ranking back."""
         n = len(job.responses)
-        order = self.job_order(job, k)
         json_output = self._structured
-        messages = self.templates.build_messages(
-            job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=json_output
-        )
+        order, messages = self._first_messages(job, k)
         sample = RankSample(order=order)
         reason = "no reply"
         for attempt in range(self.cfg.max_reasks + 1):
@@ -613,10 +633,7 @@ class Ranker:
             text = reply.get("content") or ""
             sample.replies.append(text)
             try:
-                if not text.strip():
-                    raise RankingParseError("empty reply")
-                shown = parse_ranking(text, n, complete_last=bool(self.cfg.complete_missing_last))
-                sample.ranking = [order[j] for j in shown]
+                sample.ranking = parse_reply(text, n, order, bool(self.cfg.complete_missing_last))
                 return sample
             except RankingParseError as e:
                 reason = e.reason
@@ -626,7 +643,7 @@ class Ranker:
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": self.templates.correction(reason, n, json_output)},
                 ]
-        sample.reason = f"unparsable after {len(sample.replies)} attempts: {reason}"
+        sample.reason = unparsable_reason(len(sample.replies), reason)
         return sample
 
     # -- one completion --------------------------------------------------------------------
@@ -674,8 +691,10 @@ class Ranker:
                 if hit is not None:
                     usage.add(hit, None)
                     return hit
-            prompt_estimate = estimate_tokens(messages)
-            reserved = (self.price or FREE).cost_usd(prompt_estimate, body["max_tokens"])
+            price = self.price or FREE
+            # The prompt estimate only feeds the budget reservation and the TPM limiter.
+            prompt_estimate = estimate_tokens(messages) if price != FREE or self._tpm is not None else 0
+            reserved = price.cost_usd(prompt_estimate, body["max_tokens"])
             self.budget.reserve(reserved)
             paid = 0.0
             try:
@@ -694,9 +713,7 @@ class Ranker:
                     if self.cache is not None:
                         # persisted before anything uses it, and before the slot frees up for the next call
                         self.cache.put(key, self.model, reply)
-                paid = self.cost_of(reply)
-                if self.on_call is not None:
-                    self.on_call(_call_record(key, self.model, reply, paid))
+                paid = self._account(key, reply)
                 usage.add(reply, paid)
                 return reply
             finally:
@@ -771,8 +788,13 @@ class Ranker:
         reply = {**reply, "batch": True}
         if self.cache is not None:
             self.cache.put(key, self.model, reply)
-        paid = self.cost_of(reply)
+        paid = self._account(key, reply)
         self.budget.settle(0.0, paid)
+        return paid
+
+    def _account(self, key: str, reply: CachedReply) -> float:
+        """USD billed for the paid ``reply`` of request ``key``, written to the cost ledger (``on_call``)."""
+        paid = self.cost_of(reply)
         if self.on_call is not None:
             self.on_call(_call_record(key, self.model, reply, paid))
         return paid

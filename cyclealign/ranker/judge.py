@@ -14,8 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from cyclealign.errors import TemplateError
-from cyclealign.ranker.templates import _neutralize_delimiters
+from cyclealign.ranker.templates import _neutralize_delimiters, read_template
 from cyclealign.records import Message
 
 __all__ = ["JudgeTemplates", "VerdictParseError", "pair_outcome", "parse_verdict"]
@@ -81,22 +80,15 @@ class JudgeTemplates:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
-        self._templates = {}
-        for name in self.FILES:
-            path = self.folder / name
-            if not path.is_file():
-                raise TemplateError(f"{path}: judge template missing")
-            try:
-                self._templates[name] = env.from_string(path.read_text(encoding="utf-8"))
-            except jinja2.TemplateSyntaxError as e:
-                raise TemplateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+        system, user = (
+            env.from_string(read_template(env, self.folder / name, "judge template missing")[0]) for name in self.FILES
+        )
+        self._system = system.render().strip()  # no variables: rendered once
+        self._user = user
 
     def messages(self, query: str, first: str, second: str) -> list[Message]:
         """``[system, user]`` asking which of ``first`` ([1]) and ``second`` ([2]) is better."""
-        user = self._templates["judge_user.jinja"].render(
+        user = self._user.render(
             query=_neutralize_delimiters(query), first=_neutralize_delimiters(first), second=_neutralize_delimiters(second)
         )
-        return [
-            {"role": "system", "content": self._templates["judge_system.jinja"].render().strip()},
-            {"role": "user", "content": user.strip()},
-        ]
+        return [{"role": "system", "content": self._system}, {"role": "user", "content": user.strip()}]

@@ -157,10 +157,12 @@ class Budget:
         """
         if self.limit_usd is not None and (self.exhausted or self.spent_usd + self.reserved_usd + usd > self.limit_usd):
             self.exhausted = True
-            raise BudgetExhausted(
-                f"the ranker budget is reached: spent ${self.spent_usd:.4f} of --max-cost-usd ${self.limit_usd:.4f}"
-            )
+            raise BudgetExhausted(self.reached())
         self.reserved_usd += usd
+
+    def reached(self) -> str:
+        """The message of a reached budget: what was spent of the limit (USD)."""
+        return f"the ranker budget is reached: spent ${self.spent_usd:.4f} of --max-cost-usd ${self.limit_usd or 0.0:.4f}"
 
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
         """Replace a reservation by the call's real cost (``actual_usd`` = 0 for a call that failed unbilled)."""

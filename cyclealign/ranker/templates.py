@@ -68,6 +68,22 @@ def _neutralize_delimiters(text: str) -> str:
     return _DELIMITER_TAG.sub(r"&lt;\1\2", text)
 
 
+def read_template(env: jinja2.Environment, path: Path, missing: str) -> tuple[str, jinja2.nodes.Template]:
+    """The source of the template file ``path`` and its parsed form, for checks before use.
+
+    Raises:
+        TemplateError: ``"{path}: {missing}"`` when the file is absent, or the file and line of a
+            syntax error.
+    """
+    if not path.is_file():
+        raise TemplateError(f"{path}: {missing}")
+    source = path.read_text(encoding="utf-8")
+    try:
+        return source, env.parse(source, name=path.name, filename=str(path))
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+
+
 class RankerTemplates:
     """The four ranker templates of one folder, checked when loaded.
 
@@ -97,13 +113,7 @@ class RankerTemplates:
         self._rendered: dict[tuple[Any, ...], Any] = {}  # system prompts and demo turns, rendered once
         for name, provided in TEMPLATE_VARIABLES.items():
             path = self.folder / name
-            if not path.is_file():
-                raise TemplateError(f"{path}: ranker template missing (expected {', '.join(TEMPLATE_VARIABLES)})")
-            source = path.read_text(encoding="utf-8")
-            try:
-                ast = self._env.parse(source, name=name, filename=str(path))
-            except jinja2.TemplateSyntaxError as e:
-                raise TemplateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+            source, ast = read_template(self._env, path, f"ranker template missing (expected {', '.join(TEMPLATE_VARIABLES)})")
             used = jinja2.meta.find_undeclared_variables(ast) - set(self._env.globals)
             unknown = sorted(used - provided)
             if unknown:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cyclealign import formatting
 from cyclealign.config import Config, build_config, flatten
 from cyclealign.errors import BudgetError, CycleAlignError
 
@@ -76,11 +77,8 @@ class RichReporter:
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+    """A table cell (:func:`~cyclealign.formatting.fmt`); a NaN or infinite float prints as is (``nan``)."""
+    return formatting.fmt(v, digits, nonfinite=None)
 
 
 _ROWS = [
@@ -248,7 +246,6 @@ def train_round_command(
 
     from accelerate import PartialState
 
-    from cyclealign.config import Config
     from cyclealign.models import resolve_device, resolve_model_dir
     from cyclealign.policy.hf import load_tokenizer
     from cyclealign.rundir import RunDir
@@ -256,12 +253,13 @@ def train_round_command(
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     with _exit_codes():
-        cfg = Config.from_json_file(run_dir / "config.json")
+        run = RunDir(run_dir)
+        cfg = run.read_config()
         state = PartialState(cpu=resolve_device(cfg.model).type == "cpu")  # joins the launcher's process group
         model_dir = resolve_model_dir(cfg.model)
         summary = run_train_phase(
             cfg,
-            RunDir(run_dir),
+            run,
             round_index,
             model_dir=model_dir,
             pad_token_id=load_tokenizer(model_dir).pad_token_id,
@@ -288,14 +286,14 @@ def eval_command(
 
     from cyclealign.evaluate import EvalPlan
     from cyclealign.loop import evaluate_run
+    from cyclealign.rundir import RunDir
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
     with _exit_codes():
-        cfg = Config.from_json_file(run_dir / "config.json").model_copy(update={"run_dir": run_dir})
-        if judge_max_tokens is not None:
-            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"judge_max_tokens": judge_max_tokens})})
-        plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model)
+        cfg = RunDir(run_dir).read_config().model_copy(update={"run_dir": run_dir})
+        max_tokens = cfg.eval.judge_max_tokens if judge_max_tokens is None else judge_max_tokens
+        plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model, max_tokens)
         lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))
     console.print(f"results: {run_dir / 'eval'}")

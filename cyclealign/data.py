@@ -24,11 +24,15 @@ import random
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclealign import resources
-from cyclealign.errors import DataError
+from cyclealign.errors import DataError, RunDirError
 from cyclealign.records import Message, PromptRecord
+
+if TYPE_CHECKING:
+    from cyclealign.config import Config
+    from cyclealign.rundir import RunDir
 
 ROLES = ("system", "user", "assistant")
 SHAPES = '"prompt" (a string), "messages" (a list of chat messages) or "chosen" (an HH-RLHF dialogue)'
@@ -280,6 +284,26 @@ def load_prompts(path: Path | None = None) -> list[PromptRecord]:
     if not prompts:
         raise DataError(path, None, "no prompts found")
     return prompts
+
+
+def load_run_prompts(run: RunDir, cfg: Config) -> list[PromptRecord]:
+    """Every prompt of a run's prompt source (``cfg.prompts``; the shipped set when None), as
+    :func:`load_prompts` reads it; a round's prompts are then :func:`select_round_prompts` of them.
+
+    Args:
+        run: the run directory (named in the error when the source is gone).
+        cfg: the run's saved config (:meth:`~cyclealign.rundir.RunDir.read_config`).
+
+    Raises:
+        RunDirError: the prompt source named in ``config.json`` no longer exists.
+        DataError: it exists but is malformed.
+    """
+    if cfg.prompts is not None and not Path(cfg.prompts).exists():
+        raise RunDirError(
+            f"{cfg.prompts}: the prompt source named in {run.config} is missing; it is needed to rebuild "
+            "the rounds' prompt messages (a relative path is read from the current directory)"
+        )
+    return load_prompts(cfg.prompts)
 
 
 def select_round_prompts(

@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
-from cyclealign.config import Config
+from cyclealign.config import Config, EvalConfig
 from cyclealign.data import load_prompts, select_round_prompts
 from cyclealign.errors import ConfigError, RunDirError
-from cyclealign.policy.base import Generation
+from cyclealign.policy.base import Generation, GenerationBackend
 from cyclealign.ranker.client import RankJob, Ranker
 from cyclealign.ranker.judge import JudgeTemplates, VerdictParseError, pair_outcome, parse_verdict
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
+from cyclealign.rundir import RunDir, read_jsonl, round_dir_name, write_jsonl
 
 __all__ = ["EvalPlan", "held_out_prompts", "label", "run_evaluation", "wilson_interval"]
 
@@ -53,7 +53,7 @@ def label(round_index: int) -> str:
 
 
 def _slug(round_index: int) -> str:
-    return "base" if round_index == BASE else f"round_{round_index:03d}"
+    return "base" if round_index == BASE else round_dir_name(round_index)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -80,6 +80,8 @@ class EvalPlan:
         rounds: policies to evaluate (``-1`` = base); None = base and the latest trained round.
         vs: the reference policy of the win rate (``-1`` = base).
         reward_model: HF sequence-classification model id or path, or None.
+        judge_max_tokens: completion cap per pairwise judge call, tokens (default: that of
+            :class:`~cyclealign.config.EvalConfig`, 16).
     """
 
     prompts: Path
@@ -87,6 +89,7 @@ class EvalPlan:
     rounds: list[int] | None = None
     vs: int = BASE
     reward_model: str | None = None
+    judge_max_tokens: int = EvalConfig.model_fields["judge_max_tokens"].default
 
 
 def held_out_prompts(cfg: Config, source: Path, count: int) -> list[PromptRecord]:
@@ -112,7 +115,7 @@ def held_out_prompts(cfg: Config, source: Path, count: int) -> list[PromptRecord
 
 
 def _trained_rounds(run: RunDir, rounds: int) -> list[int]:
-    return [k for k in range(rounds) if run.round(k).is_done("train") and run.round(k).phases()["train"].get("adapter")]
+    return [k for k in range(rounds) if run.round(k).has_adapter()]
 
 
 def run_evaluation(
@@ -121,7 +124,7 @@ def run_evaluation(
     plan: EvalPlan,
     *,
     ranker: Ranker,
-    policy: Any,
+    policy: Callable[[], GenerationBackend],
     judge: JudgeTemplates,
 ) -> list[dict[str, Any]]:
     """Evaluate ``plan.rounds`` on held-out prompts; returns (and writes) the summary lines.
@@ -131,7 +134,9 @@ def run_evaluation(
         run: the run directory (results go to ``run.path / "eval"``).
         plan: what to evaluate.
         ranker: the run's black-box ranker (also the pairwise judge).
-        policy: a generation backend with ``load_adapter(path | None)`` and ``sample(prompts, seed)``.
+        policy: returns the generation backend (``load_adapter(path | None)``, ``sample(prompts, seed)``);
+            called only when a policy's held-out generations are not already in ``eval/``, so an
+            evaluation whose generations are all on disk loads no model.
         judge: the pairwise judge templates.
 
     Raises:
@@ -151,16 +156,19 @@ def run_evaluation(
 
     gens = {k: _generations(run, out, k, prompts, policy, cfg.seed) for k in policies}
     lines: dict[int, dict[str, Any]] = {}
+    reward: RewardScorer | None = None  # loaded once, on first use
     for k in policies:
         lines[k] = {"round": k, "label": label(k), "vs": label(plan.vs), "prompts": len(prompts)}
         lines[k].update(_agreement(ranker, out, k, gens[k], by_id, cfg.seed))
         lines[k].update(_lengths(gens[k]))
         if plan.reward_model:
-            lines[k].update(_reward(plan.reward_model, gens[k], by_id, cfg))
+            if reward is None:
+                reward = RewardScorer(plan.reward_model, cfg)
+            lines[k].update(_reward(reward, gens[k], by_id))
     for k in rounds:
         if k != plan.vs:
             lines[k].update(
-                _win_rate(ranker, judge, out, k, plan.vs, gens[k], gens[plan.vs], by_id, cfg.eval.judge_max_tokens)
+                _win_rate(ranker, judge, out, k, plan.vs, gens[k], gens[plan.vs], by_id, plan.judge_max_tokens)
             )
     summary = {row["round"]: row for row in read_jsonl(out / "summary.jsonl")}
     summary.update(lines)
@@ -180,14 +188,18 @@ def run_evaluation(
     return [lines[k] for k in policies]
 
 
-def _generations(run: RunDir, out: Path, k: int, prompts: list[PromptRecord], policy: Any, seed: int) -> list[Generation]:
-    """Policy ``k``'s samples on the held-out prompts, reused from ``eval/`` when the prompts match."""
+def _generations(
+    run: RunDir, out: Path, k: int, prompts: list[PromptRecord], policy: Callable[[], GenerationBackend], seed: int
+) -> list[Generation]:
+    """Policy ``k``'s samples on the held-out prompts, reused from ``eval/`` when the prompts match
+    (``policy()`` is called only when they are not)."""
     path = out / f"generations_{_slug(k)}.jsonl"
     cached = [Generation.from_json(d) for d in read_jsonl(path)]
     if [g.prompt_id for g in cached] == [p.id for p in prompts]:
         return cached
-    policy.load_adapter(None if k == BASE else run.round(k).adapter)
-    gens = policy.sample(prompts, seed=seed + 104729)  # the same seed for every policy
+    backend = policy()
+    backend.load_adapter(None if k == BASE else run.round(k).adapter)
+    gens = backend.sample(prompts, seed=seed + 104729)  # the same seed for every policy
     write_jsonl(path, [g.to_json() for g in gens])
     return gens
 
@@ -282,50 +294,69 @@ def _win_rate(
     }
 
 
-def _reward(model_id: str, gens: list[Generation], by_id: dict[str, PromptRecord], cfg: Config) -> dict[str, Any]:
+def _reward(scorer: RewardScorer, gens: list[Generation], by_id: dict[str, PromptRecord]) -> dict[str, Any]:
     """Mean and std of a reward model's score of each prompt's first response."""
-    scores = reward_scores(model_id, [(by_id[g.prompt_id], g.responses[0]) for g in gens if g.responses], cfg)
+    scores = scorer([(by_id[g.prompt_id], g.responses[0]) for g in gens if g.responses])
     return {
         "reward_mean": statistics.fmean(scores) if scores else None,
         "reward_std": statistics.pstdev(scores) if scores else None,
     }
 
 
-def reward_scores(model_id: str, pairs: list[tuple[PromptRecord, str]], cfg: Config, batch_size: int = 8) -> list[float]:
-    """Scores of ``(prompt, response)`` pairs by a sequence-classification reward model (logit 0).
-
-    The conversation is formatted with the model tokenizer's chat template when it has one,
-    else as ``User: ...\\n\\nAssistant: ...`` text.
+class RewardScorer:
+    """A sequence-classification reward model, loaded once and called on batches of pairs
+    (see :func:`reward_scores`).
 
     Raises:
         ConfigError: the model cannot be loaded (the id or path is named).
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cyclealign.models import resolve_device
+    def __init__(self, model_id: str, cfg: Config) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
-    device = resolve_device(cfg.model)
-    model.to(device)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    texts = []
-    for prompt, response in pairs:
-        chat = [*prompt.messages, {"role": "assistant", "content": response}]
-        if getattr(tok, "chat_template", None):
-            texts.append(tok.apply_chat_template(chat, tokenize=False))
-        else:
-            texts.append(f"{prompt.query_text}\n\nAssistant: {response}")
-    scores: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tok(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=1024)
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            scores.extend(float(x) for x in logits[:, 0].float().cpu())
-    return scores
+        from cyclealign.models import resolve_device
+
+        try:
+            tok = AutoTokenizer.from_pretrained(model_id)
+            model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
+        self.device = resolve_device(cfg.model)
+        model.to(self.device)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+        self.tokenizer, self.model = tok, model
+
+    def __call__(self, pairs: list[tuple[PromptRecord, str]], batch_size: int = 8) -> list[float]:
+        """Scores of ``(prompt, response)`` pairs (logit 0), ``batch_size`` pairs per forward pass."""
+        import torch
+
+        tok = self.tokenizer
+        texts = []
+        for prompt, response in pairs:
+            chat = [*prompt.messages, {"role": "assistant", "content": response}]
+            if getattr(tok, "chat_template", None):
+                texts.append(tok.apply_chat_template(chat, tokenize=False))
+            else:
+                texts.append(f"{prompt.query_text}\n\nAssistant: {response}")
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                enc = tok(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=1024)
+                logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+                scores.extend(float(x) for x in logits[:, 0].float().cpu())
+        return scores
+
+
+def reward_scores(model_id: str, pairs: list[tuple[PromptRecord, str]], cfg: Config, batch_size: int = 8) -> list[float]:
+    """Scores of ``(prompt, response)`` pairs by a sequence-classification reward model (logit 0).
+
+    The conversation is formatted with the model tokenizer's chat template when it has one,
+    else as ``User: ...\\n\\nAssistant: ...`` text. Loads the model on every call; to score
+    several batches of pairs with one model, use :class:`RewardScorer`.
+
+    Raises:
+        ConfigError: the model cannot be loaded (the id or path is named).
+    """
+    return RewardScorer(model_id, cfg)(pairs, batch_size=batch_size)

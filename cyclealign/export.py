@@ -3,8 +3,8 @@
 The rankings live in ``round_XXX/rankings.jsonl`` (0-based, best first) and the responses they rank
 in ``round_XXX/generations.jsonl``; the prompts themselves are not stored per round, so their chat
 messages are rebuilt from the run's ``config.json`` exactly as :func:`cyclealign.loop.iterate` drew
-them (:func:`~cyclealign.data.load_prompts` on ``cfg.prompts``, then
-:func:`~cyclealign.data.select_round_prompts`). Two formats:
+them (:func:`~cyclealign.data.load_run_prompts`, i.e. :func:`~cyclealign.data.load_prompts` on
+``cfg.prompts``, then :func:`~cyclealign.data.select_round_prompts`). Two formats:
 
 - ``"ranking"``: one row per ranked prompt: ``prompt`` (chat messages), ``responses`` (texts, in
   generation order), ``ranking`` (indices into ``responses``, best first), ``round``, ``prompt_id``;
@@ -25,9 +25,9 @@ from typing import Any
 import datasets
 
 from cyclealign.config import Config
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data import load_run_prompts, select_round_prompts
 from cyclealign.errors import ConfigError, RunDirError
-from cyclealign.records import Message, PromptRecord
+from cyclealign.records import Message
 from cyclealign.rundir import RunDir
 
 FORMATS = ("dpo", "ranking")
@@ -89,33 +89,6 @@ def parse_rounds(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def run_config(run: RunDir) -> Config:
-    """The run's saved config.
-
-    Raises:
-        RunDirError: ``config.json`` is missing.
-        ConfigError: it is not a valid config (naming the file and fields).
-    """
-    if not run.config.is_file():
-        raise RunDirError(f"{run.config}: not found ({run.path} is not a cyclealign run directory)")
-    return Config.from_json_file(run.config)
-
-
-def load_run_prompts(run: RunDir, cfg: Config) -> list[PromptRecord]:
-    """Every prompt of the run's prompt source (``cfg.prompts``; the shipped set when None).
-
-    Raises:
-        RunDirError: the prompt source named in ``config.json`` no longer exists.
-        DataError: it exists but is malformed.
-    """
-    if cfg.prompts is not None and not Path(cfg.prompts).exists():
-        raise RunDirError(
-            f"{cfg.prompts}: the prompt source named in {run.config} is missing; it is needed to rebuild "
-            "the rounds' prompt messages (a relative path is read from the current directory)"
-        )
-    return load_prompts(cfg.prompts)
-
-
 def round_indices(run: RunDir, cfg: Config, rounds: list[int] | None) -> list[int]:
     """The rounds to read: ``rounds`` (each must have a ``rankings.jsonl``), or by default every
     scheduled round that has one.
@@ -144,7 +117,7 @@ def ranked_lists(run_dir: Path, rounds: list[int] | None = None) -> list[RankedL
         ConfigError, DataError: an invalid ``config.json`` or prompt source.
     """
     run = RunDir(run_dir)
-    cfg = run_config(run)
+    cfg = run.read_config()
     prompts = load_run_prompts(run, cfg)
     lists: list[RankedList] = []
     for k in round_indices(run, cfg, rounds):
@@ -153,8 +126,7 @@ def ranked_lists(run_dir: Path, rounds: list[int] | None = None) -> list[RankedL
         if not rd.generations.is_file():
             raise RunDirError(f"{rd.generations}: not found (round {k} has rankings but no generations)")
         gens = {g.prompt_id: g for g in rd.read_generations()}
-        order = {pid: i for i, pid in enumerate(gens)}
-        for r in sorted(rd.read_rankings(), key=lambda r: order.get(r.prompt_id, len(order))):
+        for r in rd.read_rankings():  # prompt order
             if r.ranking is None:
                 continue
             if r.prompt_id not in gens:
@@ -184,14 +156,19 @@ def preference_pairs(ranking: list[int]) -> list[tuple[int, int]]:
     return list(itertools.combinations(ranking, 2))
 
 
+def _check_format(fmt: str) -> None:
+    """Raises ConfigError: ``fmt`` is not one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
 def to_rows(lists: list[RankedList], fmt: str) -> list[dict[str, Any]]:
     """Dataset rows of ``fmt`` (``"dpo"`` or ``"ranking"``) from ranked lists.
 
     Raises:
         ConfigError: unknown format.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _check_format(fmt)
     rows: list[dict[str, Any]] = []
     for rl in lists:
         meta = {"round": rl.round, "prompt_id": rl.prompt_id}
@@ -226,8 +203,7 @@ def export_rankings(run_dir: Path, fmt: str, out: Path, rounds: list[int] | None
         ConfigError: unknown ``fmt``.
         RunDirError: see :func:`ranked_lists`; no ranked prompt in the rounds; ``out`` is not empty.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _check_format(fmt)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunDirError(f"{out}: already exists and is not an empty folder; pick another --out")

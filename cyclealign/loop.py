@@ -16,9 +16,11 @@ answers already on disk (see :mod:`cyclealign.rundir`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,7 +215,7 @@ class Round:
             batch_info: dict[str, Any] = {}
             if jobs:
                 assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
-                ranker.on_call = lambda call: append_jsonl(self.run.ranker_calls, {"round": self.index, **call}, fsync=False)
+                ranker.on_call = lambda call: self.run.record_call(self.index, call)
                 if self.cfg.ranker.batch:
                     batch_info = prefetch_batch(ranker, jobs, self.rd.path / "ranker_batch.json")
                 ranker.rank_all(jobs, on_result=lambda _, result: persist(result))
@@ -241,8 +243,7 @@ class Round:
 
     def rankings(self) -> list[RankResult]:
         """The latest black-box result per prompt, in prompt order, read back from disk."""
-        position = {p.id: i for i, p in enumerate(self.prompts)}
-        return sorted(self.rd.read_rankings(), key=lambda r: position.get(r.prompt_id, len(position)))
+        return self.rd.read_rankings()
 
     # -- phase 3 -------------------------------------------------------------------------
     def agreement(self, pool: DemoPool) -> None:
@@ -421,10 +422,17 @@ def iterate(
             reporter.round_end(rnd.metrics())
             if cfg.eval.every and (index + 1) % cfg.eval.every == 0 and not _evaluated(run, index):
                 assert ranker is not None
-                plan = EvalPlan(cfg.eval.prompts, cfg.eval.num_prompts, None, BASE, cfg.eval.reward_model)
+                plan = EvalPlan(
+                    cfg.eval.prompts,
+                    cfg.eval.num_prompts,
+                    rounds=None,
+                    vs=BASE,
+                    reward_model=cfg.eval.reward_model,
+                    judge_max_tokens=cfg.eval.judge_max_tokens,
+                )
                 reporter.phase_start(index, "eval", None)
                 t0 = time.perf_counter()
-                lines = evaluate_with(cfg, run, plan, ranker, policy(), templates)
+                lines = evaluate_with(cfg, run, plan, ranker, policy)
                 wall = round(time.perf_counter() - t0, 3)
                 reporter.phase_end(index, "eval", {"wall_s": wall, "evaluated": [ln["label"] for ln in lines]})
         metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
@@ -446,11 +454,12 @@ def judge_templates(cfg: Config) -> JudgeTemplates:
 
 
 def evaluate_with(
-    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: TransformersPolicy, templates: RankerTemplates
+    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: Callable[[], TransformersPolicy]
 ) -> list[dict[str, Any]]:
     """:func:`cyclealign.evaluate.run_evaluation` with the run's ranker; paid calls go to the
-    cost ledger as round ``"eval"``."""
-    ranker.on_call = lambda call: append_jsonl(run.ranker_calls, {"round": "eval", **call}, fsync=False)
+    cost ledger as round ``"eval"``. ``policy`` returns the (cached) policy; it is called only
+    when an evaluation generation is missing."""
+    ranker.on_call = lambda call: run.record_call("eval", call)
     return run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg))
 
 
@@ -467,37 +476,20 @@ def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None 
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     model_dir = resolve_model_dir(cfg.model)
     with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
-        policy = _LazyPolicy(lambda: TransformersPolicy(model_dir, cfg.model, cfg.generation))
-        return evaluate_with(cfg, run, plan, ranker, policy, templates)  # type: ignore[arg-type]
-
-
-class _LazyPolicy:
-    """A policy loaded on first use: an evaluation whose generations are all on disk loads no model."""
-
-    def __init__(self, factory: Callable[[], TransformersPolicy]) -> None:
-        self._factory = factory
-        self._policy: TransformersPolicy | None = None
-
-    def _get(self) -> TransformersPolicy:
-        if self._policy is None:
-            self._policy = self._factory()
-        return self._policy
-
-    def load_adapter(self, path: Path | None) -> None:
-        self._get().load_adapter(path)
-
-    def sample(self, prompts: list[PromptRecord], seed: int) -> list[Generation]:
-        return self._get().sample(prompts, seed=seed)
+        # Loaded on first use: an evaluation whose generations are all on disk loads no model.
+        policy = functools.cache(lambda: TransformersPolicy(model_dir, cfg.model, cfg.generation))
+        return evaluate_with(cfg, run, plan, ranker, policy)
 
 
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:
     """Unranked prompts by the kind of reason (text before the first ':' or ' after')."""
-    counts: dict[str, int] = {}
-    for r in results:
-        if r.ranking is None:
-            kind = (r.reason or "unknown").split(":")[0].split(" after ")[0].split(" across ")[0]
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
+    return dict(
+        Counter(
+            (r.reason or "unknown").split(":")[0].split(" after ")[0].split(" across ")[0]
+            for r in results
+            if r.ranking is None
+        )
+    )
 
 
 def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cyclealign.config import Config
 from cyclealign.errors import RunDirError
 from cyclealign.ranker.client import combine_samples, reparse_sample
 from cyclealign.records import RankResult
@@ -69,21 +68,7 @@ def reparse_results(results: list[RankResult], sizes: dict[str, int], complete_l
             continue
         samples = [reparse_sample(s, n, complete_last) for s in r.samples]
         ranking, reason, consistent = combine_samples(samples)
-        out.append(
-            RankResult(
-                prompt_id=r.prompt_id,
-                ranking=ranking,
-                reason=reason,
-                samples=samples,
-                consistent=consistent,
-                attempts=r.attempts,
-                api_calls=r.api_calls,
-                prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens,
-                cost_usd=r.cost_usd,
-                latency_s=r.latency_s,
-            )
-        )
+        out.append(replace(r, ranking=ranking, reason=reason, samples=samples, consistent=consistent))
     return out
 
 
@@ -114,9 +99,7 @@ def reparse_run(
         ConfigError: the run's ``config.json`` is invalid.
     """
     run = RunDir(run_dir)
-    if not run.config.exists():
-        raise RunDirError(f"{run_dir}: no run here (no config.json)")
-    cfg = Config.from_json_file(run.config)
+    cfg = run.read_config()
     complete = bool(cfg.ranker.complete_missing_last) if complete_last is None else complete_last
     indices = rounds if rounds is not None else [k for k in range(_last_round(run) + 1) if run.round(k).rankings.exists()]
     plans = []
@@ -126,8 +109,7 @@ def reparse_run(
             raise RunDirError(f"{rd.path}: round {k} has no rankings.jsonl")
         gens = rd.read_generations()
         sizes = {g.prompt_id: len(g.responses) for g in gens}
-        position = {g.prompt_id: i for i, g in enumerate(gens)}
-        old = sorted(rd.read_rankings(), key=lambda r: position.get(r.prompt_id, len(position)))
+        old = rd.read_rankings()  # prompt order
         new = reparse_results(old, sizes, complete)
         changed = sum((a.ranking, a.reason) != (b.ranking, b.reason) for a, b in zip(old, new))
         summary = ReparseSummary(

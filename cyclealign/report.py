@@ -28,14 +28,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cyclealign import rundir
+from cyclealign.data import load_run_prompts, select_round_prompts
 from cyclealign.errors import CycleAlignError, RunDirError
+from cyclealign.formatting import fmt
 from cyclealign.rundir import RunDir, read_jsonl
+
+if TYPE_CHECKING:
+    from cyclealign.config import Config
 
 TEMPLATE = Path(__file__).resolve().parent / "assets" / "report.html.jinja"
 SAMPLE_PROMPTS = 5
@@ -46,7 +52,8 @@ DPI = 100
 """PNG resolution, dots per inch (a 6.4 x 3.6 in panel is 640 x 360 pixels)."""
 PANEL = (6.4, 3.6)
 """Size of one plot panel, inches."""
-PHASES = ("generate", "rank", "agreement", "train")
+PHASES = tuple(p for p in rundir.PHASES if p != "metrics")
+"""The timed phases of a round, in order (the ``metrics`` phase records their wall times)."""
 
 
 @dataclass(frozen=True)
@@ -79,19 +86,6 @@ def number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A table cell: ``-`` for a missing value, floats with ``digits`` decimals.
-
-    >>> [fmt(None), fmt(3), fmt(0.12345), fmt(float("nan")), fmt("base")]
-    ['-', '3', '0.123', '-', 'base']
-    """
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def load_metrics(run: RunDir) -> list[dict[str, Any]]:
@@ -149,43 +143,62 @@ def _legend_outside(ax: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
 
 
-def _lines(ax: Any, rows: list[dict[str, Any]], keys: list[tuple[str, str]]) -> list[int]:
-    """Plot each ``(key, label)`` series that has data; returns the rounds plotted."""
+def _line_plot(
+    rows: list[dict[str, Any]],
+    keys: list[tuple[str, str]],
+    ylabel: str,
+    title: str,
+    ylim: tuple[float, float] | None = None,
+) -> Figure | None:
+    """One line over rounds per ``(key, label)`` series that has data (None when none has); with
+    ``ylim``, that y range and a grey line at 0."""
+    fig, (ax,) = _figure()
     seen: list[int] = []
     for key, label in keys:
         x, y = series(rows, key)
         if x:
             ax.plot(x, y, marker="o", label=label)
             seen += x
-    return seen
-
-
-def plot_agreement(rows: list[dict[str, Any]]) -> Figure | None:
-    """Agreement rate (mean LCS length / N, in [0, 1]) and Kendall tau (in [-1, 1]) per round."""
-    fig, (ax,) = _figure()
-    seen = _lines(ax, rows, [("agreement_rate", "agreement rate (LCS / N)"), ("kendall_tau", "Kendall tau")])
     if not seen:
         return None
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("black-box vs white-box ranking")
-    ax.set_title("Agreement between the two rankings")
+    if ylim is not None:
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(loc="best")
     _round_axis(ax, seen)
     return fig
 
 
+def _stacked(ax: Any, x: list[int], layers: list[tuple[str, list[float]]]) -> list[float]:
+    """One bar per round for each ``(label, values)`` layer, stacked in order; returns the stack heights."""
+    bottom = [0.0] * len(x)
+    for label, values in layers:
+        ax.bar(x, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    return bottom
+
+
+def plot_agreement(rows: list[dict[str, Any]]) -> Figure | None:
+    """Agreement rate (mean LCS length / N, in [0, 1]) and Kendall tau (in [-1, 1]) per round."""
+    return _line_plot(
+        rows,
+        [("agreement_rate", "agreement rate (LCS / N)"), ("kendall_tau", "Kendall tau")],
+        "black-box vs white-box ranking",
+        "Agreement between the two rankings",
+        ylim=(-1.05, 1.05),
+    )
+
+
 def plot_loss(rows: list[dict[str, Any]]) -> Figure | None:
     """Mean training loss per round, with its ranking and SFT terms where recorded (nats)."""
-    fig, (ax,) = _figure()
-    seen = _lines(ax, rows, [("train_loss", "train loss"), ("ranking_loss", "ranking loss"), ("sft_loss", "SFT loss")])
-    if not seen:
-        return None
-    ax.set_ylabel("loss (nats)")
-    ax.set_title("Training loss")
-    ax.legend()
-    _round_axis(ax, seen)
-    return fig
+    return _line_plot(
+        rows,
+        [("train_loss", "train loss"), ("ranking_loss", "ranking loss"), ("sft_loss", "SFT loss")],
+        "loss (nats)",
+        "Training loss",
+    )
 
 
 def plot_unranked(rows: list[dict[str, Any]]) -> Figure | None:
@@ -209,11 +222,7 @@ def plot_unranked(rows: list[dict[str, Any]]) -> Figure | None:
     if reasons:
         ax = axes[1]
         x = [r["round"] for r in rows]
-        bottom = [0.0] * len(rows)
-        for reason in reasons:
-            counts = [float((r.get("unranked_reasons") or {}).get(reason, 0)) for r in rows]
-            ax.bar(x, counts, bottom=bottom, label=reason)
-            bottom = [b + c for b, c in zip(bottom, counts)]
+        _stacked(ax, x, [(reason, [float((r.get("unranked_reasons") or {}).get(reason, 0)) for r in rows]) for reason in reasons])
         ax.set_ylabel("unranked prompts")
         ax.set_title("Unranked prompts by reason")
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -283,13 +292,9 @@ def plot_phases(rows: list[dict[str, Any]]) -> Figure | None:
     phases = list(PHASES) + sorted({p for r in timed for p in r["phase_s"]} - set(PHASES))
     fig, (ax,) = _figure()
     x = [r["round"] for r in timed]
-    bottom = [0.0] * len(timed)
-    for phase in phases:
-        secs = [number(r["phase_s"].get(phase)) or 0.0 for r in timed]
-        if any(secs):
-            ax.bar(x, secs, bottom=bottom, label=phase)
-            bottom = [b + s for b, s in zip(bottom, secs)]
-    for k, total in zip(x, bottom):
+    layers = [(phase, [number(r["phase_s"].get(phase)) or 0.0 for r in timed]) for phase in phases]
+    totals = _stacked(ax, x, [(phase, secs) for phase, secs in layers if any(secs)])
+    for k, total in zip(x, totals):
         ax.annotate(f"{total:.1f} s", (k, total), ha="center", va="bottom", fontsize="small")
     ax.margins(y=0.1)
     ax.set_ylabel("wall seconds")
@@ -414,63 +419,62 @@ def _eval_table(summary: list[dict[str, Any]]) -> list[list[str]]:
 
 def _eval_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Up to :data:`SAMPLE_PROMPTS` prompts (first seen first), one column per policy (by round)."""
-    labels = {s["round"]: s.get("label", str(s["round"])) for s in samples}
-    policies = sorted(labels)
-    prompt_ids: list[str] = []
+    labels: dict[int, str] = {}  # round -> label (the last line's)
+    prompts: dict[str, Any] = {}  # prompt id -> its text (the first line's), first seen first
+    responses: dict[tuple[str, int], Any] = {}  # (prompt id, round) -> response (the last line's)
     for s in samples:
-        if s["prompt_id"] not in prompt_ids:
-            prompt_ids.append(s["prompt_id"])
-    by_key = {(s["prompt_id"], s["round"]): s for s in samples}
-    rows = []
-    for pid in prompt_ids[:SAMPLE_PROMPTS]:
-        prompt = next(s.get("prompt", pid) for s in samples if s["prompt_id"] == pid)
-        rows.append({"prompt": prompt, "responses": [by_key[(pid, k)]["response"] if (pid, k) in by_key else "-" for k in policies]})
+        labels[s["round"]] = s.get("label", str(s["round"]))
+        prompts.setdefault(s["prompt_id"], s.get("prompt", s["prompt_id"]))
+        responses[(s["prompt_id"], s["round"])] = s["response"]
+    policies = sorted(labels)
+    rows = [
+        {"prompt": prompt, "responses": [responses.get((pid, k), "-") for k in policies]}
+        for pid, prompt in list(prompts.items())[:SAMPLE_PROMPTS]
+    ]
     return {"kind": "eval", "labels": [labels[k] for k in policies], "rows": rows}
 
 
-def _round_samples(run: RunDir, rounds: list[int]) -> dict[str, Any]:
-    """The first :data:`ROUND_SAMPLES` prompts of each round with their top- and bottom-ranked responses;
-    prompt texts are rebuilt from the run's prompt source, or shown as ids when it is unavailable."""
-    from cyclealign.data import select_round_prompts
-    from cyclealign.export import load_run_prompts, run_config
-
+def _round_samples(run: RunDir, rounds: list[int], cfg: Config | None, config_error: Exception | None = None) -> dict[str, Any]:
+    """The first :data:`ROUND_SAMPLES` prompts of each round (those with generations) with their top-
+    and bottom-ranked responses; prompt texts are rebuilt from the run's prompt source named in ``cfg``,
+    or shown as ids when it is unavailable (``cfg`` None: ``config_error`` says why)."""
+    generations = {k: run.round(k).read_generations()[:ROUND_SAMPLES] for k in rounds}
+    generations = {k: gens for k, gens in generations.items() if gens}
     texts: dict[int, dict[str, str]] = {}
-    note = None
-    try:
-        cfg = run_config(run)
-        prompts = load_run_prompts(run, cfg)
-        for k in rounds:
-            texts[k] = {p.id: p.query_text for p in select_round_prompts(prompts, k, cfg.prompts_per_round, cfg.seed)}
-    except CycleAlignError as e:
-        note = f"Prompt texts unavailable, showing prompt ids ({e})."
+    error = config_error
+    if cfg is not None and generations:
+        try:
+            prompts = load_run_prompts(run, cfg)
+            for k in generations:
+                texts[k] = {p.id: p.query_text for p in select_round_prompts(prompts, k, cfg.prompts_per_round, cfg.seed)}
+        except CycleAlignError as e:
+            error = e
+    note = None if error is None else f"Prompt texts unavailable, showing prompt ids ({error})."
     blocks = []
-    for k in rounds:
-        rd = run.round(k)
-        rankings = {r.prompt_id: r for r in rd.read_rankings()}
+    for k, gens in generations.items():
+        rankings = {r.prompt_id: r for r in run.round(k).read_rankings()}
         rows = []
-        for g in rd.read_generations()[:ROUND_SAMPLES]:
+        for g in gens:
             r = rankings.get(g.prompt_id)
             if r is not None and r.ranking is not None and len(r.ranking) == len(g.responses):
                 top, bottom = g.responses[r.ranking[0]], g.responses[r.ranking[-1]]
             else:
                 top, bottom = ("not ranked" if r is None else f"unranked: {r.reason}"), "-"
             rows.append({"prompt": texts.get(k, {}).get(g.prompt_id, g.prompt_id), "top": top, "bottom": bottom})
-        if rows:
-            blocks.append({"round": k, "rows": rows})
+        blocks.append({"round": k, "rows": rows})
     return {"kind": "rounds" if blocks else "none", "rounds": blocks, "note": note}
 
 
-def _settings(run: RunDir) -> list[tuple[str, str]]:
-    """A few config fields for the page header (empty when config.json is unreadable)."""
-    from cyclealign.config import Config
+def _settings(cfg: Config | None) -> list[tuple[str, str]]:
+    """A few fields of the run's config for the page header (empty without one: config.json unreadable)."""
+    from cyclealign.models import EMBEDDED_NAME
 
-    try:
-        cfg = Config.from_json_file(run.config)
-    except (CycleAlignError, OSError, ValueError):
+    if cfg is None:
         return []
-    ranker = "embedded SmolLM2-135M-Instruct" if cfg.ranker.base_url is None else f"{cfg.ranker.model} @ {cfg.ranker.base_url}"
+    embedded = f"embedded {EMBEDDED_NAME}"
+    ranker = embedded if cfg.ranker.base_url is None else f"{cfg.ranker.model} @ {cfg.ranker.base_url}"
     return [
-        ("policy", cfg.model.name_or_path or "embedded SmolLM2-135M-Instruct"),
+        ("policy", cfg.model.name_or_path or embedded),
         ("ranker", ranker),
         ("N", str(cfg.generation.num_samples)),
         ("prompts per round", str(cfg.prompts_per_round)),
@@ -519,13 +523,17 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     summary = _read_eval(run.path / "eval" / "summary.jsonl", ("round",))
     samples = _read_eval(run.path / "eval" / "samples.jsonl", ("round", "prompt_id", "response"))
 
-    candidates = [(name, title, lambda fn=fn: fn(rows)) for name, title, fn in METRIC_PLOTS]
-    if summary:
-        candidates.append(("win_rate", "Held-out win rate with Wilson 95% interval", lambda: plot_win_rate(summary)))
+    try:
+        cfg, config_error = run.read_config(), None
+    except (CycleAlignError, OSError, ValueError) as e:  # the report still renders, without the settings
+        cfg, config_error = None, e
+
     out.mkdir(parents=True, exist_ok=True)
+    figures = [(name, title, draw(rows)) for name, title, draw in METRIC_PLOTS]
+    if summary:
+        figures.append(("win_rate", "Held-out win rate with Wilson 95% interval", plot_win_rate(summary)))
     plots, skipped = [], []
-    for name, title, draw in candidates:
-        fig = draw()
+    for name, title, fig in figures:
         if fig is None:
             skipped.append(name)
             (out / f"{name}.png").unlink(missing_ok=True)  # a stale plot of an earlier report
@@ -535,7 +543,6 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         plots.append(plot)
 
     columns, table = _metric_table(rows)
-    rounds = [r["round"] for r in rows if run.round(r["round"]).generations.is_file()]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE.parent),
         autoescape=True,
@@ -546,14 +553,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     html = env.get_template(TEMPLATE.name).render(
         run_name=run.path.resolve().name,
         run_dir=str(run.path),
-        settings=_settings(run),
+        settings=_settings(cfg),
         metric_columns=columns,
         metric_rows=table,
         eval_columns=EVAL_COLUMNS,
         eval_rows=_eval_table(summary),
         plots=plots,
         skipped=skipped,
-        samples=_eval_samples(samples) if samples else _round_samples(run, rounds),
+        samples=_eval_samples(samples) if samples else _round_samples(run, [r["round"] for r in rows], cfg, config_error),
     )
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")

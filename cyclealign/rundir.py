@@ -32,13 +32,21 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import RunDirError
 from cyclealign.policy.base import Generation
 from cyclealign.records import RankResult
 
+if TYPE_CHECKING:
+    from cyclealign.config import Config
+
 PHASES = ("generate", "rank", "agreement", "train", "metrics")
+
+
+def round_dir_name(index: int) -> str:
+    """The folder name of round ``index`` (``round_000``, ``round_001``, ...)."""
+    return f"round_{index:03d}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -125,11 +133,18 @@ class RoundDir:
         return [Generation.from_json(d) for d in read_jsonl(self.generations)]
 
     def read_rankings(self) -> list[RankResult]:
-        """The latest black-box result per prompt (a retried API error replaces the earlier line)."""
+        """The latest black-box result per prompt (a retried API error replaces the earlier line), in
+        prompt order: that of ``generations.jsonl`` (a prompt without a generation comes last, in file order)."""
         latest: dict[str, RankResult] = {}
         for d in read_jsonl(self.rankings):
             latest[d["prompt_id"]] = RankResult.from_json(d)
-        return list(latest.values())
+        position = {d["prompt_id"]: i for i, d in enumerate(read_jsonl(self.generations))}
+        return sorted(latest.values(), key=lambda r: position.get(r.prompt_id, len(position)))
+
+    def has_adapter(self) -> bool:
+        """Whether the round's train phase is done and saved an adapter (a round with no ranked prompt saves none)."""
+        train = self.phases().get("train")
+        return bool(train and train.get("adapter"))
 
     def is_done(self, phase: str) -> bool:
         """Whether ``phase`` is recorded as finished in the manifest."""
@@ -161,7 +176,7 @@ class RunDir:
 
     def round(self, index: int) -> RoundDir:
         """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
-        return RoundDir(self.path / f"round_{index:03d}", index)
+        return RoundDir(self.path / round_dir_name(index), index)
 
     def prepare(self, config_json: str, resume: bool) -> None:
         """Create the run directory, or check it for ``--resume``.
@@ -190,6 +205,19 @@ class RunDir:
                 )
         atomic_write_text(self.config, config_json)
 
+    def read_config(self) -> Config:
+        """The run's saved config (``config.json``).
+
+        Raises:
+            RunDirError: ``config.json`` is missing (naming the directory: no run there).
+            ConfigError: it is not a valid config (naming the file and fields).
+        """
+        from cyclealign.config import Config
+
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path}: no run here ({self.config.name}: not found)")
+        return Config.from_json_file(self.config)
+
     def ranker_spend(self, round_index: int | None = None) -> dict[str, float]:
         """Paid ranker calls from the cost ledger: ``{"calls", "prompt_tokens", "completion_tokens", "cost_usd"}``,
         for the whole run or one round."""
@@ -200,6 +228,11 @@ class RunDir:
             "completion_tokens": sum(r["completion_tokens"] for r in rows),
             "cost_usd": sum(r["cost_usd"] for r in rows),
         }
+
+    def record_call(self, round_index: int | str, call: dict[str, Any]) -> None:
+        """Append one paid ranker call (a ranker ``on_call`` record) to the cost ledger as round
+        ``round_index`` (a round index, or ``"eval"``); survives the process being killed."""
+        append_jsonl(self.ranker_calls, {"round": round_index, **call}, fsync=False)
 
     def finished_rounds(self) -> int:
         """Number of leading rounds whose every phase is done."""
@@ -212,6 +245,6 @@ class RunDir:
         """The adapter trained by round ``before_round - 1`` (None for round 0 or if none was trained)."""
         for k in range(before_round - 1, -1, -1):
             rd = self.round(k)
-            if rd.is_done("train") and rd.phases()["train"].get("adapter"):
+            if rd.has_adapter():
                 return rd.adapter
         return None

@@ -29,8 +29,8 @@ import sys, time
 sys.setswitchinterval(0.0002)  # 32 handler threads wake from their sleep at once: hand the GIL over fast
 sys.path.insert(0, {tests!r})
 from scripted_api import Reply, ScriptedAPI
-reply = lambda req: Reply("[2] > [1] > [4] > [3]", prompt_tokens=500, completion_tokens=12, delay_s={latency!r})
-api = ScriptedAPI(fallback=reply).start()
+reply = lambda req: Reply("[2] > [1] > [4] > [3]", prompt_tokens=500, completion_tokens=12)
+api = ScriptedAPI(fallback=reply, latency_s={latency!r}).start()
 print(api.port, flush=True)
 sys.stdin.read()  # serve until the parent closes stdin
 """

@@ -148,8 +148,6 @@ Action = str | Reply | Status | Drop | Truncated | Raw
 Fallback = Callable[[dict[str, Any]], "Action"]
 OnRequest = Callable[[int, dict[str, Any]], None]
 
-_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-
 
 def _no_fallback(request: dict[str, Any]) -> Action:
     return Status(418, body={"error": {"message": "ScriptedAPI: script exhausted and no fallback given"}})
@@ -532,18 +530,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- helpers ---------------------------------------------------------------------------
-    def _send(self, code: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, code: int, data: bytes, content_type: str, headers: dict[str, str] | None = None, limit: int | None = None
+    ) -> None:
+        """Send a response whose ``Content-Length`` is ``len(data)``; with ``limit``, only the first
+        ``limit`` bytes of ``data`` are written (a truncated body)."""
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(data if limit is None else data[:limit])
 
     def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self._send(code, data, "application/json", headers)
+
+    def _send_error(self, code: int, message: str) -> None:
+        """An OpenAI-style ``invalid_request_error`` with ``message``."""
+        self._send_json(code, {"error": {"message": message, "type": "invalid_request_error"}})
 
     def _read_body(self) -> bytes:
         """The request body: ``Content-Length`` bytes, or the chunks of a chunked body."""
@@ -585,26 +591,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif len(parts) == 3 and parts[:2] == ["v1", "batches"]:
             batch = self.owner._retrieve_batch(parts[2])
             if batch is None:
-                self._send_json(404, {"error": {"message": f"no batch {parts[2]}", "type": "invalid_request_error"}})
+                self._send_error(404, f"no batch {parts[2]}")
             else:
                 self._send_json(200, batch)
         elif len(parts) in (3, 4) and parts[:2] == ["v1", "files"] and parts[3:] in ([], ["content"]):
             found = self.owner._file(parts[2])
             if found is None:
-                self._send_json(404, {"error": {"message": f"no file {parts[2]}", "type": "invalid_request_error"}})
+                self._send_error(404, f"no file {parts[2]}")
             elif len(parts) == 3:
                 self._send_json(200, found[0])
             else:
                 self._send(200, found[1], "application/octet-stream")
         else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            self._send_error(404, f"no route {self.path}")
 
     def do_DELETE(self) -> None:
         parts = self._path()
         if len(parts) == 3 and parts[:2] == ["v1", "files"] and self.owner._delete_file(parts[2]):
             self._send_json(200, {"id": parts[2], "object": "file", "deleted": True})
         else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            self._send_error(404, f"no route {self.path}")
 
     def do_POST(self) -> None:
         raw = self._read_body()
@@ -621,13 +627,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif len(parts) == 4 and parts[:2] == ["v1", "batches"] and parts[3] == "cancel":
             batch = self.owner._cancel_batch(parts[2])
             if batch is None:
-                self._send_json(404, {"error": {"message": f"no batch {parts[2]}", "type": "invalid_request_error"}})
+                self._send_error(404, f"no batch {parts[2]}")
             else:
                 self._send_json(200, batch)
         elif parts == ["v1", "chat", "completions"]:
             self._chat(raw)
         else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            self._send_error(404, f"no route {self.path}")
 
     def _chat(self, raw: bytes) -> None:
         """``POST /v1/chat/completions``: record, pick the action, wait, answer (or not)."""
@@ -659,11 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if isinstance(action, Truncated):
                 data = json.dumps(self._completion(index, body, Reply(action.text))).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
+                self._send(200, data, "application/json", limit=len(data) // 2)
                 self.wfile.flush()
                 self.close_connection = True
                 return  # never answered
@@ -692,7 +694,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.owner._lock:
             self.owner.file_uploads += 1
         if "file" not in fields:
-            self._send_json(400, {"error": {"message": "multipart field 'file' missing", "type": "invalid_request_error"}})
+            self._send_error(400, "multipart field 'file' missing")
             return
         purpose = fields.get("purpose", (None, b"batch"))[1].decode()
         self._send_json(200, self.owner._new_file(fields["file"][1], fields["file"][0] or "upload", purpose))

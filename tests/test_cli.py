@@ -75,3 +75,23 @@ def test_bad_input_leaves_no_run_directory_behind(tmp_path):
     result = runner.invoke(app, ["iterate", "--prompts", str(bad), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "bad.jsonl:1" in result.output
     assert not (tmp_path / "run").exists()  # fixing the file and re-running needs no --resume
+
+
+def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(tmp_path, monkeypatch):
+    import cyclealign.loop
+    from cyclealign.config import build_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(build_config(**{"run_dir": run_dir, "eval.judge_max_tokens": 24}).to_json())
+    plans = []
+    line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
+    monkeypatch.setattr(cyclealign.loop, "evaluate_run", lambda cfg, plan, environ=None: plans.append((cfg, plan)) or [line])
+    held = tmp_path / "held.jsonl"
+    for extra in ([], ["--judge-max-tokens", "7"]):
+        result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), *extra])
+        assert result.exit_code == 0, result.output
+    assert [plan.judge_max_tokens for _, plan in plans] == [24, 7]
+    assert {cfg.eval.judge_max_tokens for cfg, _ in plans} == {24}  # the run's config is left as saved
+    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--judge-max-tokens", "3"])
+    assert result.exit_code == 2  # min=4

@@ -117,6 +117,71 @@ def test_eval_every_round_then_eval_again_costs_no_call(tmp_path, prompts_file):
 
 
 
+class FixedPolicy:
+    """A stand-in generation backend: two fixed responses per prompt, tagged with the loaded adapter."""
+
+    def __init__(self):
+        self.adapter, self.sampled = None, []
+
+    def load_adapter(self, path):
+        self.adapter = path
+
+    def sample(self, prompts, seed, progress=None):
+        tag = "base" if self.adapter is None else "tuned"
+        self.sampled.append(tag)
+        return [
+            Generation(p.id, [1], [f"{tag} {p.id}", f"{tag} {p.id}, longer"], [[1], [1, 2]], [-1.0, -2.0], [True, True])
+            for p in prompts
+        ]
+
+
+def test_run_evaluation_loads_the_policy_only_for_missing_generations_and_the_reward_model_once(
+    tmp_path, prompts_file, monkeypatch
+):
+    import cyclealign.evaluate as evaluate
+    from cyclealign.config import build_config
+
+    held = tmp_path / "held_out.jsonl"
+    held.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Name a planet.", "Say thanks.")))
+    cfg = build_config(run_dir=tmp_path / "run", prompts=prompts_file, rounds=1, prompts_per_round=2)
+    run = RunDir(cfg.run_dir)
+    run.round(0).mark_done("train", adapter=True)  # round 0 counts as trained; FixedPolicy ignores the path
+    loaded = []
+
+    class LengthScorer:
+        def __init__(self, model_id, cfg):
+            loaded.append(model_id)
+
+        def __call__(self, pairs, batch_size=8):
+            return [float(len(response)) for _, response in pairs]
+
+    monkeypatch.setattr(evaluate, "RewardScorer", LengthScorer)
+    backend, factory_calls = FixedPolicy(), []
+
+    def policy():
+        factory_calls.append(1)
+        return backend
+
+    plan = EvalPlan(held, 2, reward_model="length-rm", judge_max_tokens=9)
+    with ScriptedAPI(fallback=judge_or_rank) as api:
+        ranker = make_ranker(api, RankerTemplates(default_templates_dir()))
+        judge_t = JudgeTemplates(default_templates_dir())
+        lines = evaluate.run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_t)
+        assert loaded == ["length-rm"]  # one load scores both policies
+        assert backend.sampled == ["base", "tuned"] and len(factory_calls) == 2
+        judge_calls = [r for r in api.requests if "Which response is better?" in r["messages"][-1]["content"]]
+        assert len(judge_calls) == 4 and {r["max_tokens"] for r in judge_calls} == {9}
+
+        # Every generation is on disk now: evaluating again does not ask for the policy.
+        again = evaluate.run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_t)
+        assert len(factory_calls) == 2 and backend.sampled == ["base", "tuned"]
+    assert [ln["label"] for ln in lines] == ["base", "round 0"]
+    for line, slug in zip(lines, ("base", "round_000")):
+        firsts = [g["responses"][0] for g in read_jsonl(cfg.run_dir / "eval" / f"generations_{slug}.jsonl")]
+        assert len(firsts) == 2 and line["reward_mean"] == pytest.approx(sum(map(len, firsts)) / 2)
+    assert again == lines
+
+
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, embedded_model_dir):
     """A real local sequence-classification model: SmolLM2's body with a seeded 1-logit head."""

@@ -49,3 +49,26 @@ def test_prepare_refuses_overwrite_and_checks_resume(tmp_path):
         run.prepare(json.dumps({"rounds": 3, "seed": 1}), resume=True)
     with pytest.raises(RunDirError, match="nothing to resume"):
         RunDir(tmp_path / "other").prepare(cfg, resume=True)
+
+
+def test_rankings_read_back_latest_per_prompt_in_generation_order(tmp_path):
+    from cyclealign.records import RankResult
+
+    rd = RunDir(tmp_path / "run").round(0)
+    append_jsonl(rd.generations, {"prompt_id": "a"})
+    append_jsonl(rd.generations, {"prompt_id": "b"})
+    append_jsonl(rd.generations, {"prompt_id": "c"})
+    for r in (RankResult("c", [0, 1]), RankResult("a", None, reason="api error: 500"), RankResult("x", [1, 0]), RankResult("a", [1, 0])):
+        append_jsonl(rd.rankings, r.to_json())
+    results = rd.read_rankings()
+    assert [r.prompt_id for r in results] == ["a", "c", "x"]  # a prompt without a generation comes last
+    assert results[0].ranking == [1, 0] and results[0].reason is None  # the retried API error was replaced
+
+
+def test_has_adapter_and_latest_adapter(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert not run.round(0).has_adapter() and run.latest_adapter(2) is None
+    run.round(0).mark_done("train", adapter=True)
+    run.round(1).mark_done("train", adapter=False, skipped="no ranked prompt this round")
+    assert run.round(0).has_adapter() and not run.round(1).has_adapter()
+    assert run.latest_adapter(2) == run.round(0).adapter and run.latest_adapter(0) is None

@@ -261,6 +261,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval.prompts",
         "eval.num_prompts",
         "eval.reward_model",
+        "eval.judge_max_tokens",
     }
 )
 """Dotted config fields a resumed run may change: they bound or schedule work, not its results."""

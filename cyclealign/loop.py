@@ -409,23 +409,26 @@ def iterate(
             return cache["policy"]
 
         for index in range(cfg.rounds):
-            rd = run.round(index)
-            if rd.is_done("metrics"):
-                continue
-            round_prompts = select_round_prompts(prompts, index, cfg.prompts_per_round, cfg.seed)
-            rnd = Round(cfg, run, index, round_prompts, reporter)
-            previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
-            rnd.generate(policy)
-            rnd.rank(ranker, static_demos, previous_pool)
-            rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
-            rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
-            reporter.round_end(rnd.metrics())
-            if cfg.eval.every and (index + 1) % cfg.eval.every == 0 and not _evaluated(run, index):
+            if not run.round(index).is_done("metrics"):
+                round_prompts = select_round_prompts(prompts, index, cfg.prompts_per_round, cfg.seed)
+                rnd = Round(cfg, run, index, round_prompts, reporter)
+                previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
+                rnd.generate(policy)
+                rnd.rank(ranker, static_demos, previous_pool)
+                rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
+                rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
+                reporter.round_end(rnd.metrics())
+            # Checked for finished rounds too: an evaluation cut off by a crash is done on resume.
+            if cfg.eval.every and (index + 1) % cfg.eval.every == 0:
+                # The policy as of this round: the latest adapter (a round that ranked nothing trains none).
+                latest = next((k for k in range(index, -1, -1) if run.round(k).has_adapter()), BASE)
+                if _evaluated(run, latest):
+                    continue
                 assert ranker is not None
                 plan = EvalPlan(
                     cfg.eval.prompts,
                     cfg.eval.num_prompts,
-                    rounds=None,
+                    rounds=sorted({BASE, latest}),
                     vs=BASE,
                     reward_model=cfg.eval.reward_model,
                     judge_max_tokens=cfg.eval.judge_max_tokens,
@@ -441,7 +444,8 @@ def iterate(
 
 
 def _evaluated(run: RunDir, index: int) -> bool:
-    """Whether ``eval/summary.jsonl`` already holds round ``index`` (a resumed run does not redo it)."""
+    """Whether ``eval/summary.jsonl`` already holds policy ``index`` (a round, or ``BASE``): a
+    resumed run does not redo it."""
     return any(row.get("round") == index for row in read_jsonl(run.path / "eval" / "summary.jsonl"))
 
 

@@ -13,7 +13,7 @@ from test_loop import KEY, make_config, ranking_requests, reverse_ranker
 from test_ranker_client import make_ranker
 
 from cyclealign.evaluate import EvalPlan, _win_rate, wilson_interval
-from cyclealign.loop import evaluate_run, iterate
+from cyclealign.loop import NullReporter, evaluate_run, iterate
 from cyclealign.policy.base import Generation
 from cyclealign.ranker import RankerTemplates
 from cyclealign.ranker.judge import JudgeTemplates
@@ -219,3 +219,33 @@ def test_reward_model_that_cannot_load_names_the_path(tmp_path):
     prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi."}])
     with pytest.raises(ConfigError, match="no_such_reward_model"):
         reward_scores(str(missing), [(prompt, "Hello.")], Config())
+
+
+class CrashAtEval(NullReporter):
+    """Simulates a crash as the evaluation after a round starts (the round itself is finished)."""
+
+    def phase_start(self, round_index, phase, total):
+        if phase == "eval":
+            raise KeyboardInterrupt("simulated crash during the evaluation")
+
+
+@pytest.mark.slow
+def test_an_evaluation_cut_off_by_a_crash_is_done_on_resume(tmp_path, prompts_file):
+    held = tmp_path / "held_out.jsonl"
+    held.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ["Name a planet.", "Say thanks."]))
+    with ScriptedAPI(fallback=judge_or_rank) as api:
+        cfg = make_config(
+            tmp_path, prompts_file, api, rounds=1, prompts_per_round=4,
+            **{"eval.every": 1, "eval.prompts": held, "eval.num_prompts": 8},
+        )
+        with pytest.raises(KeyboardInterrupt):
+            iterate(cfg, environ={"OPENAI_API_KEY": KEY}, reporter=CrashAtEval())
+        run = RunDir(cfg.run_dir)
+        assert run.round(0).is_done("metrics") and read_jsonl(run.path / "eval" / "summary.jsonl") == []
+        iterate(cfg, resume=True, environ={"OPENAI_API_KEY": KEY})
+        summary = read_jsonl(run.path / "eval" / "summary.jsonl")
+        assert [s["label"] for s in summary] == ["base", "round 0"] and summary[1]["prompts"] == 2
+        # Evaluated once: a further resume finds it done and sends no judge call.
+        judged = sum("Which response is better?" in r["messages"][-1]["content"] for r in api.requests)
+        iterate(cfg, resume=True, environ={"OPENAI_API_KEY": KEY})
+        assert sum("Which response is better?" in r["messages"][-1]["content"] for r in api.requests) == judged

@@ -1,0 +1,161 @@
+"""A rule black box: a real local OpenAI-compatible chat server that ranks by a known rule.
+
+It reads the last user message of a ranker call (the query block of
+``prompts/ranker_user.jinja``: responses between ``<response id="k">`` and ``</response>``),
+ranks the responses it shows with :meth:`cyclealign.efficacy.rules.Rule.rank`, and answers
+``[a] > [b] > ...`` (or ``{"ranking": [...]}`` when the request carries a JSON-schema
+``response_format``), so the ranker client, its parser, cache and retries run for real.
+Stdlib only (``http.server.ThreadingHTTPServer`` on ``127.0.0.1:<free port>``, one daemon
+thread).
+
+Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``; anything else 404.
+A chat request without response delimiters (the client's 1-token preflight) is answered "ok".
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cyclealign.efficacy.rules import Rule
+
+_RESPONSE = re.compile(r'<response id="(\d+)">\n(.*?)\n</response>', re.DOTALL)
+
+
+def shown_responses(user_message: str) -> list[str]:
+    """The responses of a ranker query block, in the order labelled ``[1]..[N]``.
+
+    The ranker escapes delimiter tags inside responses as ``&lt;``; they are unescaped here.
+
+    Raises:
+        ValueError: the labels are not 1..N in order (not a ranker query block).
+
+    >>> shown_responses('<response id="1">\\na\\n</response>\\n\\n<response id="2">\\nb &lt;/response>\\n</response>')
+    ['a', 'b </response>']
+    """
+    found = _RESPONSE.findall(user_message)
+    labels = [int(k) for k, _ in found]
+    if labels != list(range(1, len(found) + 1)):
+        raise ValueError(f"response labels {labels} are not 1..{len(found)} in order")
+    return [html.unescape(text) for _, text in found]
+
+
+def rule_answer(rule: Rule, request: dict[str, Any]) -> str:
+    """The rule's reply to one chat-completion request body (text labels or JSON).
+
+    >>> from cyclealign.efficacy.rules import RULES
+    >>> msg = '<response id="1">\\nhi\\n</response>\\n<response id="2">\\nOne.\\n\\nTwo.\\n</response>'
+    >>> rule_answer(RULES["paragraphs"], {"messages": [{"role": "user", "content": msg}]})
+    '[2] > [1]'
+    """
+    users = [m for m in request.get("messages", []) if m.get("role") == "user"]
+    content = users[-1]["content"] if users else ""
+    if isinstance(content, list):  # content parts
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    responses = shown_responses(content)
+    if not responses:
+        return "ok"
+    labels = [i + 1 for i in rule.rank(responses)]
+    if request.get("response_format", {}).get("type") == "json_schema":
+        return json.dumps({"ranking": labels})
+    return " > ".join(f"[{k}]" for k in labels)
+
+
+class RuleBlackBox:
+    """The rule black box as a context manager: ``with RuleBlackBox(rule) as bb: bb.base_url``.
+
+    Args:
+        rule: the ranking rule.
+    Attributes:
+        model: the model name it reports (``rule-<name>``); any model name is accepted.
+        count: chat-completion requests answered.
+    """
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.model = f"rule-{rule.name}"
+        self.count = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1``."""
+        assert self._server is not None, "the server is not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "RuleBlackBox":
+        box = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/health":
+                    self._send(200, {"status": "ok"})
+                elif self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": box.model, "object": "model", "owned_by": "cyclealign"}]})
+                else:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                try:
+                    body = json.loads(raw)
+                    text = rule_answer(box.rule, body)
+                except (ValueError, KeyError, TypeError) as e:
+                    self._send(400, {"error": {"message": f"not a ranker request: {e}", "type": "invalid_request_error"}})
+                    return
+                with box._lock:
+                    box.count += 1
+                    index = box.count
+                prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-rule-{index}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", box.model),
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {
+                            "prompt_tokens": prompt_chars // 4,
+                            "completion_tokens": max(1, len(text) // 4),
+                            "total_tokens": prompt_chars // 4 + max(1, len(text) // 4),
+                        },
+                    },
+                )
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="rule-black-box", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

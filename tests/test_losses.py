@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from cyclealign.logprobs import mean_logprob, token_logprobs
@@ -101,3 +102,37 @@ def test_all_losses_lower_for_the_labelled_order():
     good, bad = torch.tensor([[0.5, 0.0, -0.5]]), torch.tensor([[-0.5, 0.0, 0.5]])
     for loss in (pro_loss, rrhf_loss, dpo_pl_loss, lipo_lambda_loss):
         assert float(loss(good)[0]) < float(loss(bad)[0]), loss.__name__
+
+
+def test_pro_reward_gap_equals_plain_pro_for_two_responses_and_weighs_far_pairs_more():
+    from cyclealign.train.losses import pro_reward_gap_loss
+
+    s = torch.tensor([[-1.2, -0.7]])
+    assert torch.allclose(pro_reward_gap_loss(s), pro_loss(s))  # one step, gap 1: T = 1
+    # A list whose worst response scores highest costs more than one whose second does.
+    worst_high = pro_reward_gap_loss(torch.tensor([[-1.0, -1.5, -0.5]]))
+    second_high = pro_reward_gap_loss(torch.tensor([[-1.0, -0.5, -1.5]]))
+    assert worst_high > second_high
+    # Masked (padding) positions change nothing.
+    padded = pro_reward_gap_loss(torch.tensor([[-1.0, -0.5, 9.0]]), torch.tensor([[True, True, False]]))
+    assert torch.allclose(padded, pro_reward_gap_loss(torch.tensor([[-1.0, -0.5]])))
+
+
+def test_pairwise_accuracy_counts_real_pairs_only():
+    from cyclealign.train.losses import pairwise_accuracy
+
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 5.0, 5.0]])
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    # List 1: 6 of 6 pairs right; list 2: its one real pair is wrong.
+    assert float(pairwise_accuracy(scores, mask)) == pytest.approx(6 / 7)
+
+
+def test_sft_reductions():
+    from cyclealign.train.losses import sft_loss
+
+    lp = torch.tensor([[-1.0, -2.0, -3.0]])
+    m = torch.tensor([[1, 1, 0]])
+    assert float(sft_loss(lp, m, "sum")[0]) == pytest.approx(3.0)
+    assert float(sft_loss(lp, m, "mean")[0]) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        sft_loss(lp, m, "max")

@@ -45,7 +45,8 @@ def test_training_updates_only_lora_saves_a_peft_adapter_and_learns_the_ranking(
     assert stats.steps == 12 and stats.lists == 12
     first, last = stats.log_history[0], stats.log_history[-1]
     assert last["ranking_loss"] < first["ranking_loss"]
-    assert first["ranking_accuracy"] == 0.0 and last["ranking_accuracy"] == 1.0
+    # Pairwise accuracy before each step: at most 1 of the 3 pairs right at first, all 3 at the end.
+    assert first["ranking_accuracy"] <= 1 / 3 + 1e-6 and last["ranking_accuracy"] == 1.0
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     # The saved adapter loads with plain PEFT and reproduces the trained policy.
@@ -184,3 +185,30 @@ def test_qlora_without_cuda_is_a_clear_config_error(embedded_model_dir):
         pytest.skip("this machine has CUDA: tests/test_cuda.py covers QLoRA")
     with pytest.raises(ConfigError, match="train.qlora needs a CUDA device"):
         load_trainable_policy(str(embedded_model_dir), None, cfg, torch.device("cpu"), torch.float32)
+
+
+def test_carry_optimizer_continues_the_previous_rounds_adamw_state(embedded_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    cfg = build_config(**{"train.carry_optimizer": True, "train.epochs": 1})
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_dict=False)
+    resp = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ("Hi!", "Hello there.", "no")]
+    examples = [RankingExample(prompt, resp)] * 2
+    device = torch.device("cpu")
+    common = dict(pad_token_id=tok.pad_token_id, seed=0, device=device)
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.float32)
+    train_round(model, examples, cfg.train, out_dir=tmp_path / "r0", **common)
+    first = torch.load(tmp_path / "r0" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in first["state"].values()} == {2.0}
+    model = load_trainable_policy(str(embedded_model_dir), tmp_path / "r0", cfg.train, device, torch.float32)
+    train_round(model, examples, cfg.train, out_dir=tmp_path / "r1", previous_adapter=tmp_path / "r0", **common)
+    second = torch.load(tmp_path / "r1" / "optimizer.pt", weights_only=True)
+    # Adam's step count went on from round 0's (2 + 2), so the moment estimates carried over.
+    assert {float(s["step"]) for s in second["state"].values()} == {4.0}
+    assert len(second["state"]) == len(first["state"])
+    # Without the option no state is written.
+    cfg_off = build_config(**{"train.epochs": 1})
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg_off.train, device, torch.float32)
+    train_round(model, examples, cfg_off.train, out_dir=tmp_path / "off", **common)
+    assert not (tmp_path / "off" / "optimizer.pt").exists()

@@ -180,6 +180,7 @@ def train_round_dpo(
         ranking_loss=history_mean(history, "loss"),
         sft_loss=float("nan"),
         ranking_accuracy=history_mean(history, "rewards/accuracies"),
+        grad_norm=history_mean(history, "grad_norm"),
         tokens=int(per_epoch_tokens * cfg.epochs),
         wall_s=wall,
         log_history=history,

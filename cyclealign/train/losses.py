@@ -62,6 +62,49 @@ def pro_loss(scores: torch.Tensor, mask: torch.Tensor | None = None, temperature
     return plackett_luce_nll(scores / temperature, mask)
 
 
+def pro_reward_gap_loss(
+    scores: torch.Tensor, mask: torch.Tensor | None = None, rewards: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PRO with its reward-gap temperatures (Song et al. 2023, arXiv 2306.17492, Eq. 8-9).
+
+    At step ``k`` each worse response ``i > k`` is scaled by ``T_k^i = r_k - r_i`` and the
+    preferred one by ``T_k^k = max_{i>k} T_k^i``::
+
+        L = - sum_{k=1}^{n-1} log( exp(s_k T_k^k) / (exp(s_k T_k^k) + sum_{i>k} exp(s_i T_k^i)) )
+
+    (the form of PRO's reference code, where the temperatures multiply the scores). A
+    black-box ranking gives no reward values, so by default ``r_k = -k`` (label position):
+    the gap is the number of places between two responses, and a pair far apart in the
+    ranking weighs more than a neighbouring one.
+
+    Args:
+        scores: ``[batch, N]`` mean token log-probs in label order, best first.
+        mask: ``[batch, N]`` True on real responses.
+        rewards: ``[batch, N]`` rewards, decreasing along each list; ``None`` = ``-position``.
+    Returns:
+        ``[batch]`` nats.
+
+    >>> s = torch.tensor([[-1.0, -1.0, -1.0]])  # step 1: -2 vs -1, -2; step 2: -1 vs -1
+    >>> round(float(pro_reward_gap_loss(s)[0]), 4) == round(math.log(2 + math.e) + math.log(2), 4)
+    True
+    """
+    mask = _full_mask(scores, mask)
+    n = scores.shape[-1]
+    if rewards is None:
+        rewards = -torch.arange(n, device=scores.device, dtype=scores.dtype).expand_as(scores)
+    total = torch.zeros(scores.shape[0], device=scores.device, dtype=scores.dtype)
+    for k in range(n - 1):
+        rest = mask[:, k + 1 :]  # [B, N-k-1] real worse responses
+        live = mask[:, k] & rest.any(-1)  # [B] lists with a step k
+        gaps = (rewards[:, k : k + 1] - rewards[:, k + 1 :]).masked_fill(~rest, 0.0)  # [B, N-k-1]
+        pos_t = gaps.max(-1).values  # [B]
+        neg = (scores[:, k + 1 :] * gaps).masked_fill(~rest, float("-inf"))
+        pos = scores[:, k] * pos_t
+        step = torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], -1), -1) - pos
+        total = total + step.masked_fill(~live, 0.0)
+    return total
+
+
 def rrhf_loss(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """RRHF ranking loss: a hinge on every mis-ordered pair of length-normalised log-likelihoods.
 
@@ -154,16 +197,50 @@ def lipo_lambda_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) ->
     return -(delta * logistic * pair).sum((-1, -2))
 
 
-def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood per token of a response (the SFT term).
+def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of a response (the SFT term).
 
     Args:
         token_logp: ``[batch, seq]`` token log-probs.
         mask: ``[batch, seq]`` 1 on response tokens.
+        reduction: ``"mean"`` (per token) or ``"sum"`` (over the response's tokens, as PRO's
+            reference code does).
     Returns:
-        ``[batch]`` mean NLL per token (nats).
+        ``[batch]`` NLL in nats (per token for ``"mean"``).
+
+    Raises:
+        ValueError: an unknown ``reduction``.
+
+    >>> lp, m = torch.tensor([[-1.0, -3.0, 0.0]]), torch.tensor([[1, 1, 0]])
+    >>> float(sft_loss(lp, m)[0]), float(sft_loss(lp, m, "sum")[0])
+    (2.0, 4.0)
     """
     mask = mask.to(token_logp.dtype)
-    return -(token_logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    total = -(token_logp * mask).sum(-1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / mask.sum(-1).clamp(min=1)
+    raise ValueError(f"sft reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def pairwise_accuracy(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of response pairs a score orders as the label does (ties count as wrong).
+
+    Args:
+        scores: ``[batch, N]`` in label order, best first.
+        mask: ``[batch, N]`` True on real responses.
+    Returns:
+        ``[]`` the fraction over every labelled pair of the batch (``n(n-1)/2`` per list).
+
+    >>> float(pairwise_accuracy(torch.tensor([[3.0, 1.0, 2.0]])))  # (1,2) and (1,3) right, (2,3) wrong
+    0.6666666865348816
+    """
+    mask = _full_mask(scores, mask)
+    n = scores.shape[-1]
+    better_first = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+    pair = better_first & mask.unsqueeze(-1) & mask.unsqueeze(-2)  # [B, N, N]: k < l, both real
+    right = scores.unsqueeze(-1) > scores.unsqueeze(-2)  # [B, N, N]: s_k > s_l
+    return (right & pair).sum().float() / pair.sum().clamp(min=1).float()
 
 

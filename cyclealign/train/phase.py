@@ -19,23 +19,35 @@ import torch
 
 from cyclealign.config import Config
 from cyclealign.models import resolve_dtype
-from cyclealign.rundir import RunDir, write_json
+from cyclealign.rundir import RunDir, read_jsonl, write_json
 from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
 
 
-def round_examples(run: RunDir, index: int) -> list[RankingExample]:
+def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[RankingExample]:
     """The round's ranked prompts as training lists: prompt ids and response ids, best first.
 
-    A prompt ranked twice (an API error retried on resume) counts with its latest result.
+    ``target="blackbox"``: every ranked prompt with its whole black-box ranking (a prompt
+    ranked twice, an API error retried on resume, counts with its latest result).
+    ``target="agreement"``: only the responses of each prompt's agreement (the LCS of the
+    black-box and white-box rankings, ``agreement.jsonl``), in that order; prompts whose LCS
+    has fewer than 2 responses are left out (Hong et al. 2023, Sec. 3.3: the agreed order is
+    the pseudo-label).
+
+    Raises:
+        ValueError: an unknown ``target``.
     """
     rd = run.round(index)
     gens = {g.prompt_id: g for g in rd.read_generations()}
-    examples = []
-    for r in rd.read_rankings():
-        if r.ranking is not None:
-            g = gens[r.prompt_id]
-            examples.append(RankingExample(g.prompt_token_ids, [g.response_token_ids[i] for i in r.ranking]))
-    return examples
+    if target == "blackbox":
+        orders = [(r.prompt_id, r.ranking) for r in rd.read_rankings() if r.ranking is not None]
+    elif target == "agreement":
+        orders = [(row["prompt_id"], row["agreement"]) for row in read_jsonl(rd.agreement) if len(row["agreement"]) >= 2]
+    else:
+        raise ValueError(f"train.target must be 'blackbox' or 'agreement', got {target!r}")
+    return [
+        RankingExample(gens[pid].prompt_token_ids, [gens[pid].response_token_ids[i] for i in order])
+        for pid, order in orders
+    ]
 
 
 def run_train_phase(
@@ -49,7 +61,7 @@ def run_train_phase(
     is_main_process: bool = True,
     callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Train round ``index`` on its black-box rankings, continuing the previous round's adapter.
+    """Train round ``index`` on its black-box rankings (or agreements, ``train.target``), continuing the previous round's adapter.
 
     Writes ``round_k/adapter/`` (and ``merged/`` with ``train.merge``) and ``train.json``
     (main process only).
@@ -58,13 +70,13 @@ def run_train_phase(
         The phase summary recorded in the round's manifest (``adapter: False`` with the
         reason when no prompt was ranked).
     """
-    examples = round_examples(run, index)
+    examples = round_examples(run, index, cfg.train.target)
     if not examples:
-        return {"adapter": False, "skipped": "no ranked prompt this round"}
+        what = "ranked prompt" if cfg.train.target == "blackbox" else "prompt with an agreement of 2 or more"
+        return {"adapter": False, "skipped": f"no {what} this round"}
     rd = run.round(index)
-    model = load_trainable_policy(
-        model_dir, run.latest_adapter(index), cfg.train, device, resolve_dtype(cfg.model, device)
-    )
+    previous = run.latest_adapter(index)
+    model = load_trainable_policy(model_dir, previous, cfg.train, device, resolve_dtype(cfg.model, device))
     common = dict(pad_token_id=pad_token_id, out_dir=rd.adapter, seed=cfg.seed + index, device=device, callbacks=callbacks)
     if cfg.train.loss == "dpo":
         from cyclealign.policy.hf import load_tokenizer
@@ -80,7 +92,7 @@ def run_train_phase(
             **common,
         )
     else:
-        stats = train_round(model, examples, cfg.train, **common)
+        stats = train_round(model, examples, cfg.train, previous_adapter=previous, **common)
     if is_main_process:
         if cfg.train.merge:
             save_merged(model, model_dir, rd.merged)

@@ -26,7 +26,16 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from cyclealign.config import TrainConfig
 from cyclealign.logprobs import response_logprobs
-from cyclealign.train.losses import dpo_pl_loss, implicit_rewards, lipo_lambda_loss, pro_loss, rrhf_loss, sft_loss
+from cyclealign.train.losses import (
+    dpo_pl_loss,
+    implicit_rewards,
+    lipo_lambda_loss,
+    pairwise_accuracy,
+    pro_loss,
+    pro_reward_gap_loss,
+    rrhf_loss,
+    sft_loss,
+)
 
 REFERENCE_LOSSES = ("dpo-pl", "lipo")
 """Losses over implicit rewards, which need the reference model's log-probs."""
@@ -58,7 +67,11 @@ class RankingConfig(_BaseConfig):
             `"lipo"` (LiPO-lambda, Liu et al. 2024).
         beta (`float`, defaults to `0.1`): implicit-reward scale of `"dpo-pl"` and `"lipo"`.
         pro_temperature (`float`, defaults to `1.0`): PRO scores are divided by it.
+        pro_reward_gap (`bool`, defaults to `False`): PRO's reward-gap temperatures (Eq. 8-9) from
+            rank rewards.
         sft_weight (`float`, defaults to `0.1`): weight of the NLL term on the top response.
+        sft_reduction (`str`, defaults to `"mean"`): the NLL per token (`"mean"`) or summed (`"sum"`).
+        sft_pro_scale (`bool`, defaults to `False`): multiply the SFT term by `(n-1)^2` (PRO's code).
         max_length (`int`, defaults to `512`): prompt + response tokens kept per sequence
             (the prompt is left-truncated first, then the response right-truncated).
         pad_token_id (`int`, defaults to `0`): id used to pad sequences.
@@ -67,7 +80,10 @@ class RankingConfig(_BaseConfig):
     ranking_loss: str = field(default="pro", metadata={"help": "Ranking loss: pro, rrhf, dpo-pl, lipo."})
     beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale (dpo-pl, lipo)."})
     pro_temperature: float = field(default=1.0, metadata={"help": "PRO softmax temperature."})
+    pro_reward_gap: bool = field(default=False, metadata={"help": "PRO reward-gap temperatures (rank rewards)."})
     sft_weight: float = field(default=0.1, metadata={"help": "Weight of the SFT term on the top response."})
+    sft_reduction: str = field(default="mean", metadata={"help": "SFT NLL per token (mean) or summed (sum)."})
+    sft_pro_scale: bool = field(default=False, metadata={"help": "Scale the SFT term by (n-1)^2 (PRO)."})
     max_length: int = field(default=512, metadata={"help": "Max prompt + response tokens per sequence."})
     pad_token_id: int = field(default=0, metadata={"help": "Padding token id."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
@@ -119,14 +135,22 @@ def keep_prompt_tail(prompt_ids: list[int], response_len: int, max_length: int) 
     return prompt_ids[-max(max_length - response_len, max_length // 2) :]
 
 
-def save_adapter_atomic(trainer, work: Path, out_dir: Path) -> None:
+OPTIMIZER_STATE = "optimizer.pt"
+"""File beside a round's adapter with its AdamW state (``train.carry_optimizer``)."""
+
+
+def save_adapter_atomic(trainer, work: Path, out_dir: Path, save_optimizer: bool = False) -> None:
     """Save the trained adapter (PEFT format) into ``work``, rename it to ``out_dir``, remove ``work``.
 
-    Only the main process writes (DDP / DeepSpeed); every process waits for it.
+    With ``save_optimizer``, the optimiser's state is saved beside it (``optimizer.pt``) for the
+    next round to continue from. Only the main process writes (DDP / DeepSpeed); every process
+    waits for it.
     """
     if trainer.accelerator.is_main_process:
         tmp_adapter = work / "adapter"
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp_adapter))
+        if save_optimizer and trainer.optimizer is not None:
+            torch.save(trainer.optimizer.state_dict(), tmp_adapter / OPTIMIZER_STATE)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_adapter, out_dir)
@@ -175,18 +199,21 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
 class RankingTrainer(_BaseTrainer):
     """Listwise ranking trainer: one forward pass over the ``[N, seq]`` batch of each list.
 
-    Loss per list: ``ranking_loss(scores) + sft_weight * sft_loss(top response)``, where
+    Loss per list: ``ranking_loss(scores) + sft_weight * c_n * sft_loss(top response)``, where
     ``scores[k]`` is response k's mean token log-prob (PRO, RRHF) or implicit reward (DPO-PL,
-    LiPO; the examples then carry ``ref_logps``), in label order. Logged per step: ``loss``,
-    ``ranking_loss``, ``sft_loss``, ``ranking_accuracy`` (fraction of lists whose
-    log-likelihood order equals the label exactly), ``grad_norm``, ``tokens_per_s``.
+    LiPO; the examples then carry ``ref_logps``), in label order, and ``c_n = (n-1)^2`` with
+    ``sft_pro_scale`` (else 1). Logged per step: ``loss``, ``ranking_loss``, ``sft_loss``,
+    ``ranking_accuracy`` (fraction of response pairs whose length-normalised log-likelihood
+    orders them as the label does, before the step's update), ``grad_norm`` (before clipping),
+    ``tokens_per_s``.
     """
 
     _tag_names = ["trl", "cyclealign", "ranking"]
     _name = "Ranking"
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, optimizer_state: Path | None = None, **kwargs: Any) -> None:
+        self._optimizer_state = optimizer_state
         args_ = kwargs.get("args")
         if "data_collator" not in kwargs and args_ is not None:
             kwargs["data_collator"] = lambda exs: collate_lists(exs, args_.pad_token_id, args_.max_length)
@@ -194,6 +221,14 @@ class RankingTrainer(_BaseTrainer):
         self._step_metrics: dict[str, list[float]] = {"ranking_loss": [], "sft_loss": [], "ranking_accuracy": []}
         self._tokens = 0
         self._last_log = time.perf_counter()
+
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """transformers' optimiser, with the previous round's AdamW state loaded when given
+        (``train.carry_optimizer``: the moment estimates carry over with the adapter)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self._optimizer_state is not None:
+            optimizer.load_state_dict(torch.load(self._optimizer_state, map_location="cpu", weights_only=True))
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean over the batch's lists of ranking loss + ``sft_weight`` x SFT loss (nats).
@@ -219,15 +254,14 @@ class RankingTrainer(_BaseTrainer):
         padded = scores[index]  # [B, N]
         rank = RANKING_LOSSES[cfg.ranking_loss](padded, valid, cfg)  # [B]
         tops = index[:, 0]
-        sft = sft_loss(logp[tops], mask[tops])  # [B]
+        sft = sft_loss(logp[tops], mask[tops], cfg.sft_reduction)  # [B]
+        if cfg.sft_pro_scale:
+            sft = sft * (inputs["list_sizes"].to(sft.device, sft.dtype) - 1) ** 2
         loss = (rank + cfg.sft_weight * sft).mean()
-        with torch.no_grad():
-            ll = mean_logp[index]
-            ordered = ((ll[:, :-1] >= ll[:, 1:]) | ~valid[:, 1:]).all(-1)  # [B]
         m = self._step_metrics
         m["ranking_loss"].append(float(rank.detach().mean()))
         m["sft_loss"].append(float(sft.detach().mean()))
-        m["ranking_accuracy"].append(float(ordered.float().mean()))
+        m["ranking_accuracy"].append(float(pairwise_accuracy(mean_logp.detach()[index], valid)))
         self._tokens += int(inputs["attention_mask"].sum())
         return loss
 
@@ -253,7 +287,9 @@ def _starts(sizes: list[int]) -> list[int]:
 
 
 RANKING_LOSSES = {
-    "pro": lambda s, m, cfg: pro_loss(s, m, cfg.pro_temperature),
+    "pro": lambda s, m, cfg: (
+        pro_reward_gap_loss(s / cfg.pro_temperature, m) if cfg.pro_reward_gap else pro_loss(s, m, cfg.pro_temperature)
+    ),
     "rrhf": lambda s, m, cfg: rrhf_loss(s, m),
     "dpo-pl": lambda s, m, cfg: dpo_pl_loss(s, m),
     "lipo": lambda s, m, cfg: lipo_lambda_loss(s, m),
@@ -268,7 +304,9 @@ class TrainStats:
     Attributes:
         steps: optimiser steps. lists: ranking lists seen (with repeats over epochs).
         train_loss: mean total loss (nats). ranking_loss / sft_loss: mean of each part.
-        ranking_accuracy: mean over logged steps of the exact-order accuracy on the training lists.
+        ranking_accuracy: mean over logged steps of the pairwise accuracy on the training lists
+            (fraction of response pairs the policy's log-likelihood orders as the label, before each step).
+        grad_norm: mean gradient norm over logged steps (before clipping).
         tokens: prompt + response tokens processed (one epoch counted per pass).
         wall_s: seconds.
     """
@@ -279,6 +317,7 @@ class TrainStats:
     ranking_loss: float
     sft_loss: float
     ranking_accuracy: float
+    grad_norm: float
     tokens: int
     wall_s: float
     log_history: list[dict[str, float]] = field(default_factory=list)
@@ -427,8 +466,13 @@ def train_round(
     seed: int,
     device: torch.device,
     callbacks: list | None = None,
+    previous_adapter: Path | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` (a PEFT model) on the round's rankings and save its adapter.
+
+    With ``cfg.carry_optimizer``, the AdamW state saved beside ``previous_adapter`` (the adapter
+    ``model`` continues, when it has one) is loaded first, and this round's is saved beside
+    the new adapter.
 
     The adapter is written in the standard PEFT format (``adapter_config.json`` +
     ``adapter_model.safetensors``) to a temporary folder and renamed to ``out_dir``,
@@ -453,18 +497,28 @@ def train_round(
         ranking_loss=cfg.loss,
         beta=cfg.beta,
         pro_temperature=cfg.pro_temperature,
+        pro_reward_gap=cfg.pro_reward_gap,
         sft_weight=cfg.sft_weight,
+        sft_reduction=cfg.sft_reduction,
+        sft_pro_scale=cfg.sft_pro_scale,
         max_length=cfg.max_length,
         pad_token_id=pad_token_id,
     )
-    trainer = RankingTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks)
+    state = previous_adapter / OPTIMIZER_STATE if cfg.carry_optimizer and previous_adapter is not None else None
+    trainer = RankingTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        callbacks=callbacks,
+        optimizer_state=state if state is not None and state.is_file() else None,
+    )
     trainer.remove_callback(PrinterCallback)  # progress is the caller's to show
     t0 = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - t0
     history = [h for h in trainer.state.log_history if "ranking_loss" in h]
 
-    save_adapter_atomic(trainer, work, out_dir)
+    save_adapter_atomic(trainer, work, out_dir, save_optimizer=cfg.carry_optimizer)
     per_epoch_tokens = sum(len(e.prompt_ids) * len(e.responses_ids) + sum(map(len, e.responses_ids)) for e in usable)
     return TrainStats(
         steps=int(result.global_step),
@@ -473,6 +527,7 @@ def train_round(
         ranking_loss=history_mean(history, "ranking_loss"),
         sft_loss=history_mean(history, "sft_loss"),
         ranking_accuracy=history_mean(history, "ranking_accuracy"),
+        grad_norm=history_mean(history, "grad_norm"),
         tokens=int(per_epoch_tokens * cfg.epochs),
         wall_s=wall,
         log_history=history,

@@ -116,7 +116,7 @@ def iterate(
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts: JSONL[.gz] ({prompt}|{messages}|HH-RLHF {chosen,rejected}) or a HF dataset folder. Default: the shipped set.")] = None,
     rounds: Annotated[int, typer.Option(help="Rounds in total (a resumed run continues up to this).")] = 2,
     prompts_per_round: Annotated[int, typer.Option(help="Prompts per round.")] = 8,
-    num_samples: Annotated[int, typer.Option(help="N: responses sampled per prompt.")] = 4,
+    num_samples: Annotated[Optional[int], typer.Option(help="N: responses sampled per prompt (default: generation.num_samples, 4).")] = None,
     run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="A JSON config file (fields of cyclealign.config.Config); flags given explicitly override it.")] = None,
@@ -125,8 +125,8 @@ def iterate(
     ranker_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL (…/v1). Default: a local `transformers serve` of the embedded model.")] = None,
     ranker_model: Annotated[Optional[str], typer.Option(help="Model name for the ranker API (required with --ranker-base-url).")] = None,
     ranker_api_key_env: Annotated[str, typer.Option(help="Environment variable with the API key.")] = "OPENAI_API_KEY",
-    max_new_tokens: Annotated[int, typer.Option(help="Response length cap, tokens.")] = 64,
-    temperature: Annotated[float, typer.Option(help="White-box sampling temperature.")] = 0.9,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap, tokens (default: generation.max_new_tokens).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="White-box sampling temperature (default: generation.temperature).")] = None,
     num_dynamic_demos: Annotated[int, typer.Option(help="k: dynamic demonstrations per ranker call.")] = 2,
     ranker_concurrency: Annotated[int, typer.Option(help="Ranker requests in flight at once.")] = 8,
     ranker_rpm: Annotated[Optional[float], typer.Option(help="Ranker requests-per-minute limit.")] = None,
@@ -142,16 +142,25 @@ def iterate(
     ranker_structured_output: Annotated[Optional[str], typer.Option(help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
     ranker_batch: Annotated[bool, typer.Option(help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
     eval_every: Annotated[int, typer.Option(help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
-    eval_prompts: Annotated[Optional[Path], typer.Option(help="Held-out prompts for --eval-every.")] = None,
+    eval_prompts: Annotated[Optional[list[Path]], typer.Option(help="Held-out prompts for --eval-every; repeatable (results also broken down by source).")] = None,
+    eval_decoding: Annotated[Optional[str], typer.Option(help="Judged response of --eval-every: greedy | sample (default: greedy).")] = None,
+    eval_max_new_tokens: Annotated[Optional[int], typer.Option(help="Length cap of evaluation generations, tokens (default: 128; training uses --max-new-tokens).")] = None,
     agreement_min_length: Annotated[Optional[int], typer.Option(help="LCS length to join the demo pool (default N-1).")] = None,
-    loss: Annotated[str, typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo | dpo (TRL DPOTrainer on pairs).")] = "pro",
-    beta: Annotated[float, typer.Option(help="Implicit-reward scale of dpo-pl and lipo.")] = 0.1,
-    reference: Annotated[str, typer.Option(help="Reference policy of dpo-pl/lipo: initial | previous.")] = "initial",
+    loss: Annotated[Optional[str], typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo | dpo (TRL DPOTrainer on pairs). Default: pro.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Implicit-reward scale of dpo-pl and lipo (default: train.beta).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Reference policy of dpo-pl/lipo: initial | previous (default: initial).")] = None,
     qlora: Annotated[bool, typer.Option(help="QLoRA: 4-bit NF4 base via bitsandbytes (CUDA only).")] = False,
     merge: Annotated[bool, typer.Option(help="Also save each round's policy with the adapter merged (round_k/merged/).")] = False,
-    sft_weight: Annotated[float, typer.Option(help="Weight of the SFT term on the top response.")] = 0.1,
-    learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 2e-4,
-    epochs: Annotated[float, typer.Option(help="Training passes over each round's rankings.")] = 1.0,
+    sft_weight: Annotated[Optional[float], typer.Option(help="Weight of the SFT term on the top response (default: train.sft_weight).")] = None,
+    sft_reduction: Annotated[Optional[str], typer.Option(help="SFT term per token (mean) or summed over the response (sum, PRO's code).")] = None,
+    sft_pro_scale: Annotated[Optional[bool], typer.Option("--sft-pro-scale", is_flag=True, help="Scale the SFT term by (n-1)^2 as PRO's code does.")] = None,
+    pro_temperature: Annotated[Optional[float], typer.Option(help="PRO: scores are divided by this before the softmax.")] = None,
+    pro_reward_gap: Annotated[Optional[bool], typer.Option("--pro-reward-gap", is_flag=True, help="PRO's reward-gap temperatures (rank rewards).")] = None,
+    train_target: Annotated[Optional[str], typer.Option(help="Train on the black-box ranking (blackbox) or the LCS-agreed order only (agreement).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="LoRA learning rate (default: train.learning_rate).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training passes over each round's rankings (default: train.epochs).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default: train.lora_r).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (default: train.lora_alpha).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
@@ -167,6 +176,9 @@ def iterate(
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     with _exit_codes():
         flags = _config_overrides(ctx, config)
+        if isinstance(flags.get("eval.prompts"), (list, tuple)):  # one source stays a plain path
+            sources = list(flags["eval.prompts"])
+            flags["eval.prompts"] = sources[0] if len(sources) == 1 else sources or None
         cfg = build_config(**flags)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -206,6 +218,8 @@ _FIELDS = {
     "ranker_batch": "ranker.batch",
     "eval_every": "eval.every",
     "eval_prompts": "eval.prompts",
+    "eval_decoding": "eval.decoding",
+    "eval_max_new_tokens": "eval.max_new_tokens",
     "agreement_min_length": "agreement.min_length",
     "loss": "train.loss",
     "beta": "train.beta",
@@ -213,8 +227,15 @@ _FIELDS = {
     "qlora": "train.qlora",
     "merge": "train.merge",
     "sft_weight": "train.sft_weight",
+    "sft_reduction": "train.sft_reduction",
+    "sft_pro_scale": "train.sft_pro_scale",
+    "pro_temperature": "train.pro_temperature",
+    "pro_reward_gap": "train.pro_reward_gap",
+    "train_target": "train.target",
     "learning_rate": "train.learning_rate",
     "epochs": "train.epochs",
+    "lora_r": "train.lora_r",
+    "lora_alpha": "train.lora_alpha",
     "seed": "seed",
 }
 
@@ -273,15 +294,17 @@ def train_round_command(
 @app.command("eval")
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to evaluate.")],
-    prompts: Annotated[Path, typer.Option(help="Held-out prompts (prompts the run trains on are left out).")],
-    num_prompts: Annotated[int, typer.Option(help="Held-out prompts to use (a seeded sample).")] = 32,
+    prompts: Annotated[list[Path], typer.Option(help="Held-out prompts (prompts the run trains on are left out); repeatable: several sources are also reported one by one (by file stem).")],
+    num_prompts: Annotated[int, typer.Option(help="Held-out prompts to use per source (a seeded sample).")] = 32,
     round_index: Annotated[Optional[list[int]], typer.Option("--round", help="Policy to evaluate: a round index, -1 = base; repeatable. Default: base and the latest round.")] = None,
     vs: Annotated[int, typer.Option(help="Reference policy of the win rate (-1 = base).")] = -1,
     reward_model: Annotated[Optional[str], typer.Option(help="HF sequence-classification model id or path: mean/std reward per policy.")] = None,
     judge_max_tokens: Annotated[Optional[int], typer.Option(min=4, help="Completion cap per judge call, tokens (default: the run's eval.judge_max_tokens, 16).")] = None,
+    decoding: Annotated[Optional[str], typer.Option(help="The judged response (win rate, reward, length): greedy | sample = the first of the N samples (default: the run's eval.decoding, greedy).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Length cap of evaluation generations, tokens (default: the run's eval.max_new_tokens, 128).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
-    """Held-out evaluation: win rate vs base (judged both ways round), ranking agreement, lengths."""
+    """Held-out evaluation: win rate vs base (judged both ways round) of greedy responses, ranking agreement of samples, lengths."""
     import warnings
 
     from cyclealign.evaluate import EvalPlan
@@ -292,15 +315,25 @@ def eval_command(
     warnings.filterwarnings("ignore", category=FutureWarning)
     with _exit_codes():
         cfg = RunDir(run_dir).read_config().model_copy(update={"run_dir": run_dir})
-        max_tokens = cfg.eval.judge_max_tokens if judge_max_tokens is None else judge_max_tokens
-        plan = EvalPlan(prompts, num_prompts, list(round_index) if round_index else None, vs, reward_model, max_tokens)
+        ev = cfg.eval
+        plan = EvalPlan(
+            list(prompts) if len(prompts) > 1 else prompts[0],
+            num_prompts,
+            list(round_index) if round_index else None,
+            vs,
+            reward_model,
+            ev.judge_max_tokens if judge_max_tokens is None else judge_max_tokens,
+            ev.decoding if decoding is None else decoding,  # type: ignore[arg-type]  # EvalPlan validates it
+            ev.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        )
         lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))
     console.print(f"results: {run_dir / 'eval'}")
 
 
 def eval_table(lines: list[dict[str, Any]]) -> Table:
-    """A rich table of evaluation summary lines: one column per policy."""
+    """A rich table of evaluation summary lines: one column per policy; with several prompt
+    sources (``by_source``), a few rows per source follow the overall ones."""
     table = Table(title="held-out evaluation")
     table.add_column("metric")
     for line in lines:
@@ -318,12 +351,25 @@ def eval_table(lines: list[dict[str, Any]]) -> Table:
         ("length mean (tokens)", "length_mean"),
         ("reward mean", "reward_mean"),
     ]
+
+    def wlt(ln: dict[str, Any]) -> str:
+        return f"{ln['wins']}/{ln['losses']}/{ln['ties']}" if "wins" in ln else "-"
+
     for name, key in rows:
-        if key is None:
-            cells = [f"{ln['wins']}/{ln['losses']}/{ln['ties']}" if "wins" in ln else "-" for ln in lines]
-        else:
-            cells = [_fmt(ln.get(key)) for ln in lines]
-        table.add_row(name, *cells)
+        table.add_row(name, *[wlt(ln) if key is None else _fmt(ln.get(key)) for ln in lines])
+    if any("decoding" in ln for ln in lines):
+        table.add_row("judged response", *[f"{ln['decoding']}, {ln['max_new_tokens']} tok" if "decoding" in ln else "-" for ln in lines])
+    sources = list(dict.fromkeys(src for ln in lines for src in ln.get("by_source", {})))
+    for src in sources:
+        parts = [ln.get("by_source", {}).get(src, {}) for ln in lines]
+        table.add_section()
+        table.add_row(f"{src}: prompts", *[_fmt(p.get("prompts")) for p in parts])
+        table.add_row(f"{src}: win rate", *[_fmt(p.get("win_rate")) for p in parts])
+        table.add_row(f"{src}: wins / losses / ties", *[wlt(p) for p in parts])
+        table.add_row(f"{src}: Kendall tau", *[_fmt(p.get("kendall_tau")) for p in parts])
+        table.add_row(f"{src}: length mean", *[_fmt(p.get("length_mean")) for p in parts])
+        if any("reward_mean" in p for p in parts):
+            table.add_row(f"{src}: reward mean", *[_fmt(p.get("reward_mean")) for p in parts])
     return table
 
 

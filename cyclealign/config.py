@@ -137,10 +137,32 @@ class TrainConfig(_Section):
         "previous round's policy (the adapter as this round's training starts).",
     )
     pro_temperature: float = Field(1.0, gt=0, description="PRO: scores are divided by this before the softmax.")
+    pro_reward_gap: bool = Field(
+        False,
+        description="PRO: scale each step's scores by reward-gap temperatures (Song et al. 2023, Eq. 8-9), "
+        "with rank rewards (r = -label position); pro_temperature still divides the scores.",
+    )
+    target: Literal["blackbox", "agreement"] = Field(
+        "blackbox",
+        description="What each ranked prompt trains on: the black-box ranking of all its responses, or only "
+        "the responses of its black-box/white-box agreement (LCS) in that order (CycleAlign's pseudo-label; "
+        "prompts whose LCS is shorter than 2 are left out).",
+    )
     sft_weight: float = Field(0.1, ge=0, description="Weight of the SFT (NLL) term on the top response.")
+    sft_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="SFT term per token (mean) or summed over the response's tokens (PRO's reference code)."
+    )
+    sft_pro_scale: bool = Field(
+        False, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
+    )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the round's rankings.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (1 step = 1 prompt's list).")
+    carry_optimizer: bool = Field(
+        False,
+        description="Continue each round from the previous round's AdamW state (saved as adapter/optimizer.pt) "
+        "instead of fresh moment estimates.",
+    )
     max_length: int = Field(512, ge=32, description="Prompt + response tokens kept per sequence.")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
@@ -167,12 +189,55 @@ class EvalConfig(_Section):
     """Held-out evaluation during a run (``iterate --eval-every``); ``cyclealign eval`` takes the same settings as flags."""
 
     every: int = Field(0, ge=0, description="Evaluate base vs the latest round every K rounds; 0 = never.")
-    prompts: Path | None = Field(None, description="Held-out prompt source (prompts the run trains on are left out).")
-    num_prompts: int = Field(32, ge=1, description="Held-out prompts per evaluation.")
+    prompts: Path | list[Path] | None = Field(
+        None,
+        description="Held-out prompt source, or a list of them (results are also broken down by source, "
+        "named by file stem); prompts the run trains on are left out.",
+    )
+    num_prompts: int = Field(32, ge=1, description="Held-out prompts per evaluation, per source.")
     reward_model: str | None = Field(None, description="HF sequence-classification model id or path to score responses.")
     judge_max_tokens: int = Field(
         16, ge=4, description="Completion cap per pairwise judge call, tokens (room for a short preamble before [1]/[2]/tie)."
     )
+    decoding: Literal["greedy", "sample"] = Field(
+        "greedy",
+        description="How the one response per prompt that is judged (win rate, reward, length) is decoded: greedy, "
+        "or the first of the N sampled responses. Held-out ranking agreement always uses N samples.",
+    )
+    max_new_tokens: int = Field(
+        128, ge=1, le=4096, description="Response length cap of evaluation generations, tokens (training uses generation.max_new_tokens)."
+    )
+
+    @model_validator(mode="after")
+    def _sources(self) -> "EvalConfig":
+        if isinstance(self.prompts, list):
+            if not self.prompts:
+                raise ValueError("eval.prompts: an empty list; give one source or several (or null)")
+            stems = [self.source_name(p) for p in self.prompts]
+            for i, stem in enumerate(stems):
+                if stem in stems[:i]:
+                    first = self.prompts[stems.index(stem)]
+                    raise ValueError(
+                        f"eval.prompts: {first} and {self.prompts[i]} have the same name {stem!r}; "
+                        "sources are reported by name, so rename one"
+                    )
+        return self
+
+    @staticmethod
+    def source_name(path: Path) -> str:
+        """The name a prompt source is reported by: its file stem (as in default prompt ids).
+
+        >>> EvalConfig.source_name(Path("data/harmless-base-test.jsonl.gz")), EvalConfig.source_name(Path("ds_dir"))
+        ('harmless-base-test', 'ds_dir')
+        """
+        return Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+
+    @property
+    def prompt_sources(self) -> list[Path]:
+        """``prompts`` as a list (empty when unset)."""
+        if self.prompts is None:
+            return []
+        return list(self.prompts) if isinstance(self.prompts, list) else [self.prompts]
 
 
 class Config(_Section):
@@ -262,6 +327,8 @@ RESUMABLE_CHANGES = frozenset(
         "eval.num_prompts",
         "eval.reward_model",
         "eval.judge_max_tokens",
+        "eval.decoding",
+        "eval.max_new_tokens",
     }
 )
 """Dotted config fields a resumed run may change: they bound or schedule work, not its results."""

@@ -341,6 +341,7 @@ class Round:
                 "ranking_loss": train.get("ranking_loss"),
                 "sft_loss": train.get("sft_loss"),
                 "train_ranking_accuracy": train.get("ranking_accuracy"),
+                "train_grad_norm": train.get("grad_norm"),
                 "unranked_reasons": _reason_counts(self.rankings()),
                 "ranker_calls": ph["rank"]["calls"],
                 "ranker_api_calls": ph["rank"].get("api_calls"),
@@ -422,17 +423,10 @@ def iterate(
             if cfg.eval.every and (index + 1) % cfg.eval.every == 0:
                 # The policy as of this round: the latest adapter (a round that ranked nothing trains none).
                 latest = next((k for k in range(index, -1, -1) if run.round(k).has_adapter()), BASE)
-                if _evaluated(run, latest):
+                plan = EvalPlan.from_config(cfg.eval, rounds=sorted({BASE, latest}), vs=BASE)
+                if _evaluated(run, latest, plan):
                     continue
                 assert ranker is not None
-                plan = EvalPlan(
-                    cfg.eval.prompts,
-                    cfg.eval.num_prompts,
-                    rounds=sorted({BASE, latest}),
-                    vs=BASE,
-                    reward_model=cfg.eval.reward_model,
-                    judge_max_tokens=cfg.eval.judge_max_tokens,
-                )
                 reporter.phase_start(index, "eval", None)
                 t0 = time.perf_counter()
                 lines = evaluate_with(cfg, run, plan, ranker, policy)
@@ -443,10 +437,14 @@ def iterate(
     return metrics
 
 
-def _evaluated(run: RunDir, index: int) -> bool:
-    """Whether ``eval/summary.jsonl`` already holds policy ``index`` (a round, or ``BASE``): a
-    resumed run does not redo it."""
-    return any(row.get("round") == index for row in read_jsonl(run.path / "eval" / "summary.jsonl"))
+def _evaluated(run: RunDir, index: int, plan: EvalPlan) -> bool:
+    """Whether ``eval/summary.jsonl`` already holds policy ``index`` (a round, or ``BASE``) evaluated
+    with ``plan``'s decoding and token cap: a resumed run does not redo it (a line from other
+    settings, or from before they were recorded, is evaluated again)."""
+    return any(
+        row.get("round") == index and row.get("decoding") == plan.decoding and row.get("max_new_tokens") == plan.max_new_tokens
+        for row in read_jsonl(run.path / "eval" / "summary.jsonl")
+    )
 
 
 def judge_templates(cfg: Config) -> JudgeTemplates:

@@ -11,7 +11,7 @@ runner = CliRunner()
 
 
 def test_help_lists_the_main_flags():
-    result = runner.invoke(app, ["iterate", "--help"])
+    result = runner.invoke(app, ["iterate", "--help"], env={"COLUMNS": "200"})  # rich cuts long names at 80
     assert result.exit_code == 0
     for flag in ("--prompts", "--rounds", "--prompts-per-round", "--num-samples", "--run-dir", "--resume", "--ranker-base-url"):
         assert flag in result.output
@@ -95,3 +95,41 @@ def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(t
     assert {cfg.eval.judge_max_tokens for cfg, _ in plans} == {24}  # the run's config is left as saved
     result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--judge-max-tokens", "3"])
     assert result.exit_code == 2  # min=4
+
+
+def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, monkeypatch):
+    import cyclealign.loop
+    from cyclealign.config import build_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(build_config(**{"run_dir": run_dir, "eval.decoding": "sample"}).to_json())
+    plans = []
+    line = {"round": -1, "label": "base", "vs": "base", "prompts": 0, "decoding": "sample", "max_new_tokens": 128,
+            "by_source": {"a": {"prompts": 0}, "b": {"prompts": 0}}}
+    monkeypatch.setattr(cyclealign.loop, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a)])
+    assert result.exit_code == 0, result.output
+    assert "sample, 128 tok" in result.output and "b: win rate" in result.output
+    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--prompts", str(b), "--decoding", "greedy", "--max-new-tokens", "48"])
+    assert result.exit_code == 0, result.output
+    assert [(p.prompts, p.decoding, p.max_new_tokens) for p in plans] == [(a, "sample", 128), ([a, b], "greedy", 48)]
+    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--decoding", "beam"])
+    assert result.exit_code == 2 and "eval.decoding" in result.output
+
+
+def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):
+    import cyclealign.loop
+
+    seen = []
+    monkeypatch.setattr(cyclealign.loop, "iterate", lambda cfg, **kw: seen.append(cfg) or [])
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    base = ["iterate", "--run-dir", str(tmp_path / "run"), "--eval-every", "1"]
+    for extra in (["--eval-prompts", str(a)], ["--eval-prompts", str(a), "--eval-prompts", str(b), "--eval-decoding", "sample", "--eval-max-new-tokens", "96"]):
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 0, result.output
+    assert [(c.eval.prompts, c.eval.decoding, c.eval.max_new_tokens) for c in seen] == [(a, "greedy", 128), ([a, b], "sample", 96)]
+    assert seen[1].generation.max_new_tokens == 64  # training keeps its own cap
+    result = runner.invoke(app, [*base, "--eval-prompts", str(a), "--eval-max-new-tokens", "0"])
+    assert result.exit_code == 2 and "eval.max_new_tokens" in result.output

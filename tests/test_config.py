@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,23 @@ def test_complete_missing_last_defaults_on_only_for_the_embedded_ranker():
 def test_qlora_cannot_merge():
     with pytest.raises(ConfigError, match="cannot merge into a 4-bit base"):
         build_config(**{"train.qlora": True, "train.merge": True})
+
+
+def test_eval_settings_one_or_several_sources_and_resumable(tmp_path):
+    from cyclealign.config import RESUMABLE_CHANGES
+
+    cfg = build_config()
+    assert (cfg.eval.decoding, cfg.eval.max_new_tokens, cfg.generation.max_new_tokens) == ("greedy", 128, 64)
+    assert cfg.eval.prompt_sources == []
+    one = build_config(**{"eval.prompts": "held.jsonl"})
+    assert one.eval.prompts == Path("held.jsonl") and one.eval.prompt_sources == [Path("held.jsonl")]
+    two = build_config(**{"eval.prompts": ["a/x.jsonl", "b/y.jsonl.gz"], "eval.every": 1})
+    assert two.eval.prompt_sources == [Path("a/x.jsonl"), Path("b/y.jsonl.gz")]
+    p = tmp_path / "c.json"
+    p.write_text(two.to_json())
+    assert Config.from_json_file(p) == two
+    with pytest.raises(ConfigError, match="have the same name 'x'"):
+        build_config(**{"eval.prompts": ["a/x.jsonl", "b/x.jsonl.gz"]})
+    with pytest.raises(ConfigError, match=r"eval\.decoding"):
+        build_config(**{"eval.decoding": "beam"})
+    assert {"eval.decoding", "eval.max_new_tokens", "eval.prompts"} <= RESUMABLE_CHANGES

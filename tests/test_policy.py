@@ -56,3 +56,24 @@ def test_sampling_is_seeded(policy):
     a = policy.sample(PROMPTS[:1], seed=7)[0].responses
     b = policy.sample(PROMPTS[:1], seed=7)[0].responses
     assert a == b
+
+
+def test_greedy_is_the_argmax_decoding_whatever_the_batching(policy):
+    both = policy.greedy(PROMPTS[:2], max_new_tokens=10)  # batch_size 2: one left-padded batch
+    assert [g.prompt_id for g in both] == ["a", "b"]
+    for g in both:
+        assert len(g.responses) == len(g.response_token_ids) == len(g.logprob_mean) == len(g.finished) == 1
+        assert len(g.response_token_ids[0]) <= 10
+        # The same tokens as an unpadded greedy generate() of this prompt alone.
+        ids = torch.tensor([g.prompt_token_ids])
+        out = policy.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
+            pad_token_id=policy.tokenizer.pad_token_id, eos_token_id=policy.tokenizer.eos_token_id,
+        )
+        assert out[0, ids.shape[1] :].tolist() == g.response_token_ids[0]
+    assert policy.greedy(PROMPTS[1:2], max_new_tokens=10)[0].responses == both[1].responses
+
+
+def test_sample_takes_a_token_cap_other_than_the_configured_one(policy):
+    gens = policy.sample(PROMPTS[:1], seed=0, max_new_tokens=3)
+    assert all(len(ids) <= 3 for ids in gens[0].response_token_ids)

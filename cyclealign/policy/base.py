@@ -46,6 +46,16 @@ class GenerationBackend(Protocol):
         """Generate with the LoRA adapter at ``path`` (PEFT format); ``None`` = the base policy."""
 
     def sample(
-        self, prompts: list[PromptRecord], seed: int, progress: Callable[[int], None] | None = None
+        self,
+        prompts: list[PromptRecord],
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+        max_new_tokens: int | None = None,
     ) -> list[Generation]:
-        """Sample N distinct responses per prompt, scored by length-normalised log-likelihood."""
+        """Sample N distinct responses per prompt, scored by length-normalised log-likelihood
+        (``max_new_tokens``: length cap in tokens; None = the backend's configured one)."""
+
+    def greedy(
+        self, prompts: list[PromptRecord], max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[Generation]:
+        """One greedy (argmax) response per prompt (what held-out evaluation judges by default)."""

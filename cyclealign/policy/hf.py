@@ -42,7 +42,7 @@ def encode_prompt(tokenizer, prompt: PromptRecord, max_tokens: int) -> list[int]
 
 
 class TransformersPolicy:
-    """Samples N responses per prompt with ``model.generate`` (the white-box policy).
+    """Samples N responses per prompt (or decodes one greedily) with ``model.generate`` (the white-box policy).
 
     Args:
         model_dir: base model id or directory (see :func:`cyclealign.models.resolve_model_dir`).
@@ -78,8 +78,11 @@ class TransformersPolicy:
         self.adapter = path
 
     @torch.no_grad()
-    def _sample_batch(self, prompt_ids: list[list[int]], n: int) -> list[list[tuple[list[int], float, bool]]]:
-        """One generate() call: ``n`` samples for each prompt.
+    def _generate_batch(
+        self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, greedy: bool = False
+    ) -> list[list[tuple[list[int], float, bool]]]:
+        """One generate() call: ``n`` samples for each prompt (``greedy``: ``n`` must be 1, the
+        argmax decoding), at most ``max_new_tokens`` new tokens each.
 
         Returns, per prompt, ``n`` tuples (response ids, mean token log-prob, finished).
         """
@@ -91,14 +94,16 @@ class TransformersPolicy:
         for i, p in enumerate(prompt_ids):  # left padding
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention[i, width - len(p) :] = 1
+        decoding = (
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if greedy
+            else {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        )
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=0,
-            max_new_tokens=cfg.max_new_tokens,
+            **decoding,
+            max_new_tokens=max_new_tokens,
             num_return_sequences=n,
             pad_token_id=pad,
             eos_token_id=eos,
@@ -125,7 +130,11 @@ class TransformersPolicy:
         return results
 
     def sample(
-        self, prompts: list[PromptRecord], seed: int, progress: Callable[[int], None] | None = None
+        self,
+        prompts: list[PromptRecord],
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+        max_new_tokens: int | None = None,
     ) -> list[Generation]:
         """Sample ``N = gen_cfg.num_samples`` distinct responses per prompt.
 
@@ -137,10 +146,13 @@ class TransformersPolicy:
             prompts: the round's prompts.
             seed: torch seed for this call (the loop passes ``config.seed + round``).
             progress: called with the number of prompts of each finished first-pass batch.
+            max_new_tokens: response length cap, tokens; None = ``gen_cfg.max_new_tokens``
+                (evaluation passes its own ``eval.max_new_tokens``).
         Returns:
             One :class:`Generation` per prompt, in prompt order.
         """
         cfg, tok = self.gen_cfg, self.tokenizer
+        limit = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         torch.manual_seed(seed)
         encoded = [encode_prompt(tok, p, cfg.max_prompt_tokens) for p in prompts]
         gens = [Generation(prompt_id=p.id, prompt_token_ids=ids) for p, ids in zip(prompts, encoded)]
@@ -149,7 +161,7 @@ class TransformersPolicy:
         for attempt in range(cfg.max_resample + 1):
             for start in range(0, len(todo), cfg.batch_size):
                 chunk = todo[start : start + cfg.batch_size]
-                batch = self._sample_batch([encoded[i] for i in chunk], cfg.num_samples)
+                batch = self._generate_batch([encoded[i] for i in chunk], cfg.num_samples, limit)
                 for i, samples in zip(chunk, batch):
                     for ids, lp, fin in samples:
                         text = tok.decode(ids, skip_special_tokens=True).strip()
@@ -168,4 +180,37 @@ class TransformersPolicy:
                 break
         if todo:
             log.info("%d prompts kept fewer than %d distinct responses", len(todo), cfg.num_samples)
+        return gens
+
+    def greedy(
+        self,
+        prompts: list[PromptRecord],
+        max_new_tokens: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """Greedy (argmax) decoding: one deterministic response per prompt.
+
+        Args:
+            prompts: the prompts, ``gen_cfg.batch_size`` per generate() call (left-padded; the
+                response does not depend on the batching up to float rounding).
+            max_new_tokens: response length cap, tokens; None = ``gen_cfg.max_new_tokens``.
+            progress: called with the number of prompts of each finished batch.
+        Returns:
+            One :class:`Generation` per prompt, in prompt order, each with exactly one response
+            (possibly empty text when the model emits EOS at once); ``logprob_mean`` is the mean
+            token log-prob of that response under the policy (nats, EOS included).
+        """
+        cfg, tok = self.gen_cfg, self.tokenizer
+        limit = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+        encoded = [encode_prompt(tok, p, cfg.max_prompt_tokens) for p in prompts]
+        gens = [Generation(prompt_id=p.id, prompt_token_ids=ids) for p, ids in zip(prompts, encoded)]
+        for start in range(0, len(prompts), cfg.batch_size):
+            batch = self._generate_batch(encoded[start : start + cfg.batch_size], 1, limit, greedy=True)
+            for g, [(ids, lp, fin)] in zip(gens[start : start + cfg.batch_size], batch):
+                g.responses.append(tok.decode(ids, skip_special_tokens=True).strip())
+                g.response_token_ids.append(ids)
+                g.logprob_mean.append(lp)
+                g.finished.append(fin)
+            if progress is not None:
+                progress(len(batch))
         return gens

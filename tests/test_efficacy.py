@@ -93,3 +93,39 @@ def test_loglik_scores_match_the_generation_scores(embedded_model_dir):
     gens = policy.sample([PROMPT], seed=0)
     scores = loglik_scores(policy.model, gens, pad_token_id=policy.tokenizer.pad_token_id, max_length=512, device=torch.device("cpu"))
     assert scores[0] == pytest.approx(gens[0].logprob_mean, abs=2e-3)
+
+
+@pytest.mark.slow
+def test_iterate_against_a_rule_black_box_trains_on_the_rules_rankings(tmp_path, prompts_file):
+    """The whole loop against the rule black box: every prompt is ranked (structured output, as
+    for an external API), the recorded rankings are the rule's, and a round's adapter is trained."""
+    import json
+
+    from cyclealign.config import build_config
+    from cyclealign.loop import iterate
+    from cyclealign.rundir import RunDir
+
+    rule = RULES["brevity"]
+    with RuleBlackBox(rule) as box:
+        cfg = build_config(
+            **{
+                "run_dir": str(tmp_path / "run"),
+                "prompts": str(prompts_file),
+                "rounds": 1,
+                "prompts_per_round": 2,
+                "generation.max_new_tokens": 16,
+                "ranker.base_url": box.base_url,
+                "ranker.model": box.model,
+                "ranker.cache_path": str(tmp_path / "cache.sqlite"),
+            }
+        )
+        metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
+    assert metrics[0]["ranked"] == 2 and metrics[0]["unranked"] == 0
+    rd = RunDir(tmp_path / "run").round(0)
+    gens = {g.prompt_id: g for g in rd.read_generations()}
+    for r in rd.read_rankings():
+        words = [len(gens[r.prompt_id].responses[i].split()) for i in r.ranking]
+        assert words == sorted(words)  # shortest first
+    assert rd.has_adapter()
+    train = json.loads(rd.train.read_text())
+    assert 0.0 <= train["ranking_accuracy"] <= 1.0 and train["grad_norm"] > 0

@@ -148,15 +148,17 @@ class TrainConfig(_Section):
         "the responses of its black-box/white-box agreement (LCS) in that order (CycleAlign's pseudo-label; "
         "prompts whose LCS is shorter than 2 are left out).",
     )
-    sft_weight: float = Field(0.1, ge=0, description="Weight of the SFT (NLL) term on the top response.")
+    sft_weight: float = Field(
+        0.05, ge=0, description="Weight of the SFT (NLL) term on the top response (PRO's HH-RLHF setting with the two below)."
+    )
     sft_reduction: Literal["mean", "sum"] = Field(
-        "mean", description="SFT term per token (mean) or summed over the response's tokens (PRO's reference code)."
+        "sum", description="SFT term per token (mean) or summed over the response's tokens (PRO's reference code)."
     )
     sft_pro_scale: bool = Field(
-        False, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
+        True, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
     )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the round's rankings.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the round's rankings.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (1 step = 1 prompt's list).")
     carry_optimizer: bool = Field(
         False,
@@ -164,8 +166,8 @@ class TrainConfig(_Section):
         "instead of fresh moment estimates.",
     )
     max_length: int = Field(512, ge=32, description="Prompt + response tokens kept per sequence.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: str | list[str] = Field("all-linear", description="PEFT target_modules.")
     launcher: Literal["inprocess", "accelerate", "torchrun"] = Field(

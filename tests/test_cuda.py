@@ -21,7 +21,7 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    cfg = build_config(**{"train.loss": loss, "model.device": "cuda"})
+    cfg = build_config(**{"train.loss": loss, "model.device": "cuda", "train.epochs": 1})
     device = torch.device("cuda")
     base = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
     model = get_peft_model(base, lora_config(cfg.train))
@@ -40,7 +40,7 @@ def test_qlora_step_on_cuda(tmp_path, embedded_model_dir):
 
     from cyclealign.train.trainer import load_trainable_policy
 
-    cfg = build_config(**{"train.qlora": True, "model.device": "cuda"})
+    cfg = build_config(**{"train.qlora": True, "model.device": "cuda", "train.epochs": 1})
     device = torch.device("cuda")
     model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.bfloat16)
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)

@@ -185,6 +185,13 @@ def measure(rule: Rule, own: dict, base_gens: dict, scores: dict) -> dict[str, A
     }
 
 
+def seed_folder(root: Path, seed: int, args) -> Path:
+    """Where one seed's results live: keyed by the schedule and held-out size, so a cached base
+    or baseline result is only reused for the same ``--rounds``, ``--prompts-per-round`` and
+    ``--heldout``."""
+    return root / f"seed_{seed}" / f"r{args.rounds}x{args.prompts_per_round}_h{args.heldout}"
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
@@ -208,7 +215,7 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
 # -- one seed, one rule -----------------------------------------------------------------------
 def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, heldout, base, root: Path, tag: str):
     """CycleAlign and the baseline for one rule and seed; returns their held-out measures."""
-    seed_dir = root / f"seed_{seed}"
+    seed_dir = seed_folder(root, seed, args)
     cfg = build_config(
         **{
             "run_dir": str(seed_dir / tag / rule.name),
@@ -341,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
         base_cfg = build_config(seed=seed, **{k: v for k, v in overrides.items() if k.startswith(("model.", "generation."))})
         model_dir = resolve_model_dir(base_cfg.model)
-        base_dir = root / f"seed_{seed}" / "base" / hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
+        base_dir = seed_folder(root, seed, args) / "base" / hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
         policy = TransformersPolicy(model_dir, base_cfg.model, base_cfg.generation)
         base_gens = held_out_samples(policy, None, heldout, seed, base_dir)
         del policy

@@ -61,7 +61,7 @@ from cyclealign.models import resolve_device, resolve_model_dir  # noqa: E402
 from cyclealign.policy import Generation, TransformersPolicy  # noqa: E402
 from cyclealign.records import PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
-from cyclealign.rundir import RunDir, write_json  # noqa: E402
+from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 
@@ -134,29 +134,17 @@ def shuffled_rank(rule: Rule, seed: int):
     return rank
 
 
-def gens_path(path: Path) -> list[Generation] | None:
-    if not path.exists():
-        return None
-    return [Generation.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def save_gens(path: Path, gens: list[Generation]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(g.to_json()) + "\n" for g in gens))
-    os.replace(tmp, path)
-
-
 def held_out_samples(policy: TransformersPolicy, adapter: Path | None, heldout: dict, seed: int, cache: Path):
     """Per held-out kind, the policy's own samples (cached in ``cache``)."""
     out = {}
     for kind, prompts in heldout.items():
         path = cache / f"{kind}.jsonl"
-        gens = gens_path(path)
-        if gens is None:
+        if path.exists():
+            gens = [Generation.from_json(d) for d in read_jsonl(path)]
+        else:
             policy.load_adapter(adapter)
             gens = policy.sample(prompts, seed=seed + 1000)
-            save_gens(path, gens)
+            write_jsonl(path, [g.to_json() for g in gens])
         out[kind] = gens
     return out
 
@@ -328,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     hh = single_turn(load_prompts(args.hh))
     train_prompts_path = root / "hh_single_turn.jsonl"
     if not train_prompts_path.exists():
-        tmp = train_prompts_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in hh))
-        os.replace(tmp, train_prompts_path)
+        write_jsonl(train_prompts_path, [p.to_json() for p in hh])
     train_prompts = load_prompts(train_prompts_path)
     other = load_prompts(default_prompts_path())
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,28 +20,46 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cyclealign import formatting
-from cyclealign.config import Config, build_config, flatten
-from cyclealign.errors import BudgetError, CycleAlignError
+from cyclealign.config import Config, flatten, layer_config, parse_set_options
+from cyclealign.errors import BudgetError, ConfigError, CycleAlignError, LockedError, NothingToDo
+from cyclealign.events import EventLog, EventReporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
 console = Console(stderr=True)
 
 
 @contextmanager
-def _exit_codes() -> Iterator[None]:
-    """Turn a CycleAlign error into a printed message and an exit status.
+def _exit_codes(events: EventLog | None = None) -> Iterator[None]:
+    """Turn a CycleAlign error into a printed message, an event and an exit status
+    (:data:`cyclealign.schedule.EXIT_CODES`).
 
     Exit 3 when a cost budget stopped the work (``BudgetError``: finished work is kept, the run
-    resumes), 2 for any other ``CycleAlignError`` (bad input, a rejected key, a broken run dir).
+    resumes), 4 when there was nothing to do, 5 when another process holds the run directory,
+    2 for any other ``CycleAlignError`` (bad input, a rejected key, a broken run dir).
     """
+    from cyclealign.schedule import EXIT_CODES
+
+    def emit(event: str, **fields: Any) -> None:
+        if events is not None:
+            events.emit(event, **fields)
+
     try:
         yield
     except BudgetError as e:
         console.print(f"[yellow]stopped:[/yellow] {e}")
-        raise typer.Exit(code=3) from None
+        emit("budget", message=str(e))
+        raise typer.Exit(code=EXIT_CODES["budget"]) from None
+    except NothingToDo as e:
+        console.print(f"nothing to do: {e}")
+        emit("nothing_to_do", message=str(e))
+        raise typer.Exit(code=EXIT_CODES["nothing_to_do"]) from None
+    except LockedError as e:
+        console.print(f"[red]locked:[/red] {e}")
+        raise typer.Exit(code=EXIT_CODES["locked"]) from None
     except CycleAlignError as e:
         console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(code=2) from None
+        emit("error", type=type(e).__name__, message=str(e))
+        raise typer.Exit(code=EXIT_CODES["error"]) from None
 
 
 @app.callback()
@@ -119,7 +139,13 @@ def iterate(
     num_samples: Annotated[Optional[int], typer.Option(help="N: responses sampled per prompt (default: generation.num_samples, 4).")] = None,
     run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="A JSON config file (fields of cyclealign.config.Config); flags given explicitly override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A config file, YAML (.yaml/.yml) or JSON, with the fields of cyclealign.config.Config (`cyclealign config schema`); flags and --set override it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set section.field=value (YAML value; repeatable; wins over the file and the flags). `cyclealign config show` lists them.")] = None,
+    add_rounds: Annotated[Optional[int], typer.Option(min=1, help="Do this many more rounds on --run-dir (created if new, resumed otherwise): a scheduled round is `--add-rounds 1`. Overrides --rounds.")] = None,
+    new_prompts_only: Annotated[bool, typer.Option(help="Rounds draw only prompts no earlier round used; none left: exit 4 (nothing to do) without changing the run.")] = False,
+    promote_if: Annotated[Optional[str], typer.Option(help="After the rounds, write RUN_DIR/promoted (the latest adapter's path) only if its evaluation passes, e.g. 'win_rate>=0.5' (comma = and). Needs --eval-every.")] = None,
+    templates: Annotated[Optional[Path], typer.Option(help="Folder of templates overriding the shipped ones file by file (`cyclealign templates copy DIR` to start).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables: print only the final summary line (events still go to RUN_DIR/events.jsonl).")] = False,
     model: Annotated[Optional[str], typer.Option(help="White-box policy: HF model id or local dir. Default: embedded SmolLM2-135M-Instruct.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     ranker_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL (…/v1). Default: a local `transformers serve` of the embedded model.")] = None,
@@ -164,8 +190,15 @@ def iterate(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
-    """Run CycleAlign rounds: generate -> black-box rank -> agreement -> train -> next round."""
+    """Run CycleAlign rounds: generate -> black-box rank -> agreement -> train -> next round.
+
+    Exit codes: 0 done, 2 error, 3 budget reached (resumable), 4 nothing to do, 5 run directory
+    locked by another process (1: an unexpected crash).
+    """
     from cyclealign.loop import iterate as run_iterate
+    from cyclealign.rundir import RunDir
+    from cyclealign.runlock import RunLock
+    from cyclealign.schedule import EXIT_CODES, parse_conditions, promote
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import warnings
@@ -175,17 +208,103 @@ def iterate(
     transformers.utils.logging.disable_progress_bar()  # rich draws the progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     with _exit_codes():
-        flags = _config_overrides(ctx, config)
-        if isinstance(flags.get("eval.prompts"), (list, tuple)):  # one source stays a plain path
-            sources = list(flags["eval.prompts"])
-            flags["eval.prompts"] = sources[0] if len(sources) == 1 else sources or None
-        cfg = build_config(**flags)
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
-            metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=RichReporter(progress))
-    console.print(round_table(metrics))
-    console.print(f"run directory: {cfg.run_dir}  (metrics: {cfg.run_dir / 'metrics.jsonl'})")
+        conditions = parse_conditions(promote_if) if promote_if else None
+        cfg, resume = _iterate_config(ctx, config, set_, resume, add_rounds)
+    run = RunDir(cfg.run_dir)
+    events = EventLog(run.path / "events.jsonl")
+    t0 = time.perf_counter()
+    finished_before = run.finished_rounds()
+    with _exit_codes(), RunLock(cfg.run_dir) as lock, _exit_codes(events):
+        events.emit("run_start", pid=os.getpid(), rounds=cfg.rounds, resume=resume, command=sys.argv[1:])
+        if lock.took_over is not None:
+            events.emit("lock_takeover", stale=lock.took_over)
+            console.print(f"[yellow]took over a stale lock[/yellow] of pid {lock.took_over.get('pid')} (a process that died holding it)")
+        if quiet:
+            reporter = EventReporter(events)
+            metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)
+        else:
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            ) as progress:
+                reporter = EventReporter(events, RichReporter(progress))
+                metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)
+        promotion = None
+        if conditions is not None:
+            promotion = promote(run, conditions)
+            events.emit("promotion", condition=promote_if, **promotion.to_json())
+        idle = finished_before >= cfg.rounds and not reporter.phases_run  # every round was done, no evaluation was due
+        code = EXIT_CODES["nothing_to_do"] if idle else EXIT_CODES["done"]
+        events.emit("run_end", exit_code=code, rounds_done=run.finished_rounds(), wall_s=round(time.perf_counter() - t0, 3))
+    if not quiet:
+        console.print(round_table(metrics))
+    if promotion is not None:
+        verdict = f"promoted round {promotion.round}: {promotion.adapter}" if promotion.promoted else f"not promoted: {promotion.reason}"
+        console.print(verdict, soft_wrap=True)
+    console.print(_summary_line(cfg, metrics, run), soft_wrap=True)
+    if code != EXIT_CODES["done"]:
+        console.print(f"nothing to do: all {cfg.rounds} rounds were already finished")
+        raise typer.Exit(code=code)
+
+
+def _summary_line(cfg: Config, metrics: list[dict[str, Any]], run: Any) -> str:
+    """One line: rounds done, the last round's agreement and loss, the run's ranker spend."""
+    last = metrics[-1] if metrics else {}
+    spend = run.ranker_spend()
+    return (
+        f"rounds done {len(metrics)}/{cfg.rounds}; last round: agreement rate {_fmt(last.get('agreement_rate'))}, "
+        f"train loss {_fmt(last.get('train_loss'))}; ranker {int(spend['calls'])} paid calls, "
+        f"{spend['cost_usd']:.4f} USD; run directory: {cfg.run_dir} (metrics: {run.metrics})"
+    )
+
+
+def _iterate_config(
+    ctx: typer.Context, config_file: Path | None, set_items: list[str] | None, resume: bool, add_rounds: int | None
+) -> tuple[Config, bool]:
+    """The run's one validated config and whether it resumes.
+
+    Precedence: the defaults < the run's saved ``config.json`` (when resuming) < ``--config``
+    file < flags given on the command line < ``--set``. ``--add-rounds K`` resumes an existing
+    run (or starts a new one) and schedules ``K`` rounds beyond those finished.
+
+    Raises:
+        ConfigError: naming the invalid key (and the file).
+    """
+    from cyclealign.config import read_config_file
+    from cyclealign.rundir import RunDir
+
+    flags = _explicit_flags(ctx)
+    sets = parse_set_options(set_items)
+    file_layer = flatten(read_config_file(config_file)) if config_file is not None else {}
+    run_dir = Path(str(sets.get("run_dir") or flags.get("run_dir") or file_layer.get("run_dir") or "runs/default"))
+    run = RunDir(run_dir)
+    if add_rounds is not None:
+        resume = run.config.exists()
+    saved = flatten(run.read_config().model_dump(mode="json")) if resume and run.config.exists() else {}
+    layers = [saved, file_layer, flags, sets]
+    if add_rounds is not None:
+        layers.append({"rounds": run.finished_rounds() + add_rounds})
+    try:
+        cfg = layer_config(*layers)
+    except CycleAlignError as e:
+        where = f"{config_file}: " if config_file is not None and any(k in file_layer for k in _error_keys(str(e))) else ""
+        raise type(e)(where + str(e)) from None
+    return cfg, resume
+
+
+def _error_keys(message: str) -> list[str]:
+    return [part.split(":")[0].strip() for part in message.split(";")]
+
+
+def _explicit_flags(ctx: typer.Context) -> dict[str, Any]:
+    """Dotted config fields of the flags given on the command line (not their defaults)."""
+    out = {}
+    for name, field in _FIELDS.items():
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            value = ctx.params[name]
+            if field == "eval.prompts" and isinstance(value, (list, tuple)):  # one source stays a plain path
+                value = value[0] if len(value) == 1 else list(value) or None
+            out[field] = str(value) if isinstance(value, Path) else value
+    return out
 
 
 # CLI parameter -> dotted Config field.
@@ -237,20 +356,8 @@ _FIELDS = {
     "lora_r": "train.lora_r",
     "lora_alpha": "train.lora_alpha",
     "seed": "seed",
+    "templates": "ranker.templates_dir",
 }
-
-
-def _config_overrides(ctx: typer.Context, config_file: Path | None) -> dict[str, Any]:
-    """Dotted config fields from the flags; with ``--config``, the file's values overridden
-    only by the flags given explicitly on the command line."""
-    flags = {field: ctx.params[name] for name, field in _FIELDS.items()}
-    if config_file is None:
-        return flags
-    explicit = {
-        field for name, field in _FIELDS.items() if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-    }
-    base = flatten(Config.from_json_file(config_file).model_dump(mode="json"))
-    return {**base, **{k: v for k, v in flags.items() if k in explicit}}
 
 
 @app.command("train-round")
@@ -302,6 +409,7 @@ def eval_command(
     judge_max_tokens: Annotated[Optional[int], typer.Option(min=4, help="Completion cap per judge call, tokens (default: the run's eval.judge_max_tokens, 16).")] = None,
     decoding: Annotated[Optional[str], typer.Option(help="The judged response (win rate, reward, length): greedy | sample = the first of the N samples (default: the run's eval.decoding, greedy).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Length cap of evaluation generations, tokens (default: the run's eval.max_new_tokens, 128).")] = None,
+    templates: Annotated[Optional[Path], typer.Option(help="Folder of judge/ranker templates overriding the shipped ones file by file (default: the run's ranker.templates_dir).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Held-out evaluation: win rate vs base (judged both ways round) of greedy responses, ranking agreement of samples, lengths."""
@@ -315,6 +423,8 @@ def eval_command(
     warnings.filterwarnings("ignore", category=FutureWarning)
     with _exit_codes():
         cfg = RunDir(run_dir).read_config().model_copy(update={"run_dir": run_dir})
+        if templates is not None:
+            cfg = cfg.model_copy(update={"ranker": cfg.ranker.model_copy(update={"templates_dir": templates})})
         ev = cfg.eval
         plan = EvalPlan(
             list(prompts) if len(prompts) > 1 else prompts[0],
@@ -435,6 +545,75 @@ def report_command(
     with _exit_codes():
         path = write_report(run_dir, out)
     console.print(f"report: {path}", soft_wrap=True)
+
+
+from cyclealign.cli_templates import templates_app  # noqa: E402  (a sub-app of its own module)
+
+app.add_typer(templates_app, name="templates")
+
+config_app = typer.Typer(no_args_is_help=True, help="The run configuration: the effective config, its schema.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="A config file (YAML or JSON).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.field=value (repeatable).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Start from this run's saved config (as --resume does).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="yaml | json")] = "yaml",
+) -> None:
+    """Print the effective config (defaults < --run-dir's saved config < --config < --set) as YAML:
+    a file to edit and pass back with --config."""
+    from cyclealign.config import read_config_file
+    from cyclealign.rundir import RunDir
+
+    with _exit_codes():
+        saved = flatten(RunDir(run_dir).read_config().model_dump(mode="json")) if run_dir is not None else {}
+        file_layer = flatten(read_config_file(config)) if config is not None else {}
+        cfg = layer_config(saved, file_layer, parse_set_options(set_))
+        if fmt not in ("yaml", "json"):
+            raise ConfigError(f"--format {fmt!r}: expected yaml or json")
+    typer.echo(cfg.to_yaml() if fmt == "yaml" else cfg.to_json(), nl=fmt == "json")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of a config file (every field, its type, default and description)."""
+    typer.echo(Config.schema_json())
+
+
+@app.command("status")
+def status_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Where a run stands: rounds done, the phase in progress or interrupted, last metrics, spend, lock holder."""
+    import json
+
+    from cyclealign.schedule import run_status
+
+    with _exit_codes():
+        st = run_status(run_dir)
+    if as_json:
+        typer.echo(json.dumps(st, default=str))
+        return
+    table = Table(title=f"status {run_dir}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("state", st["state"])
+    table.add_row("rounds done", f"{st['rounds_done']} / {st['rounds_scheduled']}")
+    if st["phase_pending"]:
+        table.add_row(f"round {st['round']}", f"done: {', '.join(st['phases_done']) or '-'}; next: {st['phase_pending']}")
+    lock = st["lock"]
+    table.add_row("lock", "free" if lock is None else f"pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}" + ("" if lock["live"] else " (stale: that process died)"))
+    spend = st["spend"]
+    table.add_row("ranker spend", f"{int(spend['calls'])} paid calls, {int(spend['prompt_tokens'])} + {int(spend['completion_tokens'])} tokens, {spend['cost_usd']:.4f} USD")
+    last = st["last_metrics"] or {}
+    for label, key in (("last round", "round"), ("agreement rate", "agreement_rate"), ("Kendall tau", "kendall_tau"), ("train loss", "train_loss")):
+        table.add_row(label, _fmt(last.get(key)))
+    table.add_row("promoted", st["promoted"] or "-")
+    Console().print(table)
 
 
 if __name__ == "__main__":  # `python -m cyclealign.cli`, as the training launchers run it

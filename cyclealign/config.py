@@ -299,17 +299,28 @@ class Config(_Section):
         """The resolved config as JSON (what ``config.json`` holds; no secrets are fields)."""
         return self.model_dump_json(indent=2)
 
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (what ``cyclealign config show`` prints; loads back with ``--config``)."""
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
     @classmethod
     def from_json_file(cls, path: Path) -> "Config":
-        """Load and validate a config file.
+        """Load and validate a config file (JSON, or YAML by its ``.yaml``/``.yml`` suffix).
 
         Raises:
-            ConfigError: naming the file and every invalid field.
+            ConfigError: naming the file and every invalid field (or the line of a syntax error).
         """
         try:
-            return cls.model_validate(json.loads(Path(path).read_text()))
+            return cls.model_validate(read_config_file(path))
         except ValidationError as e:
             raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+
+    @classmethod
+    def schema_json(cls) -> str:
+        """The JSON schema of a config file (``cyclealign config schema``), field descriptions included."""
+        return json.dumps(cls.model_json_schema(), indent=2)
 
 
 RESUMABLE_CHANGES = frozenset(
@@ -360,16 +371,120 @@ def format_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def read_config_file(path: Path) -> dict[str, object]:
+    """The nested fields of a config file: YAML when its suffix is ``.yaml``/``.yml``, else JSON.
+
+    Raises:
+        ConfigError: the file cannot be read, does not parse (naming its line), or is not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def config_fields() -> dict[str, str]:
+    """Every settable config field as a dotted key, with its description (the help text).
+
+    >>> fields = config_fields()
+    >>> fields["generation.num_samples"]
+    'N: responses sampled per prompt.'
+    >>> "model" in fields, "rounds" in fields
+    (False, True)
+    """
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                out[f"{prefix}{name}"] = info.description or ""
+
+    walk(Config, "")
+    return out
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, object]:
+    """``--set section.field=value`` options as dotted overrides; values are read as YAML
+    scalars or lists (``4`` -> int, ``true`` -> bool, ``null`` -> None, ``[a, b]`` -> list).
+
+    Raises:
+        ConfigError: an item without ``=``, or a key that is not a config field (the known
+            fields of its section are listed).
+
+    >>> parse_set_options(["generation.num_samples=6", "train.qlora=true", "ranker.model=gpt-4o-mini"])
+    {'generation.num_samples': 6, 'train.qlora': True, 'ranker.model': 'gpt-4o-mini'}
+    """
+    import yaml
+
+    fields = config_fields()
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        if key not in fields:
+            section = key.rpartition(".")[0]
+            near = sorted(k for k in fields if k.rpartition(".")[0] == section) or sorted(fields)
+            raise ConfigError(f"--set {key}: not a config field (known: {', '.join(near)})")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+        if isinstance(out[key], (dict,)):
+            raise ConfigError(f"--set {key}: expected a value or a list, got a mapping")
+    return out
+
+
+def layer_config(*layers: dict[str, object]) -> Config:
+    """Validate the merge of dotted-override ``layers``, later ones winning (for example the
+    defaults < a saved run's config < a ``--config`` file < command-line flags < ``--set``).
+
+    Raises:
+        ConfigError: naming every invalid field of the result.
+    """
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update(layer)
+    return _validate_dotted(merged)
+
+
 def build_config(**overrides: object) -> Config:
     """Build a :class:`Config` from dotted overrides (``{"generation.num_samples": 4}``).
 
     Raises:
         ConfigError: naming every invalid field.
     """
+    return _validate_dotted({k: v for k, v in overrides.items() if v is not None})
+
+
+def _validate_dotted(dotted: dict[str, object]) -> Config:
+    """Nest dotted keys and validate; ``ConfigError`` names every invalid field."""
     nested: dict[str, object] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
+    for key, value in dotted.items():
         node = nested
         *heads, last = key.split(".")
         for h in heads:

@@ -48,3 +48,12 @@ class TrainError(CycleAlignError):
 class BudgetError(CycleAlignError):
     """The run reached ``--max-cost-usd``: no further paid call was sent. Finished work is kept;
     resume with a higher budget to continue."""
+
+
+class NothingToDo(CycleAlignError):
+    """There is no work for this invocation: a scheduled round found no prompt it may use
+    (``--new-prompts-only`` and no unused prompt in the source). Nothing was changed."""
+
+
+class LockedError(CycleAlignError):
+    """Another live process holds the run directory's lock (the message names its pid and host)."""

@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
 from cyclealign.config import Config, EvalConfig
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data import load_prompts, recorded_round_prompts
 from cyclealign.errors import ConfigError, RunDirError
 from cyclealign.policy.base import Generation, GenerationBackend
 from cyclealign.ranker.client import RankJob, Ranker
@@ -169,8 +169,9 @@ def _trained_texts(cfg: Config) -> set[str]:
     """Conversation texts of every prompt any of the run's ``cfg.rounds`` rounds draws."""
     trained: set[str] = set()
     run_prompts = load_prompts(cfg.prompts)
-    for k in range(cfg.rounds):
-        trained.update(p.query_text for p in select_round_prompts(run_prompts, k, cfg.prompts_per_round, cfg.seed))
+    run = RunDir(cfg.run_dir)
+    for k in range(cfg.rounds):  # what a round recorded, else what it would draw
+        trained.update(p.query_text for p in recorded_round_prompts(run, cfg, k, run_prompts))
     return trained
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import datasets
 
 from cyclealign.config import Config
-from cyclealign.data import load_run_prompts, select_round_prompts
+from cyclealign.data import load_run_prompts, recorded_round_prompts
 from cyclealign.errors import ConfigError, RunDirError
 from cyclealign.records import Message
 from cyclealign.rundir import RunDir
@@ -122,7 +122,7 @@ def ranked_lists(run_dir: Path, rounds: list[int] | None = None) -> list[RankedL
     lists: list[RankedList] = []
     for k in round_indices(run, cfg, rounds):
         rd = run.round(k)
-        by_id = {p.id: p for p in select_round_prompts(prompts, k, cfg.prompts_per_round, cfg.seed)}
+        by_id = {p.id: p for p in recorded_round_prompts(run, cfg, k, prompts)}
         if not rd.generations.is_file():
             raise RunDirError(f"{rd.generations}: not found (round {k} has rankings but no generations)")
         gens = {g.prompt_id: g for g in rd.read_generations()}

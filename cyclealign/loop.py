@@ -22,15 +22,14 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
 from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
 from cyclealign.config import Config, ModelConfig
-from cyclealign.data import load_prompts, select_round_prompts
-from cyclealign.errors import TrainError
+from cyclealign.data import load_prompts, recorded_round_prompts, select_next_prompts, used_prompt_counts
+from cyclealign.errors import NothingToDo, TrainError
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
 from cyclealign.evaluate import BASE, EvalPlan, run_evaluation
 from cyclealign.models import resolve_device, resolve_model_dir
@@ -223,6 +222,13 @@ class Round:
             write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
             spend = self.run.ranker_spend(self.index)
             multi = [r for r in results if r.consistent is not None]
+            # The templates' content hashes, and a warning when they changed since the last round.
+            from cyclealign.ranker.template_files import warn_changed_templates
+
+            templates = ranker.templates.file_hashes() if ranker is not None else None
+            if self.index > 0:
+                previous = self.run.round(self.index - 1).phases().get("rank", {}).get("templates")
+                warn_changed_templates(previous, templates, self.index)
             return {
                 "ranked": sum(r.ranking is not None for r in results),
                 "unranked": sum(r.ranking is None for r in results),
@@ -236,6 +242,7 @@ class Round:
                 "structured_output": ranker.structured if ranker is not None else None,
                 "demos_static": min(len(static_demos), self.cfg.ranker.num_static_demos),
                 "demos_dynamic": min(len(pool), self.cfg.ranker.num_dynamic_demos),
+                "templates": templates,
                 **({"batch": batch_info} if batch_info else {}),
             }
 
@@ -373,15 +380,47 @@ class _StepProgress(TrainerCallback):
         self.reporter.advance()
 
 
+def round_prompts(cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], new_only: bool = False) -> list[PromptRecord]:
+    """The prompts of round ``index``: those it recorded when it started (a resumed round), else
+    the next ones of the source (:func:`~cyclealign.data.select_next_prompts`: prompts no
+    earlier round used first), recorded in ``round_k/prompts.json`` before anything else runs.
+
+    Raises:
+        NothingToDo: ``new_only`` and the source holds no prompt unused by earlier rounds.
+        RunDirError: an earlier round's prompt is gone from the source.
+    """
+    rd = run.round(index)
+    if rd.read_prompt_ids() is not None:
+        return recorded_round_prompts(run, cfg, index, prompts)
+    used = used_prompt_counts(run, prompts, index, cfg)
+    chosen = select_next_prompts(prompts, cfg.prompts_per_round, cfg.seed, used, new_only=new_only)
+    if not chosen:
+        raise NothingToDo(
+            f"round {index}: every prompt of {cfg.prompts or 'the shipped prompt set'} was used by an earlier round "
+            "(--new-prompts-only); add prompts to the source and run again"
+        )
+    rd.record_prompts(chosen, str(cfg.prompts) if cfg.prompts is not None else "shipped")
+    return chosen
+
+
 def iterate(
-    cfg: Config, *, resume: bool = False, environ: Mapping[str, str] | None = None, reporter: Reporter | None = None
+    cfg: Config,
+    *,
+    resume: bool = False,
+    environ: Mapping[str, str] | None = None,
+    reporter: Reporter | None = None,
+    new_prompts_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or resume) ``cfg.rounds`` rounds of CycleAlign; returns every round's metrics line.
 
     The policy is loaded only when a generation phase is pending; the ranker (and the
-    embedded server) is opened first of all while any ranking phase is pending.
+    embedded server) is opened first of all while any ranking phase is pending. Each round
+    draws the prompts no earlier round used first (the source may grow between invocations)
+    and records them before it generates; ``new_prompts_only`` draws only unused ones.
 
     Raises:
+        NothingToDo: ``new_prompts_only`` and a pending round found no unused prompt (earlier
+            rounds' work is kept; nothing else is changed).
         CycleAlignError subclasses: bad config, data, templates, run directory, or ranker key.
     """
     import os
@@ -394,6 +433,15 @@ def iterate(
     static_demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
     model_dir = resolve_model_dir(cfg.model)
     run = RunDir(cfg.run_dir)
+    if new_prompts_only and resume:  # before anything is written or started: a night without new prompts costs nothing
+        pending = next((i for i in range(cfg.rounds) if not run.round(i).is_done("metrics")), None)
+        if pending is not None and run.round(pending).read_prompt_ids() is None:
+            used = used_prompt_counts(run, prompts, pending, cfg)
+            if not select_next_prompts(prompts, 1, cfg.seed, used, new_only=True):
+                raise NothingToDo(
+                    f"round {pending}: no prompt of {cfg.prompts or 'the shipped prompt set'} is unused by earlier rounds "
+                    "(--new-prompts-only); add prompts to the source and run again"
+                )
     run.prepare(cfg.to_json(), resume)
 
     with contextlib.ExitStack() as stack:
@@ -411,8 +459,7 @@ def iterate(
 
         for index in range(cfg.rounds):
             if not run.round(index).is_done("metrics"):
-                round_prompts = select_round_prompts(prompts, index, cfg.prompts_per_round, cfg.seed)
-                rnd = Round(cfg, run, index, round_prompts, reporter)
+                rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
                 previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
                 rnd.generate(policy)
                 rnd.rank(ranker, static_demos, previous_pool)
@@ -448,11 +495,13 @@ def _evaluated(run: RunDir, index: int, plan: EvalPlan) -> bool:
 
 
 def judge_templates(cfg: Config) -> JudgeTemplates:
-    """The judge templates: the user's templates folder when it has them, else the shipped ones."""
-    folder = cfg.ranker.templates_dir
-    if folder is not None and all((Path(folder) / f).is_file() for f in JudgeTemplates.FILES):
-        return JudgeTemplates(folder)
-    return JudgeTemplates(default_templates_dir())
+    """The judge templates: each file from the user's templates folder when it has it, else the shipped one.
+
+    Raises:
+        TemplateError: the folder is missing, holds an unknown ``*.jinja`` file, or a judge
+            template does not parse or uses the wrong variables (file and line named).
+    """
+    return JudgeTemplates(cfg.ranker.templates_dir)
 
 
 def evaluate_with(

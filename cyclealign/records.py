@@ -7,6 +7,8 @@ labelled ``[1]..[N]`` (1-based); conversion happens only in the ranker's templat
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +27,17 @@ class PromptRecord:
 
     id: str
     messages: list[Message]
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 (hex, first 16 digits) of the messages: names the prompt across a source that
+        grows or is re-indexed (a scheduled run records it for every prompt a round used).
+
+        >>> PromptRecord("a", [{"role": "user", "content": "hi"}]).content_hash == PromptRecord("b", [{"role": "user", "content": "hi"}]).content_hash
+        True
+        """
+        blob = json.dumps([[m["role"], m["content"]] for m in self.messages], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     @property
     def query_text(self) -> str:

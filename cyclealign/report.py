@@ -12,6 +12,8 @@ Sources:
   manifest. Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
   unranked rate with the unranked reasons; demonstration pool; ranker tokens and cost; phase
   wall times. Runs written by older versions may lack some keys: a plot without data is left out.
+- each round's manifest: the content hashes of the ranker templates its rank phase used, shown
+  per round, with the files that changed since the previous round marked.
 - ``eval/summary.jsonl`` (``cyclealign eval``), when present: a win-rate plot with the Wilson 95%
   interval and a table of the evaluation numbers.
 - ``eval/samples.jsonl``, when present: up to :data:`SAMPLE_PROMPTS` held-out prompts with each
@@ -35,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cyclealign import rundir
-from cyclealign.data import load_run_prompts, select_round_prompts
+from cyclealign.data import load_run_prompts, recorded_round_prompts
 from cyclealign.errors import CycleAlignError, RunDirError
 from cyclealign.formatting import fmt
 from cyclealign.rundir import RunDir, read_jsonl
@@ -446,7 +448,7 @@ def _round_samples(run: RunDir, rounds: list[int], cfg: Config | None, config_er
         try:
             prompts = load_run_prompts(run, cfg)
             for k in generations:
-                texts[k] = {p.id: p.query_text for p in select_round_prompts(prompts, k, cfg.prompts_per_round, cfg.seed)}
+                texts[k] = {p.id: p.query_text for p in recorded_round_prompts(run, cfg, k, prompts)}
         except CycleAlignError as e:
             error = e
     note = None if error is None else f"Prompt texts unavailable, showing prompt ids ({error})."
@@ -463,6 +465,23 @@ def _round_samples(run: RunDir, rounds: list[int], cfg: Config | None, config_er
             rows.append({"prompt": texts.get(k, {}).get(g.prompt_id, g.prompt_id), "top": top, "bottom": bottom})
         blocks.append({"round": k, "rows": rows})
     return {"kind": "rounds" if blocks else "none", "rounds": blocks, "note": note}
+
+
+def _template_rows(run: RunDir, rounds: list[int]) -> list[dict[str, Any]]:
+    """Per round: the ranker templates its rank phase recorded (``name``: first 12 hex digits of
+    the content hash) and the files changed since the previous round; empty when no round
+    recorded them (a run from before template hashes were recorded)."""
+    from cyclealign.ranker.template_files import changed_templates
+
+    recorded = {k: run.round(k).phases().get("rank", {}).get("templates") for k in rounds}
+    if not any(recorded.values()):
+        return []
+    rows = []
+    for k in rounds:
+        hashes = recorded[k] or {}
+        shown = ", ".join(f"{name.removesuffix('.jinja')} {digest[:12]}" for name, digest in sorted(hashes.items()))
+        rows.append({"round": k, "templates": shown or "-", "changed": changed_templates(recorded.get(k - 1), hashes)})
+    return rows
 
 
 def _settings(cfg: Config | None) -> list[tuple[str, str]]:
@@ -556,6 +575,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         settings=_settings(cfg),
         metric_columns=columns,
         metric_rows=table,
+        template_rows=_template_rows(run, [r["round"] for r in rows]),
         eval_columns=EVAL_COLUMNS,
         eval_rows=_eval_table(summary),
         plots=plots,

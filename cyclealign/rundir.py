@@ -6,7 +6,11 @@ Layout of ``runs/<name>/``::
     metrics.jsonl               one line per finished round
     server.log                  the embedded ranker server's log (when one is started)
     ranker_calls.jsonl          the cost ledger: one line per paid ranker call (round, tokens, USD)
+    events.jsonl                one JSON line per event (phase start/end, errors, budget, lock, promotion)
+    lock / lock.json            the run lock (flock) and its holder (pid, host, start time)
+    promoted                    the adapter path of the last round that passed --promote-if
     round_000/
+        prompts.json            the prompts the round uses (ids and content hashes), written before it generates
         manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
         generations.jsonl       phase "generate"
         rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives,
@@ -120,7 +124,25 @@ class RoundDir:
         self.adapter = path / "adapter"
         self.merged = path / "merged"
         self.train = path / "train.json"
+        self.prompts_file = path / "prompts.json"
         self._manifest = path / "manifest.json"
+
+    def read_prompt_ids(self) -> list[tuple[str, str]] | None:
+        """``(prompt id, content hash)`` of each prompt the round uses, in order, as recorded
+        before it generated; for a round from before prompts were recorded, its generations'
+        ids (hash ``""``: unknown); None when the round has not started."""
+        if self.prompts_file.is_file():
+            return [(p["id"], p["hash"]) for p in json.loads(self.prompts_file.read_text())["prompts"]]
+        if self.generations.is_file():
+            return [(d["prompt_id"], "") for d in read_jsonl(self.generations)]
+        return None
+
+    def record_prompts(self, prompts: list[Any], source: str) -> None:
+        """Write ``prompts.json``: the round's prompts (ids and content hashes) and their source."""
+        write_json(
+            self.prompts_file,
+            {"round": self.index, "source": source, "prompts": [{"id": p.id, "hash": p.content_hash} for p in prompts]},
+        )
 
     def phases(self) -> dict[str, dict[str, Any]]:
         """Finished phases with what each recorded (e.g. wall seconds)."""

@@ -269,11 +269,12 @@ def test_template_syntax_error_names_file_and_line(tmp_path):
         RankerTemplates(folder)
 
 
-def test_missing_template_and_folder(tmp_path):
+def test_missing_template_falls_back_to_shipped_and_missing_folder(tmp_path, templates):
     folder = copy_templates(tmp_path)
-    (folder / "ranker_answer.jinja").unlink()
-    with pytest.raises(TemplateError, match=r"ranker_answer\.jinja: ranker template missing"):
-        RankerTemplates(folder)
+    (folder / "ranker_answer.jinja").unlink()  # a user folder holds only what it overrides
+    loaded = RankerTemplates(folder)
+    assert loaded.files.path("ranker_answer.jinja") == default_templates_dir() / "ranker_answer.jinja"
+    assert loaded.template_hash() == templates.template_hash()
     with pytest.raises(TemplateError, match="folder not found"):
         RankerTemplates(tmp_path / "nowhere")
 

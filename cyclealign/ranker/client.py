@@ -65,9 +65,11 @@ __all__ = [
     "Ranker",
     "api_key_from_env",
     "combine_samples",
+    "first_ask_messages",
     "presentation_order",
     "reparse_sample",
     "retry_after_s",
+    "structured_at_start",
     "wait_retry_after",
 ]
 
@@ -293,6 +295,39 @@ class RankJob:
     shuffle_seed: int = 0
 
 
+def structured_at_start(cfg: RankerConfig) -> bool:
+    """Whether a ranker with ``cfg`` starts out asking for structured output (``auto`` turns
+    it off for the rest of the run when the endpoint refuses it).
+
+    >>> structured_at_start(RankerConfig(structured_output="auto")), structured_at_start(RankerConfig(structured_output="off"))
+    (True, False)
+    """
+    return (cfg.structured_output or "off") != "off"
+
+
+def first_ask_messages(
+    templates: RankerTemplates, job: RankJob, k: int, *, shuffle: bool, json_output: bool
+) -> tuple[list[int], list[Message]]:
+    """``(presentation order, chat messages)`` of the first ask of sample ``k`` of ``job``: what
+    the ranker sends before any correction re-ask (``cyclealign templates render`` shows the same).
+
+    Args:
+        templates: the ranker templates in use.
+        job: the prompt, its responses, demonstrations and shuffle seed.
+        k: the sample (presentation order) index, ``0 <= k < ranker.consistency``.
+        shuffle: ``ranker.shuffle`` (False: responses shown in generation order).
+        json_output: the call asks for structured output (demonstrations answer in JSON).
+
+    Raises:
+        TemplateError: a template fails to render (file named).
+    """
+    order = presentation_order(job.shuffle_seed, job.prompt.id, k, len(job.responses), shuffle)
+    messages = templates.build_messages(
+        job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=json_output
+    )
+    return order, messages
+
+
 @dataclass
 class _Usage:
     attempts: int = 0
@@ -379,7 +414,7 @@ class Ranker:
         fallback = retry_wait if retry_wait is not None else tenacity.wait_exponential_jitter(initial=1, max=60)
         self._wait = wait_retry_after(fallback)
         self._template_hash = templates.template_hash()
-        self._structured = (cfg.structured_output or "off") != "off"
+        self._structured = structured_at_start(cfg)
         self._client: openai.AsyncOpenAI | None = None
         self._slots: asyncio.Semaphore | None = None
         self._rpm: AsyncLimiter | None = None
@@ -603,11 +638,7 @@ class Ranker:
 
     def _first_messages(self, job: RankJob, k: int) -> tuple[list[int], list[Message]]:
         """``(presentation order, messages)`` of the first ask of sample ``k`` of ``job``."""
-        order = self.job_order(job, k)
-        messages = self.templates.build_messages(
-            job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=self._structured
-        )
-        return order, messages
+        return first_ask_messages(self.templates, job, k, shuffle=self.cfg.shuffle, json_output=self._structured)
 
     def first_request(self, job: RankJob, k: int) -> tuple[str, dict[str, Any]]:
         """``(cache key, request body)`` of the first ask of sample ``k`` of ``job`` (for the Batch API)."""

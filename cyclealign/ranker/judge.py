@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import jinja2
-
-from cyclealign.ranker.templates import _neutralize_delimiters, read_template
+from cyclealign.ranker.template_files import JUDGE_REQUIRED, JUDGE_VARIABLES, TemplateFiles
+from cyclealign.ranker.templates import _neutralize_delimiters, render_checked
 from cyclealign.records import Message
 
 __all__ = ["JudgeTemplates", "VerdictParseError", "pair_outcome", "parse_verdict"]
@@ -69,26 +68,46 @@ def pair_outcome(verdict_ab: int | None, verdict_ba: int | None) -> str:
 
 
 class JudgeTemplates:
-    """The two judge templates of a folder (the shipped ones are in ``prompts/``).
+    """The two judge templates, from a user folder laid over the shipped ones (``prompts/``).
+
+    Args:
+        folder: the user's templates folder, holding any of :attr:`FILES` (the others are the
+            shipped ones); None: the shipped templates.
 
     Raises:
-        TemplateError: a file is missing or does not parse (file and line named).
+        TemplateError: the folder is missing or holds an unknown ``*.jinja`` file, a file does
+            not parse (file and line named), uses a variable other than those of
+            :data:`~cyclealign.ranker.template_files.JUDGE_VARIABLES` (``judge_system``: none;
+            ``judge_user``: ``query``, ``first``, ``second``), or ``judge_user`` leaves one of
+            its three variables out.
     """
 
     FILES = ("judge_system.jinja", "judge_user.jinja")
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
-        system, user = (
-            env.from_string(read_template(env, self.folder / name, "judge template missing")[0]) for name in self.FILES
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.files = TemplateFiles(folder)
+        self.folder = self.files.user or self.files.shipped
+        system, self._user = (
+            self.files.load(name, JUDGE_VARIABLES[name], JUDGE_REQUIRED.get(name, frozenset())) for name in self.FILES
         )
-        self._system = system.render().strip()  # no variables: rendered once
-        self._user = user
+        self._system = render_checked(self.files, system, "judge_system.jinja")  # no variables: rendered once
 
     def messages(self, query: str, first: str, second: str) -> list[Message]:
-        """``[system, user]`` asking which of ``first`` ([1]) and ``second`` ([2]) is better."""
-        user = self._user.render(
-            query=_neutralize_delimiters(query), first=_neutralize_delimiters(first), second=_neutralize_delimiters(second)
+        """``[system, user]`` asking which of ``first`` ([1]) and ``second`` ([2]) is better.
+
+        Raises:
+            TemplateError: ``judge_user.jinja`` fails to render (file and line named).
+        """
+        user = render_checked(
+            self.files,
+            self._user,
+            "judge_user.jinja",
+            query=_neutralize_delimiters(query),
+            first=_neutralize_delimiters(first),
+            second=_neutralize_delimiters(second),
         )
-        return [{"role": "system", "content": self._system}, {"role": "user", "content": user.strip()}]
+        return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
+
+    def file_hashes(self) -> dict[str, str]:
+        """``{file name: sha256 hex of its text}`` of the two judge templates in use."""
+        return self.files.file_hashes(self.FILES)

@@ -1,6 +1,8 @@
 """The ranker's prompt templates (Jinja2 files users can edit) and the static demonstrations.
 
-A templates folder holds four files (the shipped ones are in ``prompts/``):
+The ranker reads four template files (the shipped ones are in ``prompts/``); a user templates
+folder (``ranker.templates_dir``) holds only those it overrides, the others stay the shipped
+ones (:mod:`cyclealign.ranker.template_files`):
 
 ==========================  ============================  =======================================
 file                        variables it may use          renders
@@ -18,10 +20,11 @@ file                        variables it may use          renders
 :func:`~cyclealign.ranker.parse.ranking_json_schema`): the answer is then
 ``{"ranking": [2, 1, 4, 3]}`` and demonstrations are answered in that form.
 
-Templates are loaded with ``StrictUndefined`` and checked at load time: a missing file, a
-syntax error, a variable outside the table, or a query/answer template that leaves out the
-responses, query or labels raises :class:`~cyclealign.errors.TemplateError`
-naming the file (and line), before any API call is made.
+Templates are loaded with ``StrictUndefined`` and checked at load time: a missing folder, an
+unknown ``*.jinja`` file in it, a syntax error, a variable outside the table, or a query/answer
+template that leaves out the responses, query or labels raises
+:class:`~cyclealign.errors.TemplateError` naming the file (and line), before any API call is
+made. ``cyclealign templates check DIR`` runs these checks and more (:mod:`cyclealign.ranker.template_check`).
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
 
 from cyclealign.errors import DataError, TemplateError
+from cyclealign.ranker.template_files import TemplateFiles, template_line
 from cyclealign.records import Demonstration, Message
 
-__all__ = ["REQUIRED_VARIABLES", "TEMPLATE_VARIABLES", "RankerTemplates", "load_demonstrations"]
+__all__ = ["REQUIRED_VARIABLES", "TEMPLATE_VARIABLES", "RankerTemplates", "load_demonstrations", "render_checked"]
 
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "ranker_system.jinja": frozenset({"n", "json_output"}),
@@ -68,70 +71,48 @@ def _neutralize_delimiters(text: str) -> str:
     return _DELIMITER_TAG.sub(r"&lt;\1\2", text)
 
 
-def read_template(env: jinja2.Environment, path: Path, missing: str) -> tuple[str, jinja2.nodes.Template]:
-    """The source of the template file ``path`` and its parsed form, for checks before use.
+def render_checked(files: TemplateFiles, template: jinja2.Template, name: str, **variables: Any) -> str:
+    """``template`` (file ``name`` of ``files``) rendered with ``variables``, stripped.
 
     Raises:
-        TemplateError: ``"{path}: {missing}"`` when the file is absent, or the file and line of a
-            syntax error.
+        TemplateError: the rendering failed (e.g. ``StrictUndefined`` on an attribute of a
+            variable), naming the file and, where the traceback shows it, the line.
     """
-    if not path.is_file():
-        raise TemplateError(f"{path}: {missing}")
-    source = path.read_text(encoding="utf-8")
     try:
-        return source, env.parse(source, name=path.name, filename=str(path))
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+        return template.render(**variables).strip()
+    except jinja2.TemplateError as e:
+        path = files.path(name)
+        line = template_line(e, path)
+        raise TemplateError(f"{path}{'' if line is None else f':{line}'}: cannot render: {e}") from None
 
 
 class RankerTemplates:
-    """The four ranker templates of one folder, checked when loaded.
+    """The four ranker templates, from a user folder laid over the shipped ones, checked when loaded.
 
     Args:
-        folder: directory holding the ``*.jinja`` files of :data:`TEMPLATE_VARIABLES`.
+        folder: the user's templates folder, holding any of the ``*.jinja`` files of
+            :data:`TEMPLATE_VARIABLES` (the others are the shipped ones); None or the shipped
+            folder itself: the shipped templates (see :class:`~cyclealign.ranker.template_files.TemplateFiles`).
 
     Raises:
-        TemplateError: the folder or a file is missing, a file fails to parse (file and line
-            named), a file uses variables the ranker does not provide, or a file leaves out a
-            variable it must show (:data:`REQUIRED_VARIABLES`); the names are listed.
+        TemplateError: the folder is missing or holds an unknown ``*.jinja`` file, a file fails
+            to parse (file and line named), a file uses variables the ranker does not provide
+            (file and line), or a file leaves out a variable it must show
+            (:data:`REQUIRED_VARIABLES`); the names are listed.
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise TemplateError(f"{self.folder}: ranker templates folder not found")
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(self.folder)),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=False,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self._sources: dict[str, str] = {}
-        self._templates: dict[str, jinja2.Template] = {}
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.files = TemplateFiles(folder)
+        self.folder = self.files.user or self.files.shipped
+        self._templates: dict[str, jinja2.Template] = {
+            name: self.files.load(name, provided, REQUIRED_VARIABLES.get(name, frozenset()))
+            for name, provided in TEMPLATE_VARIABLES.items()
+        }
+        self._sources: dict[str, str] = {name: self.files.source(name) for name in TEMPLATE_VARIABLES}
         self._rendered: dict[tuple[Any, ...], Any] = {}  # system prompts and demo turns, rendered once
-        for name, provided in TEMPLATE_VARIABLES.items():
-            path = self.folder / name
-            source, ast = read_template(self._env, path, f"ranker template missing (expected {', '.join(TEMPLATE_VARIABLES)})")
-            used = jinja2.meta.find_undeclared_variables(ast) - set(self._env.globals)
-            unknown = sorted(used - provided)
-            if unknown:
-                raise TemplateError(
-                    f"{path}: unknown template variables {', '.join(unknown)} "
-                    f"(this template may use: {', '.join(sorted(provided))})"
-                )
-            unused = sorted(REQUIRED_VARIABLES.get(name, frozenset()) - used)
-            if unused:
-                raise TemplateError(f"{path}: template does not use the required variables {', '.join(unused)}")
-            self._sources[name] = source
-            self._templates[name] = self._env.from_string(source)
 
     def _render(self, name: str, **variables: Any) -> str:
-        try:
-            return self._templates[name].render(**variables).strip()
-        except jinja2.TemplateError as e:  # e.g. StrictUndefined on an attribute of a variable
-            raise TemplateError(f"{self.folder / name}: cannot render: {e}") from None
+        return render_checked(self.files, self._templates[name], name, **variables)
 
     def system(self, n: int, json_output: bool = False) -> str:
         """The system message for a ranking of ``n`` responses (answer format: labels, or JSON)."""
@@ -179,8 +160,13 @@ class RankerTemplates:
         messages.append({"role": "user", "content": self.query_block(query, responses)})
         return messages
 
+    def file_hashes(self) -> dict[str, str]:
+        """``{file name: sha256 hex of its text}`` of the four ranker templates in use."""
+        return self.files.file_hashes(TEMPLATE_VARIABLES)
+
     def template_hash(self) -> str:
-        """sha256 (hex) of the template names and texts: changes whenever a template does."""
+        """sha256 (hex) of the template names and texts: changes whenever a template does (the
+        same texts give the same hash whether they come from the user folder or the shipped one)."""
         h = hashlib.sha256()
         for name in sorted(self._sources):
             h.update(name.encode())

@@ -343,7 +343,7 @@ def select_next_prompts(
 
     Within each use count the order is the seeded shuffle of :func:`select_round_prompts`, so on
     a prompt source that does not change, round ``r`` gets exactly what ``select_round_prompts``
-    gives it; when the source grows between rounds (lines appended, files added), the new
+    gives it (in the same order, unless ``per_round`` covers the whole source); when the source grows between rounds (lines appended, files added), the new
     prompts are drawn before any prompt is used a second time. Prompts are matched by content
     (:attr:`~cyclealign.records.PromptRecord.content_hash`), so re-indexed ids do not matter.
 

@@ -373,13 +373,15 @@ def select_next_prompts(
 
 
 def _resolve(run: RunDir, index: int, recorded: list[tuple[str, str]], prompts: list[PromptRecord], source: object) -> list[PromptRecord]:
+    rd = run.round(index)
+    where = rd.prompts_file if rd.prompts_file.is_file() else rd.generations
     by_hash = {p.content_hash: p for p in prompts}
     by_id = {p.id: p for p in prompts}
     found = [by_hash.get(h) if h else by_id.get(i) for i, h in recorded]
     missing = [i for (i, _), p in zip(recorded, found) if p is None]
     if missing:
         raise RunDirError(
-            f"{run.round(index).prompts_file}: prompts {', '.join(missing[:5])} of round {index} are no longer in the "
+            f"{where}: prompts {', '.join(missing[:5])} of round {index} are no longer in the "
             f"prompt source {source or '(the shipped set)'} (a scheduled run's source may grow, but not lose or change prompts)"
         )
     return found  # type: ignore[return-value]

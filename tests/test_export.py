@@ -118,7 +118,7 @@ def test_rounds_subset_and_clear_errors(tmp_path):
 def test_prompt_source_changed_since_the_run_is_detected(tmp_path):
     run, prompts, _ = make_run(tmp_path)
     prompts.write_text("".join(json.dumps({**p, "id": p["id"] + "-new"}) + "\n" for p in PROMPTS))
-    with pytest.raises(RunDirError, match="generations.jsonl: prompt .* is not among round 0's prompts"):
+    with pytest.raises(RunDirError, match="generations.jsonl: prompts .* of round 0 are no longer in the prompt source"):
         export_rankings(run.path, "ranking", tmp_path / "out")
 
 

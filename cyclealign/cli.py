@@ -418,6 +418,7 @@ def eval_command(
     from cyclealign.evaluate import EvalPlan
     from cyclealign.loop import evaluate_run
     from cyclealign.rundir import RunDir
+    from cyclealign.runlock import RunLock
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -436,7 +437,8 @@ def eval_command(
             ev.decoding if decoding is None else decoding,  # type: ignore[arg-type]  # EvalPlan validates it
             ev.max_new_tokens if max_new_tokens is None else max_new_tokens,
         )
-        lines = evaluate_run(cfg, plan, environ=os.environ)
+        with RunLock(run_dir):  # not while an iterate (or another eval) writes the run
+            lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))
     console.print(f"results: {run_dir / 'eval'}")
 

@@ -335,6 +335,7 @@ RESUMABLE_CHANGES = frozenset(
         "ranker.max_cost_usd",
         "ranker.batch_poll_s",
         "ranker.server_startup_timeout_s",
+        "ranker.templates_dir",  # a template edit between scheduled rounds is recorded per round and reported
         "eval.every",
         "eval.prompts",
         "eval.num_prompts",

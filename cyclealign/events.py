@@ -14,7 +14,6 @@ event               fields
                     ``adapter`` (when promoted)
 ``budget``          ``message`` (ranker.max_cost_usd reached: stopped, resumable)
 ``nothing_to_do``   ``message``
-``locked``          ``message`` (another process holds the run)
 ``error``           ``type``, ``message``
 ``run_end``         ``exit_code``, ``rounds_done``, ``wall_s``
 ==================  =====================================================================

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from cyclealign import formatting
 from cyclealign.config import Config, flatten, layer_config, parse_set_options
-from cyclealign.errors import BudgetError, ConfigError, CycleAlignError, LockedError, NothingToDo
+from cyclealign.errors import BudgetError, ConfigError, CycleAlignError, RunDirError, LockedError, NothingToDo
 from cyclealign.events import EventLog, EventReporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
@@ -148,6 +148,8 @@ def iterate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables: print only the final summary line (events still go to RUN_DIR/events.jsonl).")] = False,
     model: Annotated[Optional[str], typer.Option(help="White-box policy: HF model id or local dir. Default: embedded SmolLM2-135M-Instruct.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    policy_backend: Annotated[Optional[str], typer.Option(help="Where the policy samples: transformers (CPU or one GPU) | vllm (a vLLM server: started with `vllm serve`, or --policy-base-url). Default: transformers.")] = None,
+    policy_base_url: Annotated[Optional[str], typer.Option(help="A running vLLM OpenAI-compatible server (…/v1) serving --model, for --policy-backend vllm (default: start `vllm serve`).")] = None,
     ranker_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL (…/v1). Default: a local `transformers serve` of the embedded model.")] = None,
     ranker_model: Annotated[Optional[str], typer.Option(help="Model name for the ranker API (required with --ranker-base-url).")] = None,
     ranker_api_key_env: Annotated[str, typer.Option(help="Environment variable with the API key.")] = "OPENAI_API_KEY",
@@ -316,6 +318,8 @@ _FIELDS = {
     "run_dir": "run_dir",
     "model": "model.name_or_path",
     "device": "model.device",
+    "policy_backend": "generation.backend",
+    "policy_base_url": "vllm.base_url",
     "ranker_base_url": "ranker.base_url",
     "ranker_model": "ranker.model",
     "ranker_api_key_env": "ranker.api_key_env",
@@ -375,7 +379,7 @@ def train_round_command(
     from accelerate import PartialState
 
     from cyclealign.models import resolve_device, resolve_model_dir
-    from cyclealign.policy.hf import load_tokenizer
+    from cyclealign.policy.base import load_tokenizer
     from cyclealign.rundir import RunDir
     from cyclealign.train.phase import run_train_phase
 
@@ -547,6 +551,37 @@ def report_command(
     with _exit_codes():
         path = write_report(run_dir, out)
     console.print(f"report: {path}", soft_wrap=True)
+
+
+@app.command("publish")
+def publish_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose adapter to publish.")],
+    to: Annotated[str, typer.Option("--to", help="A running vLLM server (http://HOST:PORT or …/v1) started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.")],
+    round_index: Annotated[Optional[int], typer.Option("--round", help="Round whose adapter to load (default: RUN_DIR/promoted when present, else the latest trained round).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name to serve it under (default: run, round and a digest of the weights).")] = None,
+) -> None:
+    """Load a finished round's LoRA adapter into a running vLLM server (no restart); prints the model name to request."""
+    from cyclealign.policy.vllm_client import VLLMClient, adapter_name
+    from cyclealign.rundir import RunDir
+
+    with _exit_codes():
+        run = RunDir(run_dir)
+        run.read_config()  # a run directory, or a clear error
+        if round_index is None and (run.path / "promoted").is_file():
+            adapter = Path((run.path / "promoted").read_text().strip())
+        else:
+            k = round_index if round_index is not None else next(
+                (i for i in range(run.finished_rounds() - 1, -1, -1) if run.round(i).has_adapter()), None
+            )
+            if k is None or not run.round(k).has_adapter():
+                raise RunDirError(f"{run.path}: {'round ' + str(k) if k is not None else 'no round'} has no trained adapter to publish")
+            adapter = run.round(k).adapter
+        base = to.rstrip("/")
+        client = VLLMClient(base if base.endswith("/v1") else base + "/v1", model="")
+        served = name or adapter_name(adapter, run.path.resolve().name)
+        client.load_adapter(served, adapter)
+    console.print(f"published {adapter} to {client.root_url} as model {served!r}", soft_wrap=True)
+    typer.echo(served)
 
 
 from cyclealign.cli_templates import templates_app  # noqa: E402  (a sub-app of its own module)

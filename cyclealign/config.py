@@ -41,6 +41,11 @@ class ModelConfig(_Section):
 class GenerationConfig(_Section):
     """White-box sampling (step 1 of a round)."""
 
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Where the policy samples: transformers (generate() in this process, CPU or one GPU) "
+        "or vllm (a vLLM OpenAI-compatible server, see the vllm section).",
+    )
     num_samples: int = Field(4, ge=2, le=16, description="N: responses sampled per prompt.")
     temperature: float = Field(0.9, gt=0.0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -49,6 +54,45 @@ class GenerationConfig(_Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call (each yields N sequences).")
     max_resample: int = Field(
         2, ge=0, description="Extra sampling passes for prompts whose N samples had duplicates."
+    )
+
+
+class VLLMConfig(_Section):
+    """The vLLM server that hosts the policy when ``generation.backend`` is ``vllm``."""
+
+    base_url: str | None = Field(
+        None,
+        description="A running vLLM OpenAI-compatible server (…/v1) serving model.name_or_path; "
+        "None = cyclealign starts `vllm serve` itself.",
+    )
+    command: list[str] | str = Field(
+        "vllm serve",
+        description="The launcher command, as a list or a shell-like string; the model and the flags are "
+        "appended (tests point it at a stand-in server).",
+    )
+    port: int | None = Field(None, ge=1, le=65535, description="Port of the started server; None = a free loopback port.")
+    gpu_memory_utilization: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="Fraction of the GPU the server may take (weights + KV cache). 0.35 of 80 GB ~ 28 GB: "
+        "a 7B bf16 policy (~15 GB) plus KV cache, leaving the rest for LoRA training on the same card.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model replica is split over (vLLM --tensor-parallel-size).")
+    data_parallel_size: int = Field(1, ge=1, description="Model replicas the server runs (vLLM --data-parallel-size).")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the server accepts (vLLM --max-lora-rank; >= train.lora_r).")
+    max_loras: int = Field(2, ge=1, description="LoRA adapters held at once (vLLM --max-loras): this round's and the previous one.")
+    startup_timeout_s: float = Field(600.0, gt=0, description="Wait this long for a started server's /health, seconds.")
+    sleep_during_train: bool = Field(
+        True, description="Put the server to sleep during the train phase (and wake it after) when it has the sleep/wake endpoints."
+    )
+    request_concurrency: int = Field(8, ge=1, le=1024, description="Completion requests in flight at once.")
+    served_model_name: str | None = Field(
+        None, description="The base model's name on the server (vLLM --served-model-name); None = the model as given."
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="Per completion request, seconds.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="More command-line arguments for `vllm serve` (e.g. [--max-model-len, '4096'])."
     )
 
 
@@ -256,6 +300,7 @@ class Config(_Section):
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -283,6 +328,11 @@ class Config(_Section):
             raise ValueError("ranker.batch needs an external ranker.base_url (the embedded server has no Batch API)")
         if self.ranker.base_url is not None and self.ranker.model is None:
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")
+        if self.generation.backend == "vllm" and self.vllm.max_lora_rank < self.train.lora_r:
+            raise ValueError(
+                f"vllm.max_lora_rank={self.vllm.max_lora_rank} is below train.lora_r={self.train.lora_r}: "
+                "the server would refuse the round's adapter (raise vllm.max_lora_rank or lower train.lora_r)"
+            )
         return self
 
     @property
@@ -343,6 +393,19 @@ RESUMABLE_CHANGES = frozenset(
         "eval.judge_max_tokens",
         "eval.decoding",
         "eval.max_new_tokens",
+        # Where and how the vLLM server runs, not what it computes (vllm.extra_args may change that).
+        "vllm.base_url",
+        "vllm.command",
+        "vllm.port",
+        "vllm.gpu_memory_utilization",
+        "vllm.tensor_parallel_size",
+        "vllm.data_parallel_size",
+        "vllm.max_lora_rank",
+        "vllm.max_loras",
+        "vllm.startup_timeout_s",
+        "vllm.sleep_during_train",
+        "vllm.request_concurrency",
+        "vllm.request_timeout_s",
     }
 )
 """Dotted config fields a resumed run may change: they bound or schedule work, not its results."""

@@ -57,3 +57,8 @@ class NothingToDo(CycleAlignError):
 
 class LockedError(CycleAlignError):
     """Another live process holds the run directory's lock (the message names its pid and host)."""
+
+
+class PolicyError(CycleAlignError):
+    """The white-box policy's generation backend failed: its server cannot start, lacks a needed
+    feature (LoRA, log-probs), or answered with an error (the message names what to change)."""

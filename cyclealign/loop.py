@@ -33,7 +33,7 @@ from cyclealign.errors import NothingToDo, TrainError
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
 from cyclealign.evaluate import BASE, EvalPlan, run_evaluation
 from cyclealign.models import resolve_device, resolve_model_dir
-from cyclealign.policy import Generation, TransformersPolicy
+from cyclealign.policy import Generation, GenerationBackend, make_policy
 from cyclealign.ranker import (
     EmbeddedServer,
     Ranker,
@@ -161,7 +161,7 @@ class Round:
         self.reporter.phase_end(self.index, phase, info)
 
     # -- phase 1 -------------------------------------------------------------------------
-    def generate(self, policy: Callable[[], TransformersPolicy]) -> None:
+    def generate(self, policy: Callable[[], GenerationBackend]) -> None:
         """Phase 1: sample N responses per prompt with the latest adapter -> ``generations.jsonl``."""
         def body() -> dict[str, Any]:
             backend = policy()
@@ -413,7 +413,9 @@ def iterate(
 ) -> list[dict[str, Any]]:
     """Run (or resume) ``cfg.rounds`` rounds of CycleAlign; returns every round's metrics line.
 
-    The policy is loaded only when a generation phase is pending; the ranker (and the
+    The policy (:func:`~cyclealign.policy.make_policy`, ``generation.backend``) is loaded only
+    when a generation phase is pending, closed before each pending train phase (its memory, or
+    its server's, is the trainer's) and reopened by the next generation; the ranker (and the
     embedded server) is opened first of all while any ranking phase is pending. Each round
     draws the prompts no earlier round used first (the source may grow between invocations)
     and records them before it generates; ``new_prompts_only`` draws only unused ones.
@@ -452,10 +454,13 @@ def iterate(
             ranker = stack.enter_context(open_ranker(cfg, run, environ, templates))
         cache: dict[str, Any] = {}
 
-        def policy() -> TransformersPolicy:
+        def policy() -> GenerationBackend:
             if "policy" not in cache:
-                cache["policy"] = TransformersPolicy(model_dir, cfg.model, cfg.generation)
+                cache["policy"] = make_policy(cfg, model_dir)
             return cache["policy"]
+
+        # The policy (its memory, or its server) is released at the end, whatever happens.
+        stack.callback(lambda: cache["policy"].shutdown() if "policy" in cache else None)
 
         for index in range(cfg.rounds):
             if not run.round(index).is_done("metrics"):
@@ -464,6 +469,8 @@ def iterate(
                 rnd.generate(policy)
                 rnd.rank(ranker, static_demos, previous_pool)
                 rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
+                if "policy" in cache and not rnd.rd.is_done("train"):
+                    cache["policy"].close()  # the card's memory is the trainer's; the next generate reopens it
                 rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
                 reporter.round_end(rnd.metrics())
             # Checked for finished rounds too: an evaluation cut off by a crash is done on resume.
@@ -505,7 +512,7 @@ def judge_templates(cfg: Config) -> JudgeTemplates:
 
 
 def evaluate_with(
-    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: Callable[[], TransformersPolicy]
+    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: Callable[[], GenerationBackend]
 ) -> list[dict[str, Any]]:
     """:func:`cyclealign.evaluate.run_evaluation` with the run's ranker; paid calls go to the
     cost ledger as round ``"eval"``. ``policy`` returns the (cached) policy; it is called only
@@ -527,9 +534,13 @@ def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None 
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     model_dir = resolve_model_dir(cfg.model)
     with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
-        # Loaded on first use: an evaluation whose generations are all on disk loads no model.
-        policy = functools.cache(lambda: TransformersPolicy(model_dir, cfg.model, cfg.generation))
-        return evaluate_with(cfg, run, plan, ranker, policy)
+        # Made on first use: an evaluation whose generations are all on disk loads no model.
+        policy = functools.cache(lambda: make_policy(cfg, model_dir))
+        try:
+            return evaluate_with(cfg, run, plan, ranker, policy)
+        finally:
+            if policy.cache_info().currsize:
+                policy().shutdown()
 
 
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:
@@ -552,11 +563,12 @@ def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:
 
 
 def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:
-    """The tokenizer's pad id, from the loaded policy when there is one."""
-    if "policy" in cache:
-        return cache["policy"].tokenizer.pad_token_id
+    """The tokenizer's pad id, from the policy's tokenizer when there is one."""
+    tokenizer = getattr(cache.get("policy"), "tokenizer", None)
+    if tokenizer is not None:
+        return tokenizer.pad_token_id
     if "pad_id" not in cache:
-        from cyclealign.policy.hf import load_tokenizer
+        from cyclealign.policy.base import load_tokenizer
 
         cache["pad_id"] = load_tokenizer(model_dir).pad_token_id
     return cache["pad_id"]

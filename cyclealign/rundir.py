@@ -216,9 +216,12 @@ class RunDir:
         if resume and not self.config.exists():
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
         if resume:
-            from cyclealign.config import RESUMABLE_CHANGES, flatten
+            from cyclealign.config import RESUMABLE_CHANGES, Config, flatten
 
-            old, new = flatten(json.loads(self.config.read_text())), flatten(json.loads(config_json))
+            # a field added since the run was saved counts as its default there
+            defaults = flatten(Config().model_dump(mode="json"))
+            old = {**defaults, **flatten(json.loads(self.config.read_text()))}
+            new = {**defaults, **flatten(json.loads(config_json))}
             diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
             if diff:
                 raise RunDirError(

@@ -58,7 +58,7 @@ from cyclealign.efficacy.rules import RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.models import resolve_device, resolve_model_dir  # noqa: E402
-from cyclealign.policy import Generation, TransformersPolicy  # noqa: E402
+from cyclealign.policy import Generation, GenerationBackend, make_policy  # noqa: E402
 from cyclealign.records import PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
 from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
@@ -134,7 +134,7 @@ def shuffled_rank(rule: Rule, seed: int):
     return rank
 
 
-def held_out_samples(policy: TransformersPolicy, adapter: Path | None, heldout: dict, seed: int, cache: Path):
+def held_out_samples(policy: GenerationBackend, adapter: Path | None, heldout: dict, seed: int, cache: Path):
     """Per held-out kind, the policy's own samples (cached in ``cache``)."""
     out = {}
     for kind, prompts in heldout.items():
@@ -154,7 +154,7 @@ def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, dev
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from cyclealign.policy.hf import load_tokenizer
+    from cyclealign.policy.base import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if adapter is not None:
@@ -232,8 +232,9 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
             wall = time.perf_counter() - t0
         adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
-        policy = TransformersPolicy(model_dir, cfg.model, cfg.generation)
+        policy = make_policy(cfg, model_dir)
         own = held_out_samples(policy, adapter, heldout, seed, run_dir / "heldout")
+        policy.close()
         del policy
         scores = scores_under(model_dir, adapter, base["gens"], cfg, device)
         cyc = {
@@ -253,7 +254,7 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
         bl = json.loads(bl_path.read_text())
     else:
         base_cfg = build_config(prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed)
-        policy = TransformersPolicy(model_dir, base_cfg.model, base_cfg.generation)
+        policy = make_policy(base_cfg, model_dir)
         all_train = load_prompts(train_prompts_path)
 
         def sample(k: int, adapter: Path) -> list[Generation]:
@@ -265,6 +266,7 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
         adapter = baseline_pro(model_dir, [round0], shuffled_rank(rule, seed), sample, base_cfg, bl_dir, device)
         wall = time.perf_counter() - t0
         own = held_out_samples(policy, adapter, heldout, seed, bl_dir / "heldout")
+        policy.close()
         del policy
         scores = scores_under(model_dir, adapter, base["gens"], base_cfg, device)
         bl = {"wall_s": wall, "measures": measure(rule, own, base["gens"], scores)}
@@ -335,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         base_cfg = build_config(seed=seed, **{k: v for k, v in overrides.items() if k.startswith(("model.", "generation."))})
         model_dir = resolve_model_dir(base_cfg.model)
         base_dir = seed_folder(root, seed, args) / "base" / hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
-        policy = TransformersPolicy(model_dir, base_cfg.model, base_cfg.generation)
+        policy = make_policy(base_cfg, model_dir)
         base_gens = held_out_samples(policy, None, heldout, seed, base_dir)
+        policy.close()
         del policy
         base = {"gens": base_gens, "scores": scores_under(model_dir, None, base_gens, base_cfg, resolve_device(base_cfg.model))}
         for rule in rules:

@@ -36,7 +36,8 @@ import torch  # noqa: E402
 from cyclealign.config import GenerationConfig, ModelConfig, build_config  # noqa: E402
 from cyclealign.data import load_prompts  # noqa: E402
 from cyclealign.models import resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
-from cyclealign.policy.hf import TransformersPolicy, load_tokenizer  # noqa: E402
+from cyclealign.policy import TransformersPolicy  # noqa: E402
+from cyclealign.policy.base import load_tokenizer  # noqa: E402
 from cyclealign.train.dpo import train_round_dpo  # noqa: E402
 from cyclealign.train.trainer import RankingExample, load_trainable_policy, train_round  # noqa: E402
 

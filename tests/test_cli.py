@@ -13,8 +13,10 @@ runner = CliRunner()
 def test_help_lists_the_main_flags():
     result = runner.invoke(app, ["iterate", "--help"], env={"COLUMNS": "200"})  # rich cuts long names at 80
     assert result.exit_code == 0
-    for flag in ("--prompts", "--rounds", "--prompts-per-round", "--num-samples", "--run-dir", "--resume", "--ranker-base-url"):
+    for flag in ("--prompts", "--rounds", "--prompts-per-round", "--num-samples", "--run-dir", "--resume", "--ranker-base-url",
+                 "--policy-backend", "--policy-base-url"):
         assert flag in result.output
+    assert "transformers (CPU or one GPU) | vllm" in " ".join(result.output.split())  # the backend choice
 
 
 def test_bad_prompt_file_is_one_clear_error(tmp_path):

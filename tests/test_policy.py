@@ -77,3 +77,17 @@ def test_greedy_is_the_argmax_decoding_whatever_the_batching(policy):
 def test_sample_takes_a_token_cap_other_than_the_configured_one(policy):
     gens = policy.sample(PROMPTS[:1], seed=0, max_new_tokens=3)
     assert all(len(ids) <= 3 for ids in gens[0].response_token_ids)
+
+
+def test_close_frees_the_model_and_the_next_call_reopens_it(policy, tmp_path):
+    before = policy.sample(PROMPTS[:1], seed=3)[0]
+    policy.close()
+    assert policy._model is None
+    policy.close()  # a no-op when closed
+    again = policy.sample(PROMPTS[:1], seed=3)[0]  # reloaded lazily, same results
+    assert again == before and policy._model is not None
+    policy.close()
+    assert policy.greedy(PROMPTS[:1], max_new_tokens=4)[0].responses  # greedy reopens it too
+    policy.close()
+    policy.load_adapter(None)  # reopens at once with the remembered adapter
+    assert policy._model is not None and policy.adapter is None

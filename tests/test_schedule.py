@@ -84,7 +84,9 @@ def _other_value(key: str, default: object, schema: dict) -> object:
         return default + 1 if schema.get("maximum", 10**9) > default else default - 1
     if isinstance(default, float):
         hi = schema.get("maximum") or schema.get("exclusiveMaximum")
-        return default / 2 if hi is not None and default * 1.5 > hi else default * 1.5 + 0.5
+        return default / 2 if hi is not None and default * 1.5 + 0.5 > hi else default * 1.5 + 0.5
+    if isinstance(default, list):
+        return ["x-value"]
     types = {s.get("type") for s in schema.get("anyOf", [])} | {schema.get("type")}
     if "integer" in types:
         return 3

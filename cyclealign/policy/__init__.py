@@ -1,6 +1,41 @@
-"""White-box generation backends behind one protocol (:class:`GenerationBackend`)."""
+"""White-box generation backends behind one protocol (:class:`GenerationBackend`).
 
-from cyclealign.policy.base import Generation, GenerationBackend
+:func:`make_policy` is the one place that names a backend (``generation.backend``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cyclealign.policy.base import Generation, GenerationBackend, SamplingPolicy
 from cyclealign.policy.hf import TransformersPolicy
 
-__all__ = ["Generation", "GenerationBackend", "TransformersPolicy"]
+if TYPE_CHECKING:
+    from cyclealign.config import Config
+
+__all__ = ["Generation", "GenerationBackend", "SamplingPolicy", "TransformersPolicy", "make_policy"]
+
+
+def make_policy(cfg: Config, model_dir: str) -> GenerationBackend:
+    """The run's white-box generation backend, as ``cfg.generation.backend`` names it.
+
+    ``transformers``: :class:`TransformersPolicy` on ``cfg.model``'s device and dtype (the model
+    loads on first use). ``vllm``: ``cyclealign.policy.vllm.VLLMPolicy(cfg, model_dir)`` (a vLLM
+    server, ``cfg.vllm``), imported only then.
+
+    Args:
+        cfg: the run's config.
+        model_dir: the resolved base model id or directory (:func:`cyclealign.models.resolve_model_dir`).
+    Returns:
+        The backend; the caller closes it (:meth:`GenerationBackend.close`) when done.
+    Raises:
+        ValueError: an unknown ``generation.backend`` (the config validation rules it out).
+    """
+    backend = cfg.generation.backend
+    if backend == "transformers":
+        return TransformersPolicy(model_dir, cfg.model, cfg.generation)
+    if backend == "vllm":
+        from cyclealign.policy.vllm import VLLMPolicy
+
+        return VLLMPolicy(cfg, model_dir)
+    raise ValueError(f"generation.backend={backend!r}: expected 'transformers' or 'vllm'")

@@ -10,24 +10,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from pathlib import Path
 
 from cyclealign.errors import RankerError
+from cyclealign.serving import ServerProcess
 
 __all__ = ["EmbeddedServer", "serve_command"]
 
 log = logging.getLogger(__name__)
-
-_STOP_GRACE_S = 10.0
-_POLL_S = 0.25
 
 
 def serve_command() -> list[str]:
@@ -54,13 +45,7 @@ def serve_command() -> list[str]:
     )
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class EmbeddedServer:
+class EmbeddedServer(ServerProcess):
     """Context manager running ``transformers serve <model_dir>`` on ``127.0.0.1:<free port>``.
 
     Example::
@@ -70,7 +55,8 @@ class EmbeddedServer:
 
     The model is preloaded (``transformers serve`` pins it), and :meth:`start` returns once
     ``GET /health`` answers 200. The child's stdout and stderr are appended to ``log_path``;
-    its environment is a copy of ``os.environ`` with ``HF_HUB_OFFLINE=1``.
+    its environment is a copy of ``os.environ`` with ``HF_HUB_OFFLINE=1``
+    (:class:`~cyclealign.serving.ServerProcess`).
 
     Args:
         model_dir: local model directory (safetensors + tokenizer + chat template).
@@ -100,141 +86,31 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         device: str | None = None,
     ) -> None:
+        super().__init__(
+            f"the embedded ranker server (transformers serve {model_dir})",
+            log_path=log_path,
+            startup_timeout_s=startup_timeout_s,
+            timeout_field="ranker.server_startup_timeout_s",
+            error=RankerError,
+            host=host,
+        )
         self.model_dir = Path(model_dir)
         self.model = str(model_dir)
-        self.log_path = Path(log_path)
-        self.startup_timeout_s = startup_timeout_s
-        self.host = host
         self.device = device
-        self.port: int | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None
-        self.returncode: int | None = None
-        self._log_offset = 0
 
     @property
     def base_url(self) -> str:
-        if self.port is None:
-            raise RankerError("the embedded ranker server is not running")
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.root_url}/v1"
 
-    @property
-    def health_url(self) -> str:
-        return f"http://{self.host}:{self.port}/health"
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "EmbeddedServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def command(self, port: int) -> list[str]:
+        cmd = [*serve_command(), self.model, "--host", self.host, "--port", str(port)]
+        if self.device is not None:
+            cmd += ["--device", self.device]
+        return cmd
 
     def start(self) -> None:
         """Start the server and wait for ``/health``; see the class docstring for errors."""
-        if self.process is not None:
-            return
-        if not self.model_dir.is_dir():
+        if self.process is None and not self.model_dir.is_dir():
             raise RankerError(f"cannot start the embedded ranker: model directory {self.model_dir} not found")
-        prefix = serve_command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["HF_HUB_OFFLINE"] = "1"
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        for attempt in range(3):  # a fresh port if another process took ours meanwhile
-            self.port = _free_port(self.host)
-            cmd = [*prefix, self.model, "--host", self.host, "--port", str(self.port)]
-            if self.device is not None:
-                cmd += ["--device", self.device]
-            with open(self.log_path, "ab") as logf:
-                self._log_offset = logf.tell()
-                logf.write(f"$ {' '.join(cmd)}\n".encode())
-                logf.flush()
-                log.info("starting embedded ranker: %s (log: %s)", " ".join(cmd), self.log_path)
-                self.process = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # its own process group: stop() signals the whole group
-                )
-                self.pid = self.process.pid
-            try:
-                self._wait_healthy()
-                return
-            except RankerError:
-                tail = self.log_tail()
-                self.stop()
-                if attempt < 2 and any("address already in use" in line.lower() for line in tail):
-                    continue
-                raise
-
-    def _wait_healthy(self) -> None:
-        assert self.process is not None
-        t0 = time.monotonic()
-        deadline = t0 + self.startup_timeout_s
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                tail = "\n".join(self.log_tail())
-                raise RankerError(
-                    f"the embedded ranker server (transformers serve {self.model}) exited with code {code} "
-                    f"during startup; last lines of {self.log_path}:\n{tail}"
-                )
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=5) as r:
-                    if r.status == 200:
-                        log.info("embedded ranker ready at %s after %.1f s", self.base_url, time.monotonic() - t0)
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                tail = "\n".join(self.log_tail())
-                raise RankerError(
-                    f"the embedded ranker server did not answer {self.health_url} within "
-                    f"{self.startup_timeout_s:g} s (ranker.server_startup_timeout_s); "
-                    f"last lines of {self.log_path}:\n{tail}"
-                )
-            time.sleep(_POLL_S)
-
-    def stop(self) -> None:
-        """Stop the server: SIGTERM to its process group, then SIGKILL after 10 s. Idempotent."""
-        proc, self.process = self.process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._signal(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("embedded ranker did not stop within %.0f s; killing it", _STOP_GRACE_S)
-                self._signal(proc, signal.SIGKILL)
-                proc.wait()
-        self.returncode = proc.returncode
-        self.pid = proc.pid
-
-    @staticmethod
-    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
-        except (ProcessLookupError, PermissionError):
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-
-    def log_tail(self, lines: int = 20) -> list[str]:
-        """The last ``lines`` lines this server wrote to its log (progress bars collapsed)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                text = f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return []
-        out: deque[str] = deque(maxlen=lines)
-        for line in text.splitlines():
-            line = line.rsplit("\r", 1)[-1]  # tqdm redraws with \r: keep the last state
-            if line.strip():
-                out.append(line)
-        return list(out)
+        serve_command()  # unavailable: fail before a log file is opened
+        super().start()

@@ -1,0 +1,129 @@
+"""The vLLM generation backend: the policy served by a vLLM OpenAI-compatible server, each
+round's LoRA adapter hot-loaded into it (the HTTP side is :mod:`cyclealign.policy.vllm_client`,
+which cites the vLLM version and files followed).
+
+cyclealign starts ``vllm serve`` itself (``vllm.base_url`` unset: on a free loopback port, log in
+``RUN_DIR/policy_server.log``, stopped at exit) or uses a running server (``--policy-base-url``).
+Around the train phase the loop calls :meth:`VLLMPolicy.close`: the server sleeps (level 1:
+weights to CPU, KV cache freed) when it runs with sleep mode, else a server cyclealign started is
+stopped and started again when generation resumes. Nothing here imports vllm.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cyclealign.config import Config
+from cyclealign.policy.base import Sample, SamplingPolicy
+from cyclealign.policy.vllm_client import VLLMClient, VLLMServer, adapter_name
+
+__all__ = ["VLLMPolicy"]
+
+log = logging.getLogger(__name__)
+
+
+class VLLMPolicy(SamplingPolicy):
+    """A :class:`~cyclealign.policy.base.SamplingPolicy` whose batches are ``/v1/completions``
+    calls to a vLLM server (``n`` samples per prompt, seeded per prompt, raw log-probs and token ids).
+
+    Args:
+        cfg: the run's config (``generation``, ``vllm``, ``run_dir``).
+        model_dir: the base model as the server loads it (``vllm serve MODEL``) and whose tokenizer
+            builds the chat-templated prompt token ids.
+
+    Raises:
+        PolicyError: (on first use) vLLM is missing (``pip install "cyclealign[vllm]"``), the
+            server cannot start, lacks runtime LoRA loading or log-probs, or refuses a request.
+    """
+
+    def __init__(self, cfg: Config, model_dir: str) -> None:
+        super().__init__(model_dir, cfg.generation)
+        self.vcfg = cfg.vllm
+        self.log_path = Path(cfg.run_dir) / "policy_server.log"
+        self.run_label = Path(cfg.run_dir).resolve().name
+        self._server: VLLMServer | None = None
+        self._client: VLLMClient | None = None
+        self._asleep = False
+        self._adapter: Path | None = None
+        self._served: str | None = None  # the adapter name loaded on the server now
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _open(self) -> VLLMClient:
+        if self._client is None:
+            if self.vcfg.base_url is not None:
+                base_url = self.vcfg.base_url
+            else:
+                self._server = VLLMServer(self.vcfg, self.model_dir, log_path=self.log_path)
+                self._server.start()
+                base_url = self._server.base_url
+                self._served = None  # a fresh server holds no adapter
+            self._client = VLLMClient(
+                base_url, self.vcfg.served_model_name or self.model_dir, concurrency=self.vcfg.request_concurrency, timeout_s=self.vcfg.request_timeout_s
+            )
+        if self._asleep:
+            self._client.wake_up()
+            self._asleep = False
+        self._sync_adapter(self._client)
+        return self._client
+
+    def _sync_adapter(self, client: VLLMClient) -> None:
+        want = adapter_name(self._adapter, self.run_label) if self._adapter is not None else None
+        if want == self._served:
+            return
+        if want is not None:
+            client.load_adapter(want, self._adapter)  # type: ignore[arg-type]
+        if self._served is not None:
+            client.unload_adapter(self._served)  # frees the LoRA slot (vllm.max_loras)
+        self._served = want
+
+    def load_adapter(self, path: Path | None) -> None:
+        """Serve the PEFT LoRA adapter at ``path`` from now on (``None`` = the base policy): it is
+        loaded under a new name (run, round, digest of its weights) and the previous one unloaded."""
+        self._adapter = Path(path) if path is not None else None
+        if self._client is not None and not self._asleep:
+            self._sync_adapter(self._client)
+
+    def close(self) -> None:
+        """Free the GPU for training: sleep the server (``vllm.sleep_during_train`` and a server that
+        supports it), else stop a server cyclealign started; a user's server without sleep is left as is."""
+        if self._client is None or self._asleep:
+            return
+        if self.vcfg.sleep_during_train and self._client.sleep():
+            self._asleep = True
+            return
+        if self._server is not None:
+            self._server.stop()
+            self._server, self._client, self._served = None, None, None
+
+    def shutdown(self) -> None:
+        """Stop a server cyclealign started (at the end of a run)."""
+        if self._server is not None:
+            self._server.stop()
+        self._server, self._client, self._served, self._asleep = None, None, None, False
+
+    def __del__(self) -> None:  # a server must not outlive the run
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001  (interpreter shutdown)
+            pass
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample_batch(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        n: int,
+        seed: int | None,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+    ) -> list[list[Sample]]:
+        """One ``/v1/completions`` request per prompt, all in flight at once (up to
+        ``vllm.request_concurrency``); prompt ``i`` of the batch is seeded ``seed + i``."""
+        client = self._open()
+        model = self._served or client.model
+        samples = client.complete(
+            prompt_ids, model=model, n=n, seed=seed or 0, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens
+        )
+        return [[Sample(s.token_ids, s.logprob_mean, s.finished) for s in row] for row in samples]

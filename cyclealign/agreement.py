@@ -9,6 +9,7 @@ may join the demonstration pool.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 
 def lcs(a: Sequence[int], b: Sequence[int]) -> list[int]:
@@ -80,3 +81,35 @@ def ranking_from_scores(scores: Sequence[float]) -> list[int]:
     [1, 0, 2]
     """
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+class Agreement(NamedTuple):
+    """How one prompt's black-box ranking agrees with the policy's own (white-box) ranking.
+
+    Attributes:
+        whitebox: the policy's ranking, by length-normalised log-likelihood (best first).
+        common: the LCS of the black-box and white-box rankings (the agreement ranking).
+        kendall_tau: Kendall tau between the two rankings, in [-1, 1].
+    """
+
+    whitebox: list[int]
+    common: list[int]
+    kendall_tau: float
+
+    @property
+    def rate(self) -> float:
+        """LCS length / N (1.0: the rankings are the same)."""
+        return len(self.common) / len(self.whitebox)
+
+
+def agreement_of(blackbox: Sequence[int], logprob_mean: Sequence[float]) -> Agreement:
+    """The agreement of a black-box ranking with the white-box ranking of the same N responses,
+    the policy's mean token log-likelihoods ``logprob_mean`` (``[N]``, nats per token) ranked
+    by :func:`ranking_from_scores` (Hong et al. 2023, Sec. 3.2-3.3).
+
+    >>> a = agreement_of([2, 0, 1], [-0.5, -1.0, -0.1])
+    >>> a.whitebox, a.common, round(a.kendall_tau, 3), round(a.rate, 3)
+    ([2, 0, 1], [2, 0, 1], 1.0, 1.0)
+    """
+    white = ranking_from_scores(logprob_mean)
+    return Agreement(white, lcs(blackbox, white), kendall_tau(blackbox, white))

@@ -25,209 +25,58 @@ With several prompt sources each summary line also has ``by_source``: the same m
 source (named by file stem, :meth:`~cyclealign.config.EvalConfig.source_name`).
 
 Everything lands in ``RUN_DIR/eval/`` (generations, rankings, judgements, ``summary.jsonl``,
-``samples.jsonl``). Generation files are named by policy, decoding and token cap
+``samples.jsonl``, and ``manifest.json``, which lists each finished evaluation). Generation files are named by policy, decoding and token cap
 (``generations_base_greedy_128tok.jsonl``), so changing either generates afresh rather than
 reusing stale text; generations are reused otherwise and judge/ranker calls come from the
 reply cache, so a re-run costs no API call.
+
+The parts live in their own modules: :mod:`cyclealign.eval_plan` (what to evaluate),
+:mod:`cyclealign.heldout` (the held-out prompts), :mod:`cyclealign.winrate` (pairwise judge and
+win rate), :mod:`cyclealign.reward` (reward-model scores); this module runs them.
 """
 
 from __future__ import annotations
 
-import random
+import functools
 import statistics
-from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
-from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
-from cyclealign.config import Config, EvalConfig
-from cyclealign.data import load_prompts, recorded_round_prompts
-from cyclealign.errors import ConfigError, RunDirError
+from cyclealign.agreement import agreement_of
+from cyclealign.config import Config
+from cyclealign.errors import RunDirError
+from cyclealign.eval_plan import BASE, EvalPlan, label, policy_slug
+from cyclealign.heldout import held_out_prompts, held_out_sources, trained_rounds
 from cyclealign.policy.base import Generation, GenerationBackend
+from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.client import RankJob, Ranker
-from cyclealign.ranker.judge import JudgeTemplates, VerdictParseError, pair_outcome, parse_verdict
-from cyclealign.records import Message, PromptRecord
-from cyclealign.rundir import RunDir, read_jsonl, round_dir_name, write_jsonl
+from cyclealign.ranker.judge import JudgeTemplates
+from cyclealign.records import PromptRecord
+from cyclealign.reward import RewardScorer, judged_rewards, reward_input, reward_input_style, reward_scores
+from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
+from cyclealign.winrate import judge_pairs, wilson_interval, win_summary
 
 __all__ = [
+    "BASE",
     "EvalPlan",
     "RewardScorer",
+    "evaluate_run",
+    "evaluate_with",
+    "evaluated",
     "held_out_prompts",
     "held_out_sources",
+    "judge_pairs",
+    "judge_templates",
     "label",
     "reward_input",
     "reward_input_style",
+    "reward_scores",
     "run_evaluation",
     "wilson_interval",
     "win_summary",
 ]
-
-BASE = -1
-"""The round index that names the base policy (no adapter)."""
-
-_EVAL_DEFAULTS = EvalConfig.model_fields
-
-
-def label(round_index: int) -> str:
-    """``"base"`` or ``"round k"``."""
-    return "base" if round_index == BASE else f"round {round_index}"
-
-
-def _slug(round_index: int) -> str:
-    return "base" if round_index == BASE else round_dir_name(round_index)
-
-
-def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``); ``(None, None)`` with no trials.
-
-    >>> [round(x, 3) for x in wilson_interval(7, 10)]
-    [0.397, 0.892]
-    """
-    if trials == 0:
-        return None, None
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-@dataclass
-class EvalPlan:
-    """What to evaluate.
-
-    Attributes:
-        prompts: held-out prompt source, or several (any format :func:`cyclealign.data.load_prompts`
-            reads); with several, results are also broken down by source.
-        num_prompts: how many held-out prompts per source (a seeded sample).
-        rounds: policies to evaluate (``-1`` = base); None = base and the latest trained round.
-        vs: the reference policy of the win rate (``-1`` = base).
-        reward_model: HF sequence-classification model id or path, or None.
-        judge_max_tokens: completion cap per pairwise judge call, tokens (default: that of
-            :class:`~cyclealign.config.EvalConfig`, 16).
-        decoding: ``"greedy"`` (default) or ``"sample"``: how the judged response is decoded.
-        max_new_tokens: length cap of every evaluation generation, tokens (default 128).
-
-    Raises:
-        ConfigError: an out-of-range setting (named as its ``eval.*`` field), an empty list of
-            sources, or two sources with the same name.
-    """
-
-    prompts: Path | Sequence[Path]
-    num_prompts: int = _EVAL_DEFAULTS["num_prompts"].default
-    rounds: list[int] | None = None
-    vs: int = BASE
-    reward_model: str | None = None
-    judge_max_tokens: int = _EVAL_DEFAULTS["judge_max_tokens"].default
-    decoding: Literal["greedy", "sample"] = _EVAL_DEFAULTS["decoding"].default
-    max_new_tokens: int = _EVAL_DEFAULTS["max_new_tokens"].default
-
-    def __post_init__(self) -> None:
-        prompts = [Path(p) for p in self.prompts] if isinstance(self.prompts, (list, tuple)) else Path(self.prompts)
-        try:
-            EvalConfig(
-                prompts=prompts,
-                num_prompts=self.num_prompts,
-                reward_model=self.reward_model,
-                judge_max_tokens=self.judge_max_tokens,
-                decoding=self.decoding,
-                max_new_tokens=self.max_new_tokens,
-            )
-        except ValidationError as e:
-            raise ConfigError(
-                "; ".join(
-                    f"eval.{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"].removeprefix("Value error, ")
-                    for err in e.errors()
-                )
-            ) from None
-        self.prompts = prompts
-
-    @property
-    def sources(self) -> list[Path]:
-        """The prompt sources as a list."""
-        return list(self.prompts) if isinstance(self.prompts, list) else [self.prompts]
-
-    @classmethod
-    def from_config(cls, settings: EvalConfig, rounds: list[int] | None = None, vs: int = BASE) -> "EvalPlan":
-        """The plan of a run's ``eval`` settings (``settings.prompts`` must be set)."""
-        return cls(
-            settings.prompt_sources,
-            settings.num_prompts,
-            rounds=rounds,
-            vs=vs,
-            reward_model=settings.reward_model,
-            judge_max_tokens=settings.judge_max_tokens,
-            decoding=settings.decoding,
-            max_new_tokens=settings.max_new_tokens,
-        )
-
-
-def _trained_texts(cfg: Config) -> set[str]:
-    """Conversation texts of every prompt any of the run's ``cfg.rounds`` rounds draws."""
-    trained: set[str] = set()
-    run_prompts = load_prompts(cfg.prompts)
-    run = RunDir(cfg.run_dir)
-    for k in range(cfg.rounds):  # what a round recorded, else what it would draw
-        trained.update(p.query_text for p in recorded_round_prompts(run, cfg, k, run_prompts))
-    return trained
-
-
-def held_out_prompts(cfg: Config, source: Path, count: int, trained: Collection[str] | None = None) -> list[PromptRecord]:
-    """``count`` prompts of ``source`` that no round of the run trains on (seeded sample).
-
-    A prompt is "trained on" when its conversation text equals that of a prompt any of the
-    run's ``cfg.rounds`` rounds draws (``trained``: those texts, when already computed).
-
-    Raises:
-        DataError: unreadable prompt file.
-        ConfigError: no held-out prompt is left.
-    """
-    candidates = load_prompts(source)
-    trained = _trained_texts(cfg) if trained is None else trained
-    held = [p for p in candidates if p.query_text not in trained]
-    if not held:
-        raise ConfigError(f"{source}: every prompt is one the run trains on; evaluation needs held-out prompts")
-    random.Random(cfg.seed + 7919).shuffle(held)
-    return held[:count]
-
-
-def held_out_sources(cfg: Config, sources: Sequence[Path], count: int) -> tuple[list[PromptRecord], dict[str, str]]:
-    """:func:`held_out_prompts` of each source (``count`` per source), and each prompt's source name.
-
-    Each source is sampled as it would be alone, so a one-source evaluation sees the same
-    prompts as before. Prompt ids that more than one source uses (explicit ``"id"`` fields)
-    are prefixed with their source name, ``"<source>/<id>"``; other ids are kept.
-
-    Returns:
-        ``(prompts, source_of)``: the prompts, source by source in the given order, and
-        ``{prompt id: source name}`` (:meth:`EvalConfig.source_name`: the file stem).
-
-    Raises:
-        DataError: an unreadable prompt file.
-        ConfigError: a source with no held-out prompt; two sources with the same name.
-    """
-    names = [EvalConfig.source_name(s) for s in sources]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"--prompts {sources[names.index(name)]} and {sources[i]} have the same name {name!r}; rename one")
-    trained = _trained_texts(cfg)
-    picked = [(name, held_out_prompts(cfg, source, count, trained)) for name, source in zip(names, sources)]
-    uses = Counter(p.id for _, held in picked for p in held)  # ids are unique within a source
-    prompts: list[PromptRecord] = []
-    source_of: dict[str, str] = {}
-    for name, held in picked:
-        for p in held:
-            record = p if uses[p.id] == 1 else PromptRecord(f"{name}/{p.id}", p.messages)
-            prompts.append(record)
-            source_of[record.id] = name
-    return prompts, source_of
-
-
-def _trained_rounds(run: RunDir, rounds: int) -> list[int]:
-    return [k for k in range(rounds) if run.round(k).has_adapter()]
 
 
 @dataclass
@@ -237,8 +86,7 @@ class _PolicyResults:
     agreement: dict[str, tuple[float, float]]  # ranked prompts: (Kendall tau, LCS length / N)
     lengths: dict[str, int]  # judged response length, tokens
     rewards: dict[str, float] | None = None  # reward model score of the judged response
-    judgements: list[dict[str, Any]] | None = None  # rows of :func:`_judge` (not for the reference)
-
+    judgements: list[dict[str, Any]] | None = None  # rows of :func:`judge_pairs` (not for the reference)
 
 def run_evaluation(
     cfg: Config,
@@ -273,7 +121,7 @@ def run_evaluation(
         ConfigError, DataError: no held-out prompt in a source; an unreadable source or reward model.
         RankerError, BudgetError: from the black-box calls.
     """
-    trained = _trained_rounds(run, cfg.rounds)
+    trained = trained_rounds(run, cfg.rounds)
     rounds = plan.rounds if plan.rounds is not None else [BASE, *trained[-1:]]
     for k in {*rounds, plan.vs}:
         if k != BASE and k not in trained:
@@ -303,10 +151,10 @@ def run_evaluation(
         if plan.reward_model:
             if reward is None:
                 reward = RewardScorer(plan.reward_model, cfg)
-            results[k].rewards = _rewards(reward, judged[k], by_id)
+            results[k].rewards = judged_rewards(reward, judged[k], by_id)
     for k in rounds:
         if k != plan.vs:
-            results[k].judgements = _judge(
+            results[k].judgements = judge_pairs(
                 ranker, judge, out, k, plan.vs, judged[k], judged[plan.vs], by_id, plan.judge_max_tokens, source_of
             )
 
@@ -343,11 +191,9 @@ def run_evaluation(
     write_jsonl(out / "samples.jsonl", [samples[key] for key in sorted(samples)])
     return [lines[k] for k in policies]
 
-
 def _first_response(g: Generation) -> Generation:
     """``g`` with only its first sampled response (the judged response of ``decoding="sample"``)."""
     return Generation(g.prompt_id, g.prompt_token_ids, g.responses[:1], g.response_token_ids[:1], g.logprob_mean[:1], g.finished[:1])
-
 
 def generations_path(out: Path, k: int, kind: Literal["sampled", "greedy"], max_new_tokens: int) -> Path:
     """Where policy ``k``'s evaluation generations of one kind and token cap are kept.
@@ -355,8 +201,7 @@ def generations_path(out: Path, k: int, kind: Literal["sampled", "greedy"], max_
     >>> generations_path(Path("eval"), -1, "greedy", 128).as_posix()
     'eval/generations_base_greedy_128tok.jsonl'
     """
-    return out / f"generations_{_slug(k)}_{kind}_{max_new_tokens}tok.jsonl"
-
+    return out / f"generations_{policy_slug(k)}_{kind}_{max_new_tokens}tok.jsonl"
 
 def _generations(
     run: RunDir,
@@ -393,14 +238,13 @@ def _agreement(
     prompts that were ranked (those with >= 2 samples and a parsed ranking)."""
     jobs = [RankJob(by_id[g.prompt_id], g.responses, [], seed) for g in gens if len(g.responses) >= 2]
     results = ranker.rank_all(jobs) if jobs else []
-    write_jsonl(out / f"rankings_{_slug(k)}.jsonl", [r.to_json() for r in results])
+    write_jsonl(out / f"rankings_{policy_slug(k)}.jsonl", [r.to_json() for r in results])
     scores = {g.prompt_id: g.logprob_mean for g in gens}
     agreement = {}
     for r in results:
-        if r.ranking is None:
-            continue
-        white = ranking_from_scores(scores[r.prompt_id])
-        agreement[r.prompt_id] = (kendall_tau(r.ranking, white), len(lcs(r.ranking, white)) / len(white))
+        if r.ranking is not None:
+            a = agreement_of(r.ranking, scores[r.prompt_id])
+            agreement[r.prompt_id] = (a.kendall_tau, a.rate)
     return agreement
 
 
@@ -430,249 +274,79 @@ def _summarise(results: _PolicyResults, ids: set[str]) -> dict[str, Any]:
     return line
 
 
-def _judge(
+def evaluated(run: RunDir, index: int, plan: EvalPlan) -> bool:
+    """Whether ``eval/manifest.json`` lists policy ``index`` (a round, or ``BASE``) as evaluated
+    with ``plan``'s decoding and token cap: a resumed run does not redo it (an evaluation with
+    other settings does not count)."""
+    return any(
+        label(index) in entry["evaluated"]
+        and entry.get("decoding") == plan.decoding
+        and entry.get("max_new_tokens") == plan.max_new_tokens
+        for entry in run.evaluations()
+    )
+
+
+def judge_templates(cfg: Config) -> JudgeTemplates:
+    """The judge templates: each file from the user's templates folder when it has it, else the shipped one.
+
+    Raises:
+        TemplateError: the folder is missing, holds an unknown ``*.jinja`` file, or a judge
+            template does not parse or uses the wrong variables (file and line named).
+    """
+    return JudgeTemplates(cfg.ranker.templates_dir)
+
+
+def evaluate_with(
+    cfg: Config,
+    run: RunDir,
+    plan: EvalPlan,
     ranker: Ranker,
-    judge: JudgeTemplates,
-    out: Path,
-    k: int,
-    vs: int,
-    judged_a: Sequence[Generation],
-    judged_b: Sequence[Generation],
-    by_id: dict[str, PromptRecord],
-    max_tokens: int = 16,
-    source_of: dict[str, str] | None = None,
+    policy: Callable[[], GenerationBackend],
+    reporter: Reporter | None = None,
+    round_index: int = BASE,
 ) -> list[dict[str, Any]]:
-    """Pairwise judgements of policy ``k`` (A) against ``vs`` (B), both orders, on each prompt's
-    judged (first) response; ``max_tokens``: completion cap per judge call, tokens.
-
-    A pair of identical responses (same text up to surrounding whitespace: greedy decoding, or
-    sampling with the same seed, gives that when behaviour is unchanged) is a tie without a call.
-    Writes and returns the rows of ``judgements_<k>_vs_<vs>.jsonl``, one per prompt both policies
-    answered: ``prompt_id``, ``source`` (with ``source_of``), ``a``, ``b``, ``replies`` (raw
-    texts, None for a failed call), ``outcome`` (win | loss | tie | invalid), ``problem``,
-    ``identical``.
-    """
-    b_by_id = {g.prompt_id: g for g in judged_b}
-    pairs = [
-        (g.prompt_id, g.responses[0], b_by_id[g.prompt_id].responses[0])
-        for g in judged_a
-        if g.responses and b_by_id.get(g.prompt_id) and b_by_id[g.prompt_id].responses
-    ]
-    # Identical responses are a tie by definition: no judge call is paid for them.
-    asked = [(pid, a, b) for pid, a, b in pairs if a.strip() != b.strip()]
-    conversations = []
-    for pid, a, b in asked:
-        query = by_id[pid].query_text
-        conversations += [judge.messages(query, a, b), judge.messages(query, b, a)]
-    replies = ranker.ask_all(conversations, max_tokens=max_tokens) if conversations else []
-    reply_pairs = {pid: replies[2 * i : 2 * i + 2] for i, (pid, _, _) in enumerate(asked)}
-    rows = []
-    for pid, a, b in pairs:
-        row: dict[str, Any] = {"prompt_id": pid}
-        if source_of is not None:
-            row["source"] = source_of[pid]
-        if pid not in reply_pairs:
-            rows.append(row | {"a": a, "b": b, "replies": [], "outcome": "tie", "problem": None, "identical": True})
-            continue
-        verdicts, raw, problem = [], [], None
-        for reply in reply_pairs[pid]:
-            if isinstance(reply, Exception):
-                problem = f"api error: {type(reply).__name__}"
-                raw.append(None)
-                continue
-            text = reply.get("content") or ""
-            raw.append(text)
-            try:
-                verdicts.append(parse_verdict(text))
-            except VerdictParseError as e:
-                problem = f"unparsable verdict: {e}"
-        outcome = "invalid" if problem else pair_outcome(verdicts[0], verdicts[1])
-        rows.append(row | {"a": a, "b": b, "replies": raw, "outcome": outcome, "problem": problem, "identical": False})
-    write_jsonl(out / f"judgements_{_slug(k)}_vs_{_slug(vs)}.jsonl", rows)
-    return rows
-
-
-def win_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Win-rate numbers of judgement rows (``outcome`` win | loss | tie | invalid, ``identical``).
-
-    ``judged = wins + losses + ties`` (invalid rows are left out); ``win_rate = wins / judged``
-    with its Wilson 95% interval ``ci_low``/``ci_high``, ``win_rate_ties_half = (wins + ties / 2)
-    / judged``; rates are None with nothing judged.
-
-    >>> s = win_summary([{"outcome": "win"}, {"outcome": "tie", "identical": True}, {"outcome": "invalid"}])
-    >>> s["wins"], s["ties"], s["invalid"], s["identical"], s["win_rate"], s["win_rate_ties_half"]
-    (1, 1, 1, 1, 0.5, 0.75)
-    """
-    counts = Counter(row["outcome"] for row in rows)
-    wins, losses, ties = counts["win"], counts["loss"], counts["tie"]
-    judged = wins + losses + ties
-    low, high = wilson_interval(wins, judged)
-    return {
-        "wins": wins,
-        "losses": losses,
-        "ties": ties,
-        "invalid": counts["invalid"],
-        "identical": sum(bool(row.get("identical")) for row in rows),
-        "win_rate": wins / judged if judged else None,
-        "win_rate_ties_half": (wins + ties / 2) / judged if judged else None,
-        "ci_low": low,
-        "ci_high": high,
-    }
-
-
-def _rewards(scorer: RewardScorer, judged: list[Generation], by_id: dict[str, PromptRecord]) -> dict[str, float]:
-    """A reward model's score of each prompt's judged response: ``{prompt id: score}``."""
-    answered = [g for g in judged if g.responses]
-    scores = scorer([(by_id[g.prompt_id], g.responses[0]) for g in answered])
-    return {g.prompt_id: s for g, s in zip(answered, scores)}
-
-
-RewardStyle = Literal["oasst", "chat_template", "text_pair", "plain"]
-"""How a reward model reads a conversation (see :func:`reward_input`)."""
-
-_PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
-_OASST_ROLES = {"user": "<|prompter|>", "assistant": "<|assistant|>", "system": "<|system|>"}
-
-
-def reward_input(
-    messages: Sequence[Message],
-    response: str,
-    style: RewardStyle,
-    *,
-    eos_token: str = "<|endoftext|>",
-    chat_template: Callable[[list[Message]], str] | None = None,
-) -> str | tuple[str, str]:
-    r"""The reward model's input for ``response`` to the conversation ``messages``.
-
-    Styles (:func:`reward_input_style` picks one from the tokenizer):
-
-    * ``"oasst"``: OpenAssistant's format (e.g. ``OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5``):
-      each turn ``<|prompter|>`` / ``<|assistant|>`` / ``<|system|>`` + text + ``eos_token``.
-    * ``"text_pair"``: a cross-encoder's ``(question, answer)`` pair (OpenAssistant's DeBERTa reward
-      models): the question is the user's message, or the plain ``Human:``/``Assistant:``
-      transcript of a multi-turn conversation.
-    * ``"chat_template"``: ``chat_template(messages + [assistant response])`` (the tokenizer's own).
-    * ``"plain"``: ``Human: ...\n\nAssistant: ...`` text.
-
-    Returns:
-        One text, or ``(question, answer)`` for ``"text_pair"``.
+    """:func:`run_evaluation` with the run's ranker, as one timed phase (``eval``, reported as
+    of round ``round_index``) recorded in ``eval/manifest.json`` once its results are written.
+    Paid calls go to the cost ledger as round ``"eval"``. ``policy`` returns the (cached)
+    policy; it is called only when an evaluation generation is missing.
 
     Raises:
-        ValueError: an unknown style, or ``"chat_template"`` without ``chat_template``.
-
-    >>> chat = [{"role": "user", "content": "Hi"}]
-    >>> reward_input(chat, "Hello!", "oasst")
-    '<|prompter|>Hi<|endoftext|><|assistant|>Hello!<|endoftext|>'
-    >>> reward_input(chat, "Hello!", "text_pair")
-    ('Hi', 'Hello!')
-    >>> reward_input([*chat, {"role": "assistant", "content": "Yes?"}, {"role": "user", "content": "Bye"}], "Bye!", "plain")
-    'Human: Hi\n\nAssistant: Yes?\n\nHuman: Bye\n\nAssistant: Bye!'
-    >>> reward_input(chat, "Hello!", "chat_template", chat_template=lambda ms: "|".join(m["content"] for m in ms))
-    'Hi|Hello!'
+        RunDirError, ConfigError, RankerError, BudgetError, DataError: see :func:`run_evaluation`.
     """
-    full = [*messages, {"role": "assistant", "content": response}]
-    if style == "oasst":
-        return "".join(f"{_OASST_ROLES[m['role']]}{m['content']}{eos_token}" for m in full)
-    if style == "text_pair":
-        single = len(messages) == 1 and messages[0]["role"] == "user"
-        question = messages[0]["content"] if single else "\n\n".join(f"{_PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages)
-        return question, response
-    if style == "plain":
-        return "\n\n".join(f"{_PLAIN_ROLES[m['role']]}: {m['content']}" for m in full)
-    if style == "chat_template":
-        if chat_template is None:
-            raise ValueError("reward_input: style 'chat_template' needs the chat_template function")
-        return chat_template(full)
-    raise ValueError(f"reward_input: unknown style {style!r} (expected oasst, text_pair, chat_template or plain)")
+    ranker.on_call = lambda call: run.record_call("eval", call)
+    lines: list[dict[str, Any]] = []
+
+    def body() -> dict[str, Any]:
+        lines.extend(run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg)))
+        return {"evaluated": [ln["label"] for ln in lines], "decoding": plan.decoding, "max_new_tokens": plan.max_new_tokens}
+
+    timed_phase(reporter or NullReporter(), round_index, "eval", None, body, lambda info: run.record_evaluation(**info))
+    return lines
 
 
-def reward_input_style(tokenizer: Any) -> RewardStyle:
-    """The input format a reward model was trained on, read from its tokenizer (not its name).
-
-    ``"oasst"`` when the vocabulary has OpenAssistant's ``<|prompter|>`` and ``<|assistant|>``
-    tokens; else ``"chat_template"`` when the tokenizer has a chat template; else ``"text_pair"``
-    for a cross-encoder (a tokenizer with both a CLS and a SEP token, e.g. DeBERTa); else ``"plain"``.
-    """
-    vocab = tokenizer.get_vocab()
-    if "<|prompter|>" in vocab and "<|assistant|>" in vocab:
-        return "oasst"
-    if getattr(tokenizer, "chat_template", None):
-        return "chat_template"
-    if getattr(tokenizer, "cls_token", None) is not None and getattr(tokenizer, "sep_token", None) is not None:
-        return "text_pair"
-    return "plain"
-
-
-class RewardScorer:
-    """A sequence-classification reward model, loaded once and called on batches of pairs.
-
-    The conversation and response are formatted as the model was trained on (:func:`reward_input`
-    with :func:`reward_input_style`; ``style`` holds the detected one). Inputs longer than
-    ``min(1024, tokenizer.model_max_length)`` tokens are cut from the left (the start of the
-    conversation), a text pair longest-first.
+def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """``cyclealign eval``: open the run's ranker (starting the embedded server if needed) and the
+    policy, and evaluate ``plan`` on the run in ``cfg.run_dir``.
 
     Raises:
-        ConfigError: the model cannot be loaded (the id or path is named).
+        RunDirError, ConfigError, RankerError, BudgetError, DataError: see :func:`run_evaluation`.
     """
+    import os
 
-    def __init__(self, model_id: str, cfg: Config) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from cyclealign.models import resolve_model_dir
+    from cyclealign.policy import make_policy
+    from cyclealign.ranker import RankerTemplates
+    from cyclealign.ranker.open import open_ranker
+    from cyclealign.resources import default_templates_dir
 
-        from cyclealign.models import resolve_device
-
+    run = RunDir(cfg.run_dir)
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
+    model_dir = resolve_model_dir(cfg.model)
+    with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
+        # Made on first use: an evaluation whose generations are all on disk loads no model.
+        policy = functools.cache(lambda: make_policy(cfg, model_dir))
         try:
-            tok = AutoTokenizer.from_pretrained(model_id)
-            model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
-        self.device = resolve_device(cfg.model)
-        model.to(self.device)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        model.config.pad_token_id = tok.pad_token_id
-        self.style: RewardStyle = reward_input_style(tok)
-        if self.style != "text_pair":
-            tok.truncation_side = "left"  # keep the response's end, which a decoder reward model reads
-        self.max_length = min(1024, int(tok.model_max_length))
-        self.tokenizer, self.model = tok, model
-
-    def inputs(self, pairs: list[tuple[PromptRecord, str]]) -> list[str | tuple[str, str]]:
-        """The formatted input of each ``(prompt, response)`` pair."""
-        tok = self.tokenizer
-
-        def template(messages: list[Message]) -> str:
-            return tok.apply_chat_template(messages, tokenize=False)
-
-        eos = tok.eos_token or "<|endoftext|>"
-        return [reward_input(p.messages, r, self.style, eos_token=eos, chat_template=template) for p, r in pairs]
-
-    def __call__(self, pairs: list[tuple[PromptRecord, str]], batch_size: int = 8) -> list[float]:
-        """Scores of ``(prompt, response)`` pairs (logit 0), ``batch_size`` pairs per forward pass."""
-        import torch
-
-        tok = self.tokenizer
-        inputs = self.inputs(pairs)
-        scores: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                chunk = inputs[start : start + batch_size]
-                if self.style == "text_pair":
-                    texts: Any = ([q for q, _ in chunk], [a for _, a in chunk])
-                else:
-                    texts = (chunk,)
-                enc = tok(*texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
-                logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-                scores.extend(float(x) for x in logits[:, 0].float().cpu())
-        return scores
-
-
-def reward_scores(model_id: str, pairs: list[tuple[PromptRecord, str]], cfg: Config, batch_size: int = 8) -> list[float]:
-    """Scores of ``(prompt, response)`` pairs by a sequence-classification reward model (logit 0).
-
-    The input is formatted as the model was trained on (see :class:`RewardScorer`). Loads the
-    model on every call; to score several batches of pairs with one model, use :class:`RewardScorer`.
-
-    Raises:
-        ConfigError: the model cannot be loaded (the id or path is named).
-    """
-    return RewardScorer(model_id, cfg)(pairs, batch_size=batch_size)
+            return evaluate_with(cfg, run, plan, ranker, policy)
+        finally:
+            if policy.cache_info().currsize:
+                policy().shutdown()

@@ -45,7 +45,7 @@ class EventLog:
 
 
 class EventReporter:
-    """A :class:`cyclealign.loop.Reporter` that writes phase and round events to an
+    """A :class:`cyclealign.progress.Reporter` that writes phase and round events to an
     :class:`EventLog` and forwards every call to ``inner`` (the rich progress, or nothing).
 
     Attributes:
@@ -57,6 +57,7 @@ class EventReporter:
         self.phases_run = 0
 
     def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
+        """A ``phase_start`` event (not for the trainer's ``train-steps`` counter), then forward."""
         if phase != "train-steps":  # the trainer's step counter, not a phase
             self.phases_run += 1
             self.log.emit("phase_start", round=round_index, phase=phase, total=total)
@@ -64,15 +65,18 @@ class EventReporter:
             self.inner.phase_start(round_index, phase, total)
 
     def advance(self, n: int = 1) -> None:
+        """Forward only (progress steps are not events)."""
         if self.inner is not None:
             self.inner.advance(n)
 
     def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
+        """A ``phase_end`` event with what the manifest records, then forward."""
         self.log.emit("phase_end", round=round_index, phase=phase, **{k: v for k, v in info.items() if k not in ("round", "phase")})
         if self.inner is not None:
             self.inner.phase_end(round_index, phase, info)
 
     def round_end(self, metrics: dict[str, Any]) -> None:
+        """A ``round_end`` event holding the round's metrics line, then forward."""
         self.log.emit("round_end", **metrics)
         if self.inner is not None:
             self.inner.round_end(metrics)

@@ -10,14 +10,14 @@ them (:func:`~cyclealign.data.load_run_prompts`, i.e. :func:`~cyclealign.data.lo
   generation order), ``ranking`` (indices into ``responses``, best first), ``round``, ``prompt_id``;
 - ``"dpo"``: TRL's conversational preference format, which ``trl.DPOTrainer`` loads as is:
   ``prompt`` (chat messages), ``chosen`` / ``rejected`` (one assistant message each), one row per
-  (better, worse) pair of every ranking (``N(N-1)/2`` per prompt), plus ``round`` and ``prompt_id``.
+  (better, worse) pair of every ranking (``N(N-1)/2`` per prompt, :func:`cyclealign.pairs.preference_pairs`),
+  plus ``round`` and ``prompt_id``.
 
 Unranked prompts (``ranking`` null) are skipped.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,22 @@ import datasets
 from cyclealign.config import Config
 from cyclealign.data import load_run_prompts, recorded_round_prompts
 from cyclealign.errors import ConfigError, RunDirError
+from cyclealign.pairs import preference_pairs
 from cyclealign.records import Message
 from cyclealign.rundir import RunDir
+
+__all__ = [
+    "FEATURES",
+    "FORMATS",
+    "RankedList",
+    "export_rankings",
+    "parse_rounds",
+    "preference_pairs",
+    "push_to_hub",
+    "ranked_lists",
+    "round_indices",
+    "to_rows",
+]
 
 FORMATS = ("dpo", "ranking")
 
@@ -144,16 +158,6 @@ def ranked_lists(run_dir: Path, rounds: list[int] | None = None) -> list[RankedL
                 )
             lists.append(RankedList(k, r.prompt_id, list(by_id[r.prompt_id].messages), list(responses), list(r.ranking)))
     return lists
-
-
-def preference_pairs(ranking: list[int]) -> list[tuple[int, int]]:
-    """Every (better, worse) pair of response indices implied by a ranking (best first), ordered by
-    the better one's rank then the worse one's: ``N(N-1)/2`` pairs.
-
-    >>> preference_pairs([2, 0, 1])
-    [(2, 0), (2, 1), (0, 1)]
-    """
-    return list(itertools.combinations(ranking, 2))
 
 
 def _check_format(fmt: str) -> None:

@@ -16,129 +16,29 @@ answers already on disk (see :mod:`cyclealign.rundir`).
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import subprocess
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from transformers import TrainerCallback
-
-from cyclealign.agreement import kendall_tau, lcs, ranking_from_scores
-from cyclealign.config import Config, ModelConfig
+from cyclealign.agreement import agreement_of
+from cyclealign.config import Config
 from cyclealign.data import load_prompts, recorded_round_prompts, select_next_prompts, used_prompt_counts
-from cyclealign.errors import NothingToDo, TrainError
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
-from cyclealign.evaluate import BASE, EvalPlan, run_evaluation
-from cyclealign.models import resolve_device, resolve_model_dir
+from cyclealign.errors import NothingToDo
+from cyclealign.evaluate import BASE, EvalPlan, evaluate_with, evaluated
+from cyclealign.models import resolve_model_dir
 from cyclealign.policy import Generation, GenerationBackend, make_policy
-from cyclealign.ranker import (
-    EmbeddedServer,
-    Ranker,
-    RankerTemplates,
-    RankJob,
-    ReplyCache,
-    api_key_from_env,
-    load_demonstrations,
-)
+from cyclealign.progress import NullReporter, Reporter, timed_phase
+from cyclealign.ranker import Ranker, RankerTemplates, RankJob, load_demonstrations
 from cyclealign.ranker.batch import prefetch_batch
-from cyclealign.ranker.judge import JudgeTemplates
-from cyclealign.ranker.pricing import FREE, Budget, resolve_price
-from cyclealign.records import Demonstration, PromptRecord, RankResult
+from cyclealign.ranker.open import open_ranker
+from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
-from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_json, write_jsonl
+from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
+from cyclealign.tables import TIMED_PHASES, round_line
+from cyclealign.train.launch import train_phase
 
-
-class Reporter(Protocol):
-    """Where the loop reports progress (the CLI draws rich progress bars; tests pass None)."""
-
-    def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
-        """A phase begins; ``total`` = progress steps (prompts, optimiser steps) or None if unknown."""
-
-    def advance(self, n: int = 1) -> None:
-        """``n`` more steps of the current phase are done."""
-
-    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
-        """A phase finished and is persisted; ``info`` is what its manifest records (``wall_s``...)."""
-
-    def round_end(self, metrics: dict[str, Any]) -> None:
-        """A round finished; ``metrics`` is its ``metrics.jsonl`` line."""
-
-
-class NullReporter:
-    """A :class:`Reporter` that reports nothing."""
-
-    def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
-        pass
-
-    def round_end(self, metrics: dict[str, Any]) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def open_ranker(
-    cfg: Config, run: RunDir, environ: Mapping[str, str], templates: RankerTemplates
-) -> Iterator[Ranker]:
-    """The black-box ranker for this run; starts (and finally stops) the embedded server if needed.
-
-    With ``ranker.base_url`` unset, ``transformers serve`` is started on a free loopback port
-    with the embedded SmolLM2 model (no API key needed, free); otherwise the key is read from
-    the environment variable ``ranker.api_key_env`` and checked with one cheap preflight call
-    before any other work. The reply cache, the model's price and the run's budget (what the
-    cost ledger says the run already spent) are set up here.
-
-    Raises:
-        RankerError: the key is missing or rejected, the server cannot start, or the cache
-            cannot be opened.
-        ConfigError: a budget is set but the model's price is unknown, or a bad price table.
-    """
-    r = cfg.ranker
-    with contextlib.ExitStack() as stack:
-        if r.base_url is None:
-            price = FREE
-        else:
-            price = resolve_price(
-                r.model or "",
-                prices_path=r.prices_path,
-                input_per_mtok=r.price_input_per_mtok,
-                output_per_mtok=r.price_output_per_mtok,
-            )
-            key = api_key_from_env(r, environ)  # before the cache or anything else is touched
-        cache = stack.enter_context(ReplyCache(cfg.ranker_cache_path))
-        budget = Budget(r.max_cost_usd, spent_usd=run.ranker_spend()["cost_usd"])
-        if r.base_url is None:
-            embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
-            server = stack.enter_context(
-                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=r.server_startup_timeout_s)
-            )
-            # The port changes every run: cache keys name the embedded model instead.
-            base_url, model, key, endpoint_id = server.base_url, server.model, "local", "embedded"
-        else:
-            base_url, model, endpoint_id = r.base_url, r.model or "", None
-        ranker = stack.enter_context(
-            Ranker(
-                r,
-                base_url=base_url,
-                model=model,
-                api_key=key,
-                templates=templates,
-                cache=cache,
-                price=price,
-                budget=budget,
-                endpoint_id=endpoint_id,
-            )
-        )
-        if r.base_url is not None:
-            ranker.preflight()
-        yield ranker
+__all__ = ["NullReporter", "Reporter", "Round", "iterate", "round_prompts"]
 
 
 class Round:
@@ -151,14 +51,9 @@ class Round:
         self.by_id = {p.id: p for p in prompts}
 
     def _timed(self, phase: str, total: int | None, body: Callable[[], dict[str, Any]]) -> None:
-        if self.rd.is_done(phase):
-            return
-        self.reporter.phase_start(self.index, phase, total)
-        t0 = time.perf_counter()
-        info = body()
-        info["wall_s"] = round(time.perf_counter() - t0, 3)
-        self.rd.mark_done(phase, **info)
-        self.reporter.phase_end(self.index, phase, info)
+        """Run ``phase`` unless the manifest lists it (:func:`~cyclealign.progress.timed_phase`)."""
+        if not self.rd.is_done(phase):
+            timed_phase(self.reporter, self.index, phase, total, body, lambda info: self.rd.mark_done(phase, **info))
 
     # -- phase 1 -------------------------------------------------------------------------
     def generate(self, policy: Callable[[], GenerationBackend]) -> None:
@@ -201,14 +96,14 @@ class Round:
             self.reporter.advance()
 
         def body() -> dict[str, Any]:
-            done = {r.prompt_id for r in self.rankings() if not (r.reason or "").startswith("api error")}
+            done = {r.prompt_id for r in self.rankings() if r.status is not RankStatus.API_ERROR}
             self.reporter.advance(len(done))
             jobs = []
             for g in gens:
                 if g.prompt_id in done:
                     continue
                 if len(g.responses) < 2:
-                    persist(RankResult(g.prompt_id, None, reason="fewer than 2 distinct responses"))
+                    persist(RankResult(g.prompt_id, None, reason=RankStatus.TOO_FEW_RESPONSES.label, status=RankStatus.TOO_FEW_RESPONSES))
                 else:
                     jobs.append(RankJob(self.by_id[g.prompt_id], g.responses, demos, self.cfg.seed + self.index))
             batch_info: dict[str, Any] = {}
@@ -265,20 +160,19 @@ class Round:
                 if r.ranking is None:
                     continue
                 g = gens[r.prompt_id]
-                white = ranking_from_scores(g.logprob_mean)
-                common = lcs(r.ranking, white)
-                joins = len(common) >= threshold
+                a = agreement_of(r.ranking, g.logprob_mean)
+                joins = len(a.common) >= threshold
                 if joins:
-                    pool.add(agreement_demonstration(self.by_id[r.prompt_id].query_text, g.responses, common, self.index))
+                    pool.add(agreement_demonstration(self.by_id[r.prompt_id].query_text, g.responses, a.common, self.index))
                     added += 1
                 rows.append(
                     {
                         "prompt_id": r.prompt_id,
                         "blackbox": r.ranking,
-                        "whitebox": white,
-                        "agreement": common,
+                        "whitebox": a.whitebox,
+                        "agreement": a.common,
                         "n": len(g.responses),
-                        "kendall_tau": kendall_tau(r.ranking, white),
+                        "kendall_tau": a.kendall_tau,
                         "joined_pool": joins,
                     }
                 )
@@ -291,93 +185,34 @@ class Round:
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, model_dir: str, pad_token_id: int) -> None:
         """Phase 4: LoRA fine-tuning on the black-box rankings -> ``adapter/`` and ``train.json``,
-        in process or under the configured launcher.
+        in process or under the configured launcher (:func:`~cyclealign.train.launch.train_phase`).
 
         Raises:
             TrainError: the launched training process failed (its log's last lines included).
         """
-        from cyclealign.train.phase import launch_command, run_train_phase
-
-        def body() -> dict[str, Any]:
-            if self.cfg.train.launcher == "inprocess":
-                return run_train_phase(
-                    self.cfg,
-                    self.run,
-                    self.index,
-                    model_dir=model_dir,
-                    pad_token_id=pad_token_id,
-                    device=resolve_device(self.cfg.model),
-                    callbacks=[_StepProgress(self.reporter)],
-                )
-            cmd = launch_command(self.cfg, self.run.path, self.index)
-            log_path = self.rd.path / "train.log"
-            with open(log_path, "ab") as log_file:
-                code = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False).returncode
-            if code != 0:
-                tail = log_path.read_text(errors="replace").splitlines()[-20:]
-                raise TrainError(f"{' '.join(cmd)} exited with code {code}; last lines of {log_path}:\n" + "\n".join(tail))
-            if not self.rd.train.exists():
-                return {"adapter": False, "skipped": "no ranked prompt this round"}
-            stats = json.loads(self.rd.train.read_text())
-            summary = {k: v for k, v in stats.items() if k not in ("log_history", "wall_s")}
-            return {"adapter": True, "merged": self.cfg.train.merge, "launcher": self.cfg.train.launcher, **summary}
-
-        self._timed("train", None, body)
+        self._timed("train", None, lambda: train_phase(self.cfg, self.run, self.index, model_dir, pad_token_id, self.reporter))
 
     # -- phase 5 -------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases recorded."""
         def body() -> dict[str, Any]:
+            # The keys, their order and the manifest fields copied: cyclealign.tables.ROUND_METRICS.
             ph = self.rd.phases()
             rows = read_jsonl(self.rd.agreement)
             n_ranked = len(rows)
-            agreement_rate = sum(len(r["agreement"]) / r["n"] for r in rows) / n_ranked if n_ranked else None
-            tau = sum(r["kendall_tau"] for r in rows) / n_ranked if n_ranked else None
-            train = ph["train"]
-            return {
+            computed = {
                 "round": self.index,
-                "prompts": ph["generate"]["prompts"],
-                "responses": ph["generate"]["responses"],
-                "ranked": ph["rank"]["ranked"],
-                "unranked": ph["rank"]["unranked"],
-                "agreement_rate": agreement_rate,
-                "kendall_tau": tau,
-                "pool_added": ph["agreement"]["pool_added"],
-                "pool_size": ph["agreement"]["pool_size"],
-                "train_loss": train.get("train_loss"),
-                "ranking_loss": train.get("ranking_loss"),
-                "sft_loss": train.get("sft_loss"),
-                "train_ranking_accuracy": train.get("ranking_accuracy"),
-                "train_grad_norm": train.get("grad_norm"),
+                "agreement_rate": sum(len(r["agreement"]) / r["n"] for r in rows) / n_ranked if n_ranked else None,
+                "kendall_tau": sum(r["kendall_tau"] for r in rows) / n_ranked if n_ranked else None,
                 "unranked_reasons": _reason_counts(self.rankings()),
-                "ranker_calls": ph["rank"]["calls"],
-                "ranker_api_calls": ph["rank"].get("api_calls"),
-                "ranker_cache_hits": ph["rank"].get("cache_hits"),
-                "tokens_sent": ph["rank"]["prompt_tokens"],
-                "tokens_received": ph["rank"]["completion_tokens"],
-                "ranker_cost_usd": ph["rank"].get("cost_usd"),
-                "consistency_rate": ph["rank"].get("consistency_rate"),
-                "generated_tokens": ph["generate"]["generated_tokens"],
-                "phase_s": {p: ph[p]["wall_s"] for p in ("generate", "rank", "agreement", "train")},
+                "phase_s": {p: ph[p]["wall_s"] for p in TIMED_PHASES},
             }
+            return round_line(ph, computed)
 
         self._timed("metrics", None, body)
         line = dict(self.rd.phases()["metrics"])
         line.pop("wall_s", None)
         return line
-
-
-class _StepProgress(TrainerCallback):
-    """Advances the reporter once per optimiser step of the train phase."""
-
-    def __init__(self, reporter: Reporter) -> None:
-        self.reporter = reporter
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.reporter.phase_start(-1, "train-steps", state.max_steps)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.reporter.advance()
 
 
 def round_prompts(cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], new_only: bool = False) -> list[PromptRecord]:
@@ -478,80 +313,17 @@ def iterate(
                 # The policy as of this round: the latest adapter (a round that ranked nothing trains none).
                 latest = next((k for k in range(index, -1, -1) if run.round(k).has_adapter()), BASE)
                 plan = EvalPlan.from_config(cfg.eval, rounds=sorted({BASE, latest}), vs=BASE)
-                if _evaluated(run, latest, plan):
-                    continue
-                assert ranker is not None
-                reporter.phase_start(index, "eval", None)
-                t0 = time.perf_counter()
-                lines = evaluate_with(cfg, run, plan, ranker, policy)
-                wall = round(time.perf_counter() - t0, 3)
-                reporter.phase_end(index, "eval", {"wall_s": wall, "evaluated": [ln["label"] for ln in lines]})
+                if not evaluated(run, latest, plan):
+                    assert ranker is not None
+                    evaluate_with(cfg, run, plan, ranker, policy, reporter, index)
         metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
     write_jsonl(run.metrics, [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics])
     return metrics
 
 
-def _evaluated(run: RunDir, index: int, plan: EvalPlan) -> bool:
-    """Whether ``eval/summary.jsonl`` already holds policy ``index`` (a round, or ``BASE``) evaluated
-    with ``plan``'s decoding and token cap: a resumed run does not redo it (a line from other
-    settings, or from before they were recorded, is evaluated again)."""
-    return any(
-        row.get("round") == index and row.get("decoding") == plan.decoding and row.get("max_new_tokens") == plan.max_new_tokens
-        for row in read_jsonl(run.path / "eval" / "summary.jsonl")
-    )
-
-
-def judge_templates(cfg: Config) -> JudgeTemplates:
-    """The judge templates: each file from the user's templates folder when it has it, else the shipped one.
-
-    Raises:
-        TemplateError: the folder is missing, holds an unknown ``*.jinja`` file, or a judge
-            template does not parse or uses the wrong variables (file and line named).
-    """
-    return JudgeTemplates(cfg.ranker.templates_dir)
-
-
-def evaluate_with(
-    cfg: Config, run: RunDir, plan: EvalPlan, ranker: Ranker, policy: Callable[[], GenerationBackend]
-) -> list[dict[str, Any]]:
-    """:func:`cyclealign.evaluate.run_evaluation` with the run's ranker; paid calls go to the
-    cost ledger as round ``"eval"``. ``policy`` returns the (cached) policy; it is called only
-    when an evaluation generation is missing."""
-    ranker.on_call = lambda call: run.record_call("eval", call)
-    return run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg))
-
-
-def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """``cyclealign eval``: open the run's ranker (starting the embedded server if needed) and the
-    policy, and evaluate ``plan`` on the run in ``cfg.run_dir``.
-
-    Raises:
-        RunDirError, ConfigError, RankerError, BudgetError, DataError: see :func:`run_evaluation`.
-    """
-    import os
-
-    run = RunDir(cfg.run_dir)
-    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
-    model_dir = resolve_model_dir(cfg.model)
-    with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
-        # Made on first use: an evaluation whose generations are all on disk loads no model.
-        policy = functools.cache(lambda: make_policy(cfg, model_dir))
-        try:
-            return evaluate_with(cfg, run, plan, ranker, policy)
-        finally:
-            if policy.cache_info().currsize:
-                policy().shutdown()
-
-
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:
-    """Unranked prompts by the kind of reason (text before the first ':' or ' after')."""
-    return dict(
-        Counter(
-            (r.reason or "unknown").split(":")[0].split(" after ")[0].split(" across ")[0]
-            for r in results
-            if r.ranking is None
-        )
-    )
+    """Unranked prompts by status, under each status's label (``"api error"``, ``"unparsable"``...)."""
+    return dict(Counter(r.status.label for r in results if r.status is not RankStatus.RANKED))
 
 
 def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 Message = dict[str, str]
@@ -80,6 +81,77 @@ class Demonstration:
         return cls(**d)
 
 
+class RankStatus(str, Enum):
+    """What became of a prompt (or of one sample of it) at the ranker.
+
+    ``ranked`` is the only status with a ranking; the others say why there is none, the
+    human-readable detail being the result's ``reason``, which starts with the status's
+    :attr:`label`. Only ``api_error`` is asked again on resume. A sample is ``ranked``,
+    ``unparsable`` or ``api_error``. ``rankings.jsonl`` does not store it (its lines keep the
+    bytes they had before statuses existed): :func:`status_of` reads it back from a line.
+    """
+
+    RANKED = "ranked"
+    UNPARSABLE = "unparsable"
+    """No reply parsed as a ranking, after the correction re-asks."""
+    API_ERROR = "api_error"
+    """A transport error outlived the retries (asked again on resume)."""
+    INCONSISTENT = "inconsistent"
+    """The presentation orders' rankings disagreed (``ranker.consistency`` > 1)."""
+    TOO_FEW_RESPONSES = "too_few_responses"
+    """The prompt has fewer than 2 distinct responses: never sent to the ranker."""
+    BUDGET = "budget"
+    """The budget held the call back. Reserved: a prompt held back today gets no result at all
+    (:class:`~cyclealign.errors.BudgetError` stops the run and a resume asks it)."""
+
+    @property
+    def label(self) -> str:
+        """The name ``metrics.jsonl``'s ``unranked_reasons`` counts this status under (the text
+        before the detail in the reason: ``"api error"``, ``"unparsable"``...).
+
+        >>> RankStatus.API_ERROR.label, RankStatus.TOO_FEW_RESPONSES.label
+        ('api error', 'fewer than 2 distinct responses')
+        """
+        return _LABELS[self]
+
+
+_LABELS = {
+    RankStatus.RANKED: "ranked",
+    RankStatus.UNPARSABLE: "unparsable",
+    RankStatus.API_ERROR: "api error",
+    RankStatus.INCONSISTENT: "inconsistent",
+    RankStatus.TOO_FEW_RESPONSES: "fewer than 2 distinct responses",
+    RankStatus.BUDGET: "budget",
+}
+
+
+
+def status_of(ranking: list[int] | None, reason: str | None) -> RankStatus:
+    """The status of a stored result or sample, read back from its ``ranking`` and the label its
+    ``reason`` starts with (the one place that reads reason text). Text no version of the
+    ranker wrote counts as ``unparsable`` (kept on resume, as before).
+
+    >>> status_of([1, 0], None).value, status_of(None, "api error: APIConnectionError: x").value
+    ('ranked', 'api_error')
+    >>> status_of(None, "inconsistent across 3 presentation orders: [1] > [2]; [2] > [1]").value
+    'inconsistent'
+    """
+    if ranking is not None:
+        return RankStatus.RANKED
+    text = reason or ""
+    for status, label in _LABELS.items():
+        if status is not RankStatus.RANKED and text.startswith(label):
+            return status
+    return RankStatus.UNPARSABLE
+
+
+def _json_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``asdict``'s ``dict_factory``: the ``status`` left out (a stored line's status is read
+    back from its ``ranking`` and ``reason`` by :func:`status_of`, so ``rankings.jsonl``
+    keeps the bytes it had before statuses existed)."""
+    return {k: v for k, v in items if k != "status"}
+
+
 @dataclass
 class RankSample:
     """One ask of the ranker for a prompt: one presentation order, its reply and re-asks.
@@ -90,15 +162,21 @@ class RankSample:
         replies: every raw reply text received for this order, in order (re-asks included).
         ranking: the parsed ranking mapped back to response indices (0-based, best first), or None.
         reason: why this ask gave no ranking (None when it did).
+        status: ``ranked``, ``unparsable`` or ``api_error`` (keyword only; left out, it is
+            read from ``ranking`` and ``reason`` by :func:`status_of`, as for old files).
     """
 
     order: list[int]
     replies: list[str] = field(default_factory=list)
     ranking: list[int] | None = None
     reason: str | None = None
+    status: RankStatus = field(default=None, kw_only=True, repr=False)  # type: ignore[assignment]  # None: set in __post_init__
+
+    def __post_init__(self) -> None:
+        self.status = status_of(self.ranking, self.reason) if self.status is None else RankStatus(self.status)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self, dict_factory=_json_dict)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RankSample":
@@ -112,7 +190,9 @@ class RankResult:
     Attributes:
         prompt_id: id of the :class:`PromptRecord`.
         ranking: permutation of ``range(N)`` (0-based, best first), or ``None`` when unranked.
-        reason: why the prompt is unranked (``None`` when ranked).
+        reason: why the prompt is unranked (``None`` when ranked), for people.
+        status: the :class:`RankStatus` (keyword only; left out, as in files written before
+            statuses were stored, it is read from ``ranking`` and ``reason`` by :func:`status_of`).
         samples: one :class:`RankSample` per presentation order asked (``ranker.consistency`` of them).
         consistent: with several orders, whether their rankings agreed (None with one order, or
             when an order gave no ranking).
@@ -127,6 +207,7 @@ class RankResult:
     prompt_id: str
     ranking: list[int] | None
     reason: str | None = None
+    status: RankStatus = field(default=None, kw_only=True, repr=False)  # type: ignore[assignment]  # None: set in __post_init__
     samples: list[RankSample] = field(default_factory=list)
     consistent: bool | None = None
     attempts: int = 0
@@ -136,13 +217,16 @@ class RankResult:
     cost_usd: float = 0.0
     latency_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.status = status_of(self.ranking, self.reason) if self.status is None else RankStatus(self.status)
+
     @property
     def raw_replies(self) -> list[str]:
         """Every raw reply of every sample, in order."""
         return [r for s in self.samples for r in s.replies]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self, dict_factory=_json_dict)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RankResult":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cyclealign.errors import RunDirError
-from cyclealign.ranker.client import combine_samples, reparse_sample
+from cyclealign.ranker.ranking import combine_samples, reparse_sample
 from cyclealign.records import RankResult
 from cyclealign.rundir import RunDir, write_jsonl
 
@@ -67,8 +67,10 @@ def reparse_results(results: list[RankResult], sizes: dict[str, int], complete_l
             out.append(r)
             continue
         samples = [reparse_sample(s, n, complete_last) for s in r.samples]
-        ranking, reason, consistent = combine_samples(samples)
-        out.append(replace(r, ranking=ranking, reason=reason, samples=samples, consistent=consistent))
+        c = combine_samples(samples)
+        out.append(
+            replace(r, ranking=c.ranking, reason=c.reason, status=c.status, samples=samples, consistent=c.consistent)
+        )
     return out
 
 

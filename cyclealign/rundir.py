@@ -21,6 +21,10 @@ Layout of ``runs/<name>/``::
         adapter/                phase "train": the PEFT LoRA adapter
         merged/                 phase "train", with train.merge: base + adapter merged
         train.json              phase "train": training summary and per-step log
+    eval/
+        manifest.json           {"evaluations": [...]}: one entry per finished evaluation (policies,
+                                decoding, token cap, wall_s); a resumed run skips those it lists
+        summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluate`)
 
 Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
@@ -195,6 +199,8 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.server_log = self.path / "server.log"
         self.ranker_calls = self.path / "ranker_calls.jsonl"
+        self.eval_dir = self.path / "eval"
+        self.eval_manifest = self.eval_dir / "manifest.json"
 
     def round(self, index: int) -> RoundDir:
         """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
@@ -258,6 +264,20 @@ class RunDir:
         """Append one paid ranker call (a ranker ``on_call`` record) to the cost ledger as round
         ``round_index`` (a round index, or ``"eval"``); survives the process being killed."""
         append_jsonl(self.ranker_calls, {"round": round_index, **call}, fsync=False)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The finished evaluations, oldest first: the entries of ``eval/manifest.json`` (each
+        with ``evaluated``, the policies evaluated, e.g. ``["base", "round 1"]``, ``decoding``,
+        ``max_new_tokens`` and ``wall_s``); empty when nothing was evaluated."""
+        if not self.eval_manifest.exists():
+            return []
+        return json.loads(self.eval_manifest.read_text())["evaluations"]
+
+    def record_evaluation(self, **info: Any) -> None:
+        """Add one finished evaluation to ``eval/manifest.json`` (atomically); call only after
+        its results are written."""
+        self.eval_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.eval_manifest, {"evaluations": [*self.evaluations(), info]})
 
     def finished_rounds(self) -> int:
         """Number of leading rounds whose every phase is done."""

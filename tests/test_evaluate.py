@@ -14,8 +14,17 @@ from scripted_api import Reply, ScriptedAPI
 from test_loop import KEY, make_config, ranking_requests, reverse_ranker
 from test_ranker_client import make_ranker
 
-from cyclealign.evaluate import EvalPlan, _judge, reward_input, reward_input_style, wilson_interval, win_summary
-from cyclealign.loop import NullReporter, evaluate_run, iterate
+from cyclealign.evaluate import (
+    EvalPlan,
+    evaluate_run,
+    evaluated,
+    judge_pairs,
+    reward_input,
+    reward_input_style,
+    wilson_interval,
+    win_summary,
+)
+from cyclealign.loop import NullReporter, iterate
 from cyclealign.policy.base import Generation
 from cyclealign.ranker import RankerTemplates
 from cyclealign.ranker.judge import JudgeTemplates
@@ -52,7 +61,7 @@ def test_win_rate_counts_a_win_only_when_both_orders_agree(tmp_path):
     with ScriptedAPI(fallback=lambda r: Reply(judge(r))) as api:
         ranker = make_ranker(api, RankerTemplates(default_templates_dir()))
         judge_t = JudgeTemplates(default_templates_dir())
-        line = win_summary(_judge(ranker, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts))
+        line = win_summary(judge_pairs(ranker, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts))
         assert api.count == 12  # both orders of the 6 pairs that differ
         orders = {tuple(shown_pair(r)) for r in api.requests if "q0" in r["messages"][-1]["content"]}
         assert orders == {("good q0", "bad q0"), ("bad q0", "good q0")}
@@ -482,17 +491,15 @@ def test_reward_scorer_writes_the_openassistant_format(tmp_path, embedded_model_
 
 
 def test_a_resumed_run_redoes_an_evaluation_recorded_with_other_decoding_settings(tmp_path):
-    from cyclealign.loop import _evaluated
-    from cyclealign.rundir import write_jsonl
-
     run = RunDir(tmp_path / "run")
-    (run.path / "eval").mkdir(parents=True)
-    write_jsonl(run.path / "eval" / "summary.jsonl", [
-        {"round": -1, "label": "base"},  # from before the settings were recorded
-        {"round": 0, "label": "round 0", "decoding": "greedy", "max_new_tokens": 128},
-    ])
+    assert run.evaluations() == []
+    run.record_evaluation(evaluated=["base", "round 0"], decoding="greedy", max_new_tokens=128, wall_s=1.0)
     held = tmp_path / "held.jsonl"
-    assert _evaluated(run, 0, EvalPlan(held))
-    assert not _evaluated(run, 0, EvalPlan(held, decoding="sample"))
-    assert not _evaluated(run, 0, EvalPlan(held, max_new_tokens=64))
-    assert not _evaluated(run, -1, EvalPlan(held))
+    assert evaluated(run, 0, EvalPlan(held))
+    assert evaluated(run, -1, EvalPlan(held))
+    assert not evaluated(run, 0, EvalPlan(held, decoding="sample"))
+    assert not evaluated(run, 0, EvalPlan(held, max_new_tokens=64))
+    assert not evaluated(run, 1, EvalPlan(held))
+    run.record_evaluation(evaluated=["round 1"], decoding="sample", max_new_tokens=128, wall_s=1.0)
+    assert evaluated(run, 1, EvalPlan(held, decoding="sample")) and not evaluated(run, 1, EvalPlan(held))
+    assert [e["evaluated"] for e in run.evaluations()] == [["base", "round 0"], ["round 1"]]

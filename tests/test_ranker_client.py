@@ -21,7 +21,7 @@ from cyclealign.ranker import (
     load_demonstrations,
     parse_ranking,
 )
-from cyclealign.records import Demonstration, PromptRecord
+from cyclealign.records import Demonstration, PromptRecord, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -163,6 +163,20 @@ def test_api_error_during_a_reask_keeps_earlier_replies(templates):
         result = make_ranker(api, templates, max_retries=1).rank(PROMPT, RESPONSES, [])
     assert result.ranking is None and result.reason.startswith(("api error: APIConnectionError", "api error: APITimeoutError"))
     assert result.attempts == 1 and result.raw_replies == ["no ranking here"]
+
+
+def test_results_and_samples_carry_their_status(templates):
+    # ranked; unparsable after the re-ask; a transport error that outlives the (zero) retries
+    script = [GOOD, "no ranking", "still none", Status(503)]
+    with ScriptedAPI(script) as api:
+        ranker = make_ranker(api, templates, max_retries=0, max_reasks=1)
+        ranked = ranker.rank(PROMPT, RESPONSES, [])
+        unparsable = ranker.rank(PROMPT, RESPONSES[:3], [])
+        failed = ranker.rank(PROMPT, RESPONSES[:2], [])
+    assert (ranked.status, [s.status for s in ranked.samples]) == (RankStatus.RANKED, [RankStatus.RANKED])
+    assert (unparsable.status, [s.status for s in unparsable.samples]) == (RankStatus.UNPARSABLE, [RankStatus.UNPARSABLE])
+    assert (failed.status, [s.status for s in failed.samples]) == (RankStatus.API_ERROR, [RankStatus.API_ERROR])
+    assert failed.reason.startswith(RankStatus.API_ERROR.label) and unparsable.reason.startswith(RankStatus.UNPARSABLE.label)
 
 
 # -- errors retries cannot fix ---------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -11,8 +13,8 @@ from cyclealign.cli import app
 from cyclealign.config import build_config
 from cyclealign.errors import RunDirError
 from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult, RankSample
-from cyclealign.reparse import reparse_run
+from cyclealign.records import RankResult, RankSample, RankStatus
+from cyclealign.reparse import reparse_results, reparse_run
 from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
 
 
@@ -91,3 +93,23 @@ def test_reparse_cli(tmp_path):
     assert read_jsonl(run.round(0).rankings)[1]["ranking"] is None  # dry run wrote nothing
     out = CliRunner().invoke(app, ["reparse", str(tmp_path / "nothing")])
     assert out.exit_code == 2 and "no run here" in out.output
+
+
+def test_reparse_imports_no_http_stack():
+    # reparse needs the pure ranking protocol only: no openai client, retry or rate-limit library
+    code = (
+        "import sys, cyclealign.reparse, cyclealign.ranker.ranking; "
+        "print(','.join(m for m in ('openai', 'tenacity', 'aiolimiter') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_reparsed_results_carry_their_status_and_serialize_as_before():
+    new = reparse_results(results(), {f"p{i}": 3 for i in range(4)}, complete_last=False)
+    assert [r.status for r in new] == [RankStatus.RANKED, RankStatus.RANKED, RankStatus.API_ERROR, RankStatus.UNPARSABLE]
+    assert [s.status for r in new for s in r.samples] == [r.status for r in new]
+    # the status is not written: the lines keep their bytes, and it is read back the same
+    assert all("status" not in r.to_json() for r in new)
+    assert [RankResult.from_json(json.loads(json.dumps(r.to_json()))).status for r in new] == [r.status for r in new]

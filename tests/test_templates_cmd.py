@@ -16,7 +16,8 @@ from cyclealign.cli_templates import templates_app
 from cyclealign.config import build_config
 from cyclealign.data import load_prompts, select_round_prompts
 from cyclealign.errors import TemplateError
-from cyclealign.loop import NullReporter, Round, _read_pool, judge_templates
+from cyclealign.evaluate import judge_templates
+from cyclealign.loop import NullReporter, Round, _read_pool
 from cyclealign.policy.base import Generation
 from cyclealign.ranker import Ranker, RankerTemplates, load_demonstrations
 from cyclealign.ranker.judge import JudgeTemplates

@@ -5,6 +5,13 @@ is asked for the raw (unprocessed) logits of every step, and the log-softmax of 
 the sampled token is the *untempered* policy's token log-prob, with no second forward pass.
 ``tests/test_policy.py`` checks it against a separate forward pass.
 
+Each prompt is prefilled once: one forward pass over the batch's prompts (all but the last
+token) fills a :class:`~transformers.DynamicCache`, which is repeated N times along the batch
+(``batch_repeat_interleave``) before ``generate()`` samples the N continuations from it; the
+plain ``generate(num_return_sequences=N)`` would run every prompt through the model N times.
+(:class:`~cyclealign.policy.base.SamplingPolicy` also batches prompts of similar length, to cut
+padding.)
+
 De-duplication, resampling, prompt encoding and decoding are :class:`~cyclealign.policy.base.SamplingPolicy`'s;
 this module only runs one ``generate()`` per batch.
 """
@@ -18,6 +25,7 @@ from pathlib import Path
 import torch
 
 from cyclealign.config import GenerationConfig, ModelConfig
+from cyclealign.kv_cache import cache_kwarg, left_padded_positions, output_cache
 from cyclealign.logprobs import token_logprobs
 from cyclealign.models import resolve_device, resolve_dtype
 from cyclealign.policy.base import Sample, SamplingPolicy
@@ -98,8 +106,8 @@ class TransformersPolicy(SamplingPolicy):
         top_p: float,
         max_new_tokens: int,
     ) -> list[list[Sample]]:
-        """One left-padded ``generate()`` call: ``n`` samples for each prompt (``temperature == 0``:
-        greedy, ``n`` must be 1), at most ``max_new_tokens`` new tokens each.
+        """One left-padded prefill and ``generate()`` call: ``n`` samples for each prompt
+        (``temperature == 0``: greedy, ``n`` must be 1), at most ``max_new_tokens`` new tokens each.
 
         ``seed`` is unused: sampling draws from torch's global stream, seeded per
         :meth:`sample` call by :meth:`begin_sampling`. See
@@ -121,12 +129,14 @@ class TransformersPolicy(SamplingPolicy):
             if greedy
             else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         )
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        cache = _prefill(self.model, input_ids, attention, n)
         out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
+            input_ids=input_ids.repeat_interleave(n, dim=0),
+            attention_mask=attention.repeat_interleave(n, dim=0),
+            **({} if cache is None else {cache_kwarg(self.model): cache}),
             **decoding,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
@@ -150,3 +160,35 @@ class TransformersPolicy(SamplingPolicy):
                 row.append(Sample(ids, float(mean[s]), bool(finished[s])))
             results.append(row)
         return results
+
+
+def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, n: int):
+    """The KV cache of every prompt but its last token, computed once and repeated ``n`` times.
+
+    Args:
+        input_ids: ``[B, W]`` left-padded prompts. attention: ``[B, W]`` 1 on real tokens.
+        n: rows per prompt in the cache (prompt ``b``'s copies are rows ``b*n .. b*n+n-1``, the
+            order of ``repeat_interleave`` and of ``generate(num_return_sequences=n)``).
+    Returns:
+        A :class:`~transformers.DynamicCache` of ``B*n`` rows and ``W - 1`` positions (None when
+        ``W == 1``); given it
+        with the repeated ``[B*n, W]`` prompts, ``generate()`` runs only the last prompt token
+        before sampling. Position ids follow the padding as ``generate()`` computes them.
+    """
+    from transformers import DynamicCache
+
+    if input_ids.shape[1] < 2:
+        return None  # a one-token prompt: nothing to prefill
+    prefix, mask = input_ids[:, :-1], attention[:, :-1]
+    out = model(
+        input_ids=prefix,
+        attention_mask=mask,
+        position_ids=left_padded_positions(mask),
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kwarg(model): DynamicCache(config=model.config)},
+    )
+    cache = output_cache(out)
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    return cache

@@ -24,8 +24,11 @@ from typing import Any
 import openai
 
 from cyclealign.errors import BudgetError, RankerError
-from cyclealign.ranker.client import MalformedResponseError, RankJob, Ranker, _reply_of, check_completion
+from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.endpoint import ChatEndpoint
+from cyclealign.ranker.http import MalformedResponseError, check_completion, reply_of
 from cyclealign.ranker.pricing import FREE, BudgetExhausted, estimate_tokens
+from cyclealign.ranker.ranking import RankJob
 from cyclealign.rundir import write_json
 
 __all__ = ["FINAL_STATUSES", "prefetch_batch"]
@@ -53,21 +56,22 @@ def prefetch_batch(ranker: Ranker, jobs: list[RankJob], state_path: Path) -> dic
         RankerError: the API refused the upload or the batch (bad key, no Batch API at the URL),
             or the batch ended ``failed`` without any output.
     """
-    if ranker.cache is None:
+    endpoint = ranker.endpoint
+    if endpoint.cache is None:
         raise RankerError("ranker.batch needs the reply cache: the batch's answers are read from it")
     state = _read_state(state_path)
     requests: dict[str, dict[str, Any]] = {}
     for job in jobs:
         for k in range(ranker.cfg.consistency):
             key, body = ranker.first_request(job, k)
-            if key not in ranker.cache:
+            if key not in endpoint.cache:
                 requests[key] = body
     if not requests and state.get("status") != "submitted":
         return {}
-    with ranker.sync_client() as client:
+    with endpoint.sync_client() as client:
         if state.get("status") != "submitted":
-            state = _submit(client, ranker, requests, state_path)
-        batch = _wait(client, ranker, state, state_path)
+            state = _submit(client, endpoint, requests, state_path)
+        batch = _wait(client, endpoint.cfg.batch_poll_s, state)
         out = {"batch_id": batch.id, "status": batch.status, "requests": len(state["keys"]), "answered": 0, "failed": 0}
         cost = 0.0
         if batch.output_file_id:
@@ -79,14 +83,14 @@ def prefetch_batch(ranker: Ranker, jobs: list[RankJob], state_path: Path) -> dic
                 try:
                     if response.get("status_code") != 200:
                         raise MalformedResponseError(f"status {response.get('status_code')}")
-                    reply = _reply_of(check_completion(response.get("body")))
+                    reply = reply_of(check_completion(response.get("body")))
                 except MalformedResponseError:
                     continue  # asked online by the ranking that follows
-                cost += ranker.record_batch_reply(row["custom_id"], reply)
+                cost += endpoint.record_batch_reply(row["custom_id"], reply)
                 out["answered"] += 1
         out["failed"] = len(state["keys"]) - out["answered"]
         out["cost_usd"] = cost
-    ranker.budget.settle(state.get("reserved_usd", 0.0), 0.0)
+    endpoint.budget.settle(state.get("reserved_usd", 0.0), 0.0)
     state["status"] = "downloaded"
     write_json(state_path, state)
     if batch.status != "completed":
@@ -105,14 +109,16 @@ def _read_state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _submit(client: openai.OpenAI, ranker: Ranker, requests: dict[str, dict[str, Any]], state_path: Path) -> dict[str, Any]:
+def _submit(
+    client: openai.OpenAI, endpoint: ChatEndpoint, requests: dict[str, dict[str, Any]], state_path: Path
+) -> dict[str, Any]:
     """Upload the requests and create the batch; the state file records it before anything else."""
     reserved = sum(
-        (ranker.price or FREE).cost_usd(estimate_tokens(b["messages"]), ranker.cfg.max_tokens, batch=True)
+        (endpoint.price or FREE).cost_usd(estimate_tokens(b["messages"]), endpoint.cfg.max_tokens, batch=True)
         for b in requests.values()
     )
     try:
-        ranker.budget.reserve(reserved)
+        endpoint.budget.reserve(reserved)
     except BudgetExhausted as e:
         raise BudgetError(f"{e}; the batch of {len(requests)} requests could cost up to ${reserved:.4f}") from None
     lines = [
@@ -128,8 +134,8 @@ def _submit(client: openai.OpenAI, ranker: Ranker, requests: dict[str, dict[str,
             metadata={"tool": "cyclealign", "state_file": str(state_path)[-500:]},
         )
     except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError, openai.BadRequestError) as e:
-        ranker.budget.settle(reserved, 0.0)
-        raise RankerError(f"the ranker API at {ranker.base_url} refused the batch upload: {ranker._describe(e)}") from None
+        endpoint.budget.settle(reserved, 0.0)
+        raise RankerError(f"the ranker API at {endpoint.base_url} refused the batch upload: {endpoint.describe(e)}") from None
     state = {
         "status": "submitted",
         "batch_id": batch.id,
@@ -143,8 +149,8 @@ def _submit(client: openai.OpenAI, ranker: Ranker, requests: dict[str, dict[str,
     return state
 
 
-def _wait(client: openai.OpenAI, ranker: Ranker, state: dict[str, Any], state_path: Path) -> Any:
-    """Poll the batch until it reaches a final status; returns the Batch object."""
+def _wait(client: openai.OpenAI, poll_s: float, state: dict[str, Any]) -> Any:
+    """Poll the batch every ``poll_s`` seconds until it reaches a final status; returns the Batch object."""
     while True:
         batch = client.batches.retrieve(state["batch_id"])
         if batch.status in FINAL_STATUSES:
@@ -157,4 +163,4 @@ def _wait(client: openai.OpenAI, ranker: Ranker, state: dict[str, Any], state_pa
             getattr(counts, "completed", "?"),
             getattr(counts, "total", "?"),
         )
-        time.sleep(ranker.cfg.batch_poll_s)
+        time.sleep(poll_s)

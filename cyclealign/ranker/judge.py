@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from cyclealign.ranker.template_files import JUDGE_REQUIRED, JUDGE_VARIABLES, TemplateFiles
-from cyclealign.ranker.templates import _neutralize_delimiters, render_checked
+from cyclealign.ranker.templates import neutralize_delimiters, render_checked
 from cyclealign.records import Message
 
 __all__ = ["JudgeTemplates", "VerdictParseError", "pair_outcome", "parse_verdict"]
@@ -102,9 +102,9 @@ class JudgeTemplates:
             self.files,
             self._user,
             "judge_user.jinja",
-            query=_neutralize_delimiters(query),
-            first=_neutralize_delimiters(first),
-            second=_neutralize_delimiters(second),
+            query=neutralize_delimiters(query),
+            first=neutralize_delimiters(first),
+            second=neutralize_delimiters(second),
         )
         return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
 

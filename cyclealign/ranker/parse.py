@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["RankingParseError", "parse_ranking", "ranking_json_schema"]
 
 _LABEL = r"\[\s*(\d+)\s*\]"
-_CHAIN = re.compile(rf"\[\s*\d+\s*\](?:\s*>\s*\[\s*\d+\s*\])+")
+_CHAIN = re.compile(r"\[\s*\d+\s*\](?:\s*>\s*\[\s*\d+\s*\])+")
 """Two or more bracketed labels joined by ``>``, any whitespace (newlines too) around ``>``."""
 _LABEL_RE = re.compile(_LABEL)
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from cyclealign.errors import ConfigError
+from cyclealign.resources import prices_path
 
 __all__ = ["Budget", "BudgetExhausted", "Price", "default_prices_path", "estimate_tokens", "load_price_table", "resolve_price"]
 
 
 def default_prices_path() -> Path:
-    """The shipped price table (USD per 1M tokens)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "prices.json"
+    """The shipped price table (USD per 1M tokens): :func:`cyclealign.resources.prices_path`."""
+    return prices_path()
 
 
 @dataclass(frozen=True)

@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from cyclealign.config import TrainConfig
-from cyclealign.train.trainer import (
-    RankingExample,
+from cyclealign.pairs import preference_pairs
+from cyclealign.train.examples import RankingExample, keep_prompt_tail, usable_lists
+from cyclealign.train.session import (
+    DPO_KEYS,
     TrainStats,
-    history_mean,
-    keep_prompt_tail,
-    save_adapter_atomic,
+    finish_training,
+    sequence_tokens,
+    timed_train,
     training_arguments,
-    usable_lists,
+    work_dir,
 )
+
+__all__ = ["PAIR_COLUMNS", "REF_ADAPTER", "ranking_to_pairs", "train_round_dpo"]
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REF_ADAPTER = "ref"
@@ -44,7 +45,8 @@ REF_ADAPTER = "ref"
 def ranking_to_pairs(
     example: RankingExample, mode: Literal["all", "adjacent"] = "all"
 ) -> list[tuple[list[int], list[int], list[int]]]:
-    """Preference pairs ``(prompt_ids, chosen_ids, rejected_ids)`` implied by one ranking (best first).
+    """Preference pairs ``(prompt_ids, chosen_ids, rejected_ids)`` implied by one ranking (best first):
+    :func:`cyclealign.pairs.preference_pairs` of its responses, each with a copy of the prompt.
 
     ``"all"``: every (better, worse) pair, ``N(N-1)/2`` of them, ordered by the better one's rank then
     the worse one's. ``"adjacent"``: each response against the next one, ``N-1`` pairs.
@@ -60,15 +62,8 @@ def ranking_to_pairs(
     >>> ranking_to_pairs(RankingExample([1], [[10]]), "all")
     []
     """
-    resp = example.responses_ids
-    n = len(resp)
-    if mode == "all":
-        index = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    elif mode == "adjacent":
-        index = [(i, i + 1) for i in range(n - 1)]
-    else:
-        raise ValueError(f"pairs mode must be 'all' or 'adjacent', got {mode!r}")
-    return [(list(example.prompt_ids), list(resp[i]), list(resp[j])) for i, j in index]
+    pairs = preference_pairs(example.responses_ids, mode)
+    return [(list(example.prompt_ids), list(chosen), list(rejected)) for chosen, rejected in pairs]
 
 
 class _TokenIdsDPOTrainer(DPOTrainer):
@@ -134,8 +129,7 @@ def train_round_dpo(
     if cfg.sft_weight > 0 and "sft" not in loss_types:  # TRL's NLL term on each pair's chosen response
         loss_weights = [1.0] * len(loss_types) + [cfg.sft_weight]
         loss_types.append("sft")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="train-dpo-", dir=out_dir.parent))
+    work = work_dir(out_dir, "train-dpo-")
     args = DPOConfig(
         per_device_train_batch_size=per_list,
         **training_arguments(cfg, work=work, seed=seed, device=device),
@@ -158,10 +152,7 @@ def train_round_dpo(
         )
         if cfg.reference == "initial" and REF_ADAPTER in model.peft_config:
             model.delete_adapter(REF_ADAPTER)  # TRL then scores the reference with the adapter disabled
-        trainer.remove_callback(PrinterCallback)  # progress is the caller's to show
-        t0 = time.perf_counter()
-        result = trainer.train()
-        wall = time.perf_counter() - t0
+        result, wall = timed_train(trainer)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -169,19 +160,14 @@ def train_round_dpo(
         if REF_ADAPTER in getattr(model, "peft_config", {}):
             with contextlib.suppress(ValueError):
                 model.delete_adapter(REF_ADAPTER)
-    history = [h for h in trainer.state.log_history if "loss" in h and "rewards/accuracies" in h]
-
-    save_adapter_atomic(trainer, work, out_dir)
-    per_epoch_tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
-    return TrainStats(
-        steps=int(result.global_step),
-        lists=int(round(len(usable) * cfg.epochs)),
-        train_loss=float(result.training_loss),
-        ranking_loss=history_mean(history, "loss"),
-        sft_loss=float("nan"),
-        ranking_accuracy=history_mean(history, "rewards/accuracies"),
-        grad_norm=history_mean(history, "grad_norm"),
-        tokens=int(per_epoch_tokens * cfg.epochs),
-        wall_s=wall,
-        log_history=history,
+    return finish_training(
+        trainer,
+        result,
+        wall,
+        keys=DPO_KEYS,
+        work=work,
+        out_dir=out_dir,
+        lists=len(usable),
+        tokens_per_epoch=sum(sequence_tokens(r["prompt_ids"], [r["chosen_ids"], r["rejected_ids"]]) for r in rows),
+        epochs=cfg.epochs,
     )

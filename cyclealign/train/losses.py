@@ -11,7 +11,7 @@ Every loss takes per-response scores in **label order, best first**, as ``[batch
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (the doctests use it)
 
 import torch
 

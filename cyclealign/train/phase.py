@@ -19,6 +19,7 @@ import torch
 
 from cyclealign.config import Config
 from cyclealign.models import resolve_dtype
+from cyclealign.resources import shipped_accelerate_config
 from cyclealign.rundir import RunDir, read_jsonl, write_json
 from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
 
@@ -105,16 +106,17 @@ def launch_command(cfg: Config, run_dir: Path, index: int) -> list[str]:
     """The command that runs round ``index``'s training under ``cfg.train.launcher``.
 
     ``accelerate``: ``accelerate launch [--config_file F] --num_processes P -m cyclealign.cli
-    train-round RUN_DIR --round K`` (DDP on GPUs; DeepSpeed ZeRO-2/3 with the configs in
-    ``scripts/accelerate/``). ``torchrun``: ``torchrun --nproc_per_node P -m cyclealign.cli ...``
-    (also runs DDP over CPU processes with the gloo backend).
+    train-round RUN_DIR --round K`` (DDP on GPUs; DeepSpeed ZeRO-2/3 with the configs shipped in
+    ``cyclealign/assets/accelerate/``, which ``ddp``, ``zero2`` and ``zero3`` name). ``torchrun``:
+    ``torchrun --nproc_per_node P -m cyclealign.cli ...`` (also runs DDP over CPU processes with
+    the gloo backend).
     """
     tail = ["-m", "cyclealign.cli", "train-round", str(run_dir), "--round", str(index)]
     t = cfg.train
     if t.launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch"]
         if t.accelerate_config is not None:
-            cmd += ["--config_file", str(t.accelerate_config)]
+            cmd += ["--config_file", str(shipped_accelerate_config(t.accelerate_config) or t.accelerate_config)]
         return cmd + ["--num_processes", str(t.num_processes), *tail]
     if t.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(t.num_processes), *tail]

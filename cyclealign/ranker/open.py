@@ -1,0 +1,76 @@
+"""Opening the run's black-box ranker: the embedded server or an API endpoint, key, cache, price and budget."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+from cyclealign.config import Config, ModelConfig
+from cyclealign.models import resolve_model_dir
+from cyclealign.ranker.cache import ReplyCache
+from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.http import api_key_from_env
+from cyclealign.ranker.pricing import FREE, Budget, resolve_price
+from cyclealign.ranker.server import EmbeddedServer
+from cyclealign.ranker.templates import RankerTemplates
+from cyclealign.rundir import RunDir
+
+
+@contextlib.contextmanager
+def open_ranker(
+    cfg: Config, run: RunDir, environ: Mapping[str, str], templates: RankerTemplates
+) -> Iterator[Ranker]:
+    """The black-box ranker for this run; starts (and finally stops) the embedded server if needed.
+
+    With ``ranker.base_url`` unset, ``transformers serve`` is started on a free loopback port
+    with the embedded SmolLM2 model (no API key needed, free); otherwise the key is read from
+    the environment variable ``ranker.api_key_env`` and checked with one cheap preflight call
+    before any other work. The reply cache, the model's price and the run's budget (what the
+    cost ledger says the run already spent) are set up here.
+
+    Raises:
+        RankerError: the key is missing or rejected, the server cannot start, or the cache
+            cannot be opened.
+        ConfigError: a budget is set but the model's price is unknown, or a bad price table.
+    """
+    r = cfg.ranker
+    with contextlib.ExitStack() as stack:
+        if r.base_url is None:
+            price = FREE
+        else:
+            price = resolve_price(
+                r.model or "",
+                prices_path=r.prices_path,
+                input_per_mtok=r.price_input_per_mtok,
+                output_per_mtok=r.price_output_per_mtok,
+            )
+            key = api_key_from_env(r, environ)  # before the cache or anything else is touched
+        cache = stack.enter_context(ReplyCache(cfg.ranker_cache_path))
+        budget = Budget(r.max_cost_usd, spent_usd=run.ranker_spend()["cost_usd"])
+        if r.base_url is None:
+            embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
+            server = stack.enter_context(
+                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=r.server_startup_timeout_s)
+            )
+            # The port changes every run: cache keys name the embedded model instead.
+            base_url, model, key, endpoint_id = server.base_url, server.model, "local", "embedded"
+        else:
+            base_url, model, endpoint_id = r.base_url, r.model or "", None
+        ranker = stack.enter_context(
+            Ranker(
+                r,
+                base_url=base_url,
+                model=model,
+                api_key=key,
+                templates=templates,
+                cache=cache,
+                price=price,
+                budget=budget,
+                endpoint_id=endpoint_id,
+            )
+        )
+        if r.base_url is not None:
+            ranker.preflight()
+        yield ranker
+
+

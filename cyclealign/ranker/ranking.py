@@ -1,0 +1,174 @@
+"""The ranking protocol, as pure functions: presentation orders, reply parsing, combining samples.
+
+No I/O and no HTTP stack: :mod:`cyclealign.reparse` re-derives a run's rankings from the
+stored replies with these alone, exactly as the ranker (:mod:`cyclealign.ranker.client`) derived
+them when the replies came in::
+
+    order    = presentation_order(seed, prompt_id, k, N)    # label [j + 1] shows response order[j]
+    ranking  = parse_reply(reply, N, order, complete_last)  # mapped back to response indices
+    combined = combine_samples(samples)                     # K orders -> one ranking, or why none
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cyclealign.ranker.parse import RankingParseError, parse_ranking
+from cyclealign.records import Demonstration, PromptRecord, RankSample, RankStatus
+
+__all__ = [
+    "Combined",
+    "RankJob",
+    "api_error_reason",
+    "combine_samples",
+    "parse_reply",
+    "presentation_order",
+    "reparse_sample",
+    "unparsable_reason",
+]
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """One prompt to rank: its responses (in generation order) and the demonstrations to show.
+
+    Attributes:
+        prompt: the prompt; its :attr:`~PromptRecord.query_text` is shown as the conversation.
+        responses: the N >= 2 responses.
+        demos: in-context demonstrations, rendered as earlier user/assistant turns.
+        shuffle_seed: seed of the presentation orders (the loop passes ``seed + round``).
+    """
+
+    prompt: PromptRecord
+    responses: list[str]
+    demos: list[Demonstration] = field(default_factory=list)
+    shuffle_seed: int = 0
+
+
+def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: bool = True) -> list[int]:
+    """The order the ``n`` responses are shown in: label ``[j + 1]`` shows response ``order[j]``.
+
+    A seeded shuffle (the same on every machine and re-run) against the ranker's position
+    bias; the identity when ``shuffle`` is off.
+
+    >>> presentation_order(0, "p1", 0, 4) == presentation_order(0, "p1", 0, 4)
+    True
+    >>> sorted(presentation_order(0, "p1", 1, 4))
+    [0, 1, 2, 3]
+    >>> presentation_order(0, "p1", 0, 3, shuffle=False)
+    [0, 1, 2]
+    """
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(order)
+    return order
+
+
+def parse_reply(text: str, n: int, order: list[int], complete_last: bool) -> list[int]:
+    """The ranking a reply gives, mapped back from presentation labels through ``order``
+    (response indices, best first).
+
+    Raises:
+        RankingParseError: an empty reply, or one :func:`~cyclealign.ranker.parse.parse_ranking` rejects.
+
+    >>> parse_reply("[2] > [1] > [3]", 3, [2, 0, 1], False)
+    [0, 2, 1]
+    >>> parse_reply("  ", 3, [0, 1, 2], False)
+    Traceback (most recent call last):
+    ...
+    cyclealign.ranker.parse.RankingParseError: empty reply
+    """
+    if not text.strip():
+        raise RankingParseError("empty reply")
+    return [order[j] for j in parse_ranking(text, n, complete_last=complete_last)]
+
+
+def unparsable_reason(attempts: int, reason: str) -> str:
+    """The ``reason`` of a sample none of whose ``attempts`` replies parsed.
+
+    >>> unparsable_reason(3, "no ranking found")
+    'unparsable after 3 attempts: no ranking found'
+    """
+    return f"{RankStatus.UNPARSABLE.label} after {attempts} attempts: {reason}"
+
+
+def api_error_reason(description: str) -> str:
+    """The ``reason`` of a sample whose call failed with a transport error (``"<type>: <message>"``).
+
+    >>> api_error_reason("InternalServerError: HTTP 503: overloaded")
+    'api error: InternalServerError: HTTP 503: overloaded'
+    """
+    return f"{RankStatus.API_ERROR.label}: {description}"
+
+
+class Combined(NamedTuple):
+    """One prompt's outcome from its samples (see :func:`combine_samples`)."""
+
+    ranking: list[int] | None
+    """0-based, best first; None when unranked."""
+    status: RankStatus
+    reason: str | None
+    """Why unranked (None when ranked)."""
+    consistent: bool | None
+    """With several samples that all ranked, whether they agreed; None otherwise."""
+
+
+def combine_samples(samples: Sequence[RankSample]) -> Combined:
+    """One prompt's ranking, status, reason and consistency from its samples (presentation orders).
+
+    An API error wins (the prompt is asked again on resume), then an unparsable sample; with
+    several samples the ranking is kept only when all agree.
+
+    >>> combine_samples([RankSample([0, 1], ["[2] > [1]"], [1, 0])])
+    Combined(ranking=[1, 0], status=<RankStatus.RANKED: 'ranked'>, reason=None, consistent=None)
+    >>> c = combine_samples([RankSample([0, 1], [], [1, 0]), RankSample([1, 0], [], [0, 1])])
+    >>> c.ranking, c.status.value, c.reason, c.consistent
+    (None, 'inconsistent', 'inconsistent across 2 presentation orders: [2] > [1]; [1] > [2]', False)
+    >>> c = combine_samples([RankSample([0, 1], [], None, "unparsable after 1 attempts: x", status=RankStatus.UNPARSABLE),
+    ...                      RankSample([1, 0], [], None, "api error: E: y", status=RankStatus.API_ERROR)])
+    >>> c.status.value, c.reason
+    ('api_error', 'api error: E: y')
+    """
+    failed = [s for s in samples if s.ranking is None]
+    api_errors = [s for s in failed if s.status is RankStatus.API_ERROR]
+    if api_errors:
+        return Combined(None, RankStatus.API_ERROR, api_errors[0].reason, None)
+    if failed:
+        return Combined(None, failed[0].status, failed[0].reason, None)
+    if len(samples) == 1:
+        return Combined(samples[0].ranking, RankStatus.RANKED, None, None)
+    first = samples[0].ranking
+    if all(s.ranking == first for s in samples):
+        return Combined(first, RankStatus.RANKED, None, True)
+    shown = "; ".join(" > ".join(f"[{i + 1}]" for i in s.ranking or []) for s in samples)
+    reason = f"{RankStatus.INCONSISTENT.label} across {len(samples)} presentation orders: {shown}"
+    return Combined(None, RankStatus.INCONSISTENT, reason, False)
+
+
+def reparse_sample(sample: RankSample, n: int, complete_last: bool) -> RankSample:
+    """``sample`` with its ranking re-derived from its stored replies (no call): the first reply
+    that parses, mapped back through ``sample.order``. API-error samples are returned as they are.
+
+    >>> s = reparse_sample(RankSample([1, 0], ["[2] > [1]"], None, "unparsable after 1 attempts: x"), 2, False)
+    >>> s.ranking, s.reason, s.status.value
+    ([0, 1], None, 'ranked')
+    >>> s = reparse_sample(RankSample([0, 1, 2], ["[3] > [1]"], [2, 0, 1]), 3, False)
+    >>> s.ranking, s.reason, s.status.value
+    (None, 'unparsable after 1 attempts: missing label [2]', 'unparsable')
+    """
+    if sample.status is RankStatus.API_ERROR:
+        return sample
+    reason = "no reply"
+    for text in sample.replies:
+        try:
+            ranking = parse_reply(text, n, sample.order, complete_last)
+        except RankingParseError as e:
+            reason = e.reason
+            continue
+        return RankSample(sample.order, list(sample.replies), ranking, None, status=RankStatus.RANKED)
+    return RankSample(
+        sample.order, list(sample.replies), None, unparsable_reason(len(sample.replies), reason), status=RankStatus.UNPARSABLE
+    )

@@ -1,0 +1,80 @@
+"""The shared-prompt training forward equals the plain ``[N, seq]`` forward: log-probs, loss and LoRA gradients."""
+
+import pytest
+import torch
+
+from cyclealign.config import build_config
+from cyclealign.data import load_prompts
+from cyclealign.logprobs import response_logprobs
+from cyclealign.policy.base import encode_prompt, load_tokenizer
+from cyclealign.train.losses import pro_loss
+from cyclealign.train.shared_prompt import list_response_logprobs, shared_prompt_length
+from cyclealign.train.trainer import collate_lists, load_trainable_policy
+
+pytestmark = pytest.mark.slow
+
+
+def _lists(model_dir, hh_rlhf_path, tok):
+    prompts = [p for p in load_prompts(hh_rlhf_path)[:40] if len(p.messages) > 1][:2]  # multi-turn: long prompts
+    texts = [["Sure, here is how.", "I can't help with that, sorry.", "No."], ["I'd rather not say.", "Yes!"]]
+    rows = []
+    for p, responses in zip(prompts, texts):
+        ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
+        rows.append({"prompt_ids": encode_prompt(tok, p, 384), "responses_ids": ids})
+    return rows
+
+
+def _loss_and_grads(model, batch, logprobs):
+    model.zero_grad()
+    logp = logprobs(model, batch)
+    mask = batch["response_mask"][:, 1:]
+    mean = logp.sum(-1) / mask.sum(-1)
+    sizes = batch["list_sizes"].tolist()
+    loss, start = 0.0, 0
+    for n in sizes:  # PRO over each list (label order = row order) + NLL of the top response
+        scores = mean[start : start + n][None]
+        loss = loss + pro_loss(scores, torch.ones_like(scores, dtype=torch.bool), 1.0).sum() - logp[start].sum()
+        start += n
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logp.detach(), loss.item(), grads
+
+
+@pytest.mark.parametrize("max_length", [512, 40])  # 40: prompts cut per response, so each list takes the plain path
+def test_shared_prompt_forward_gives_the_plain_forwards_logprobs_loss_and_lora_gradients(
+    embedded_model_dir, hh_rlhf_path, max_length
+):
+    tok = load_tokenizer(str(embedded_model_dir))
+    cfg = build_config()
+    torch.manual_seed(0)
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, torch.device("cpu"), torch.float32)
+    with torch.no_grad():  # LoRA B starts at zero: give it weight so that every LoRA gradient is non-zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.train()
+    batch = collate_lists(_lists(embedded_model_dir, hh_rlhf_path, tok), tok.pad_token_id, max_length)
+    shared = [
+        shared_prompt_length(batch["input_ids"][a:b], batch["attention_mask"][a:b], batch["response_mask"][a:b])
+        for a, b in ((0, 3), (3, 5))
+    ]
+    if max_length == 512:
+        assert all(p is not None and p > 40 for p in shared)
+    else:
+        assert shared == [None, None]
+
+    def plain(m, b):
+        return response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"])
+
+    def once(m, b):
+        return list_response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"], b["list_sizes"].tolist())
+
+    logp_a, loss_a, grads_a = _loss_and_grads(model, batch, plain)
+    logp_b, loss_b, grads_b = _loss_and_grads(model, batch, once)
+    assert logp_b.shape == logp_a.shape
+    assert torch.allclose(logp_b, logp_a, atol=2e-4)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-4)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 100
+    for name, g in grads_a.items():
+        assert float(g.abs().max()) > 0, name
+        assert torch.allclose(grads_b[name], g, rtol=1e-3, atol=1e-6 + 1e-3 * float(g.abs().max())), name

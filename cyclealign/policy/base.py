@@ -236,8 +236,7 @@ class SamplingPolicy(ABC):
         Identical responses (same text after stripping whitespace) are dropped; prompts
         left with fewer than N distinct responses are sampled again (N more each), up to
         ``gen_cfg.max_resample`` extra passes, so a generation may hold fewer than N.
-        Prompts are batched in order of length (ties in prompt order), so that a batch pads
-        little; each batch of ``gen_cfg.batch_size`` prompts of pass ``a`` is sampled with seed
+        Each batch of ``gen_cfg.batch_size`` prompts of pass ``a`` is sampled with seed
         ``derive_seed(seed, a, batch_index)``.
 
         Args:
@@ -255,7 +254,7 @@ class SamplingPolicy(ABC):
         self.begin_sampling(seed)
         encoded, gens = self._encode_all(prompts)
         seen: list[set[str]] = [set() for _ in prompts]
-        todo = _by_length(encoded)
+        todo = list(range(len(prompts)))
         for attempt in range(cfg.max_resample + 1):
             for batch_index, start in enumerate(range(0, len(todo), cfg.batch_size)):
                 chunk = todo[start : start + cfg.batch_size]
@@ -296,9 +295,8 @@ class SamplingPolicy(ABC):
         """Greedy (argmax) decoding: one deterministic response per prompt.
 
         Args:
-            prompts: the prompts, ``gen_cfg.batch_size`` per :meth:`sample_batch` call, batched
-                in order of length (the response does not depend on the batching up to float
-                rounding).
+            prompts: the prompts, ``gen_cfg.batch_size`` per :meth:`sample_batch` call (the
+                response does not depend on the batching up to float rounding).
             max_new_tokens: response length cap, tokens; None = ``gen_cfg.max_new_tokens``.
             progress: called with the number of prompts of each finished batch.
         Returns:
@@ -309,13 +307,11 @@ class SamplingPolicy(ABC):
         cfg = self.gen_cfg
         limit = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         encoded, gens = self._encode_all(prompts)
-        order = _by_length(encoded)
         for start in range(0, len(prompts), cfg.batch_size):
-            chunk = order[start : start + cfg.batch_size]
             batch = self.sample_batch(
-                [encoded[i] for i in chunk], n=1, seed=None, temperature=0.0, top_p=1.0, max_new_tokens=limit
+                encoded[start : start + cfg.batch_size], n=1, seed=None, temperature=0.0, top_p=1.0, max_new_tokens=limit
             )
-            for g, [(ids, lp, fin)] in zip([gens[i] for i in chunk], batch, strict=True):
+            for g, [(ids, lp, fin)] in zip(gens[start : start + cfg.batch_size], batch, strict=True):
                 g.responses.append(self._decode(ids))
                 g.response_token_ids.append(list(ids))
                 g.logprob_mean.append(float(lp))
@@ -323,12 +319,3 @@ class SamplingPolicy(ABC):
             if progress is not None:
                 progress(len(batch))
         return gens
-
-
-def _by_length(encoded: list[list[int]]) -> list[int]:
-    """Prompt indices by token count, ties in prompt order: batches of neighbours pad little.
-
-    >>> _by_length([[1, 2, 3], [1], [4, 5, 6], [7, 8]])
-    [1, 3, 0, 2]
-    """
-    return sorted(range(len(encoded)), key=lambda i: len(encoded[i]))

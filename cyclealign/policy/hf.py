@@ -9,8 +9,8 @@ Each prompt is prefilled once: one forward pass over the batch's prompts (all bu
 token) fills a :class:`~transformers.DynamicCache`, which is repeated N times along the batch
 (``batch_repeat_interleave``) before ``generate()`` samples the N continuations from it; the
 plain ``generate(num_return_sequences=N)`` would run every prompt through the model N times.
-(:class:`~cyclealign.policy.base.SamplingPolicy` also batches prompts of similar length, to cut
-padding.)
+The rows and the random draws are those of ``generate(num_return_sequences=N)``: the same seed
+samples the same responses as that call, up to float rounding of the logits.
 
 De-duplication, resampling, prompt encoding and decoding are :class:`~cyclealign.policy.base.SamplingPolicy`'s;
 this module only runs one ``generate()`` per batch.

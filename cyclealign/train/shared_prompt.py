@@ -68,11 +68,12 @@ def list_response_logprobs(
     Returns:
         ``[R, seq - 1]`` float32 log-probs of tokens ``1..seq-1``, zeroed outside the response
         (aligned with ``response_mask[:, 1:]``). A list whose rows do not share their prompt
-        (:func:`shared_prompt_length`), or a model with gradient checkpointing on (which
-        turns the cache off), takes the plain ``[N, seq]`` forward.
+        (:func:`shared_prompt_length`), a model with gradient checkpointing on (which turns
+        the cache off), or a model wrapped for multi-process training (DDP, FSDP, DeepSpeed
+        expect one forward per backward) takes the plain ``[N, seq]`` forward.
     """
     out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
-    plain = model.training and _checkpointing(model)
+    plain = _distributed(model) or (model.training and _checkpointing(model))
     start = 0
     for n in list_sizes:
         rows = slice(start, start + n)
@@ -94,6 +95,13 @@ def list_response_logprobs(
         logp = torch.cat([first, rest], dim=1) * resp[:, p:width].to(first.dtype)
         out[rows, p - 1 : width - 1] = logp
     return out
+
+
+def _distributed(model: torch.nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ in (
+        "DeepSpeedEngine",
+        "FullyShardedDataParallel",
+    )
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

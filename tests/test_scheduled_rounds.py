@@ -100,7 +100,9 @@ def test_appended_prompts_are_used_next_and_never_twice(tmp_path, monkeypatch):
 def test_a_second_iterate_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path, prompts_file):
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     run_dir = tmp_path / "run"
-    with ScriptedAPI(fallback=reverse_ranker, latency_s=0.5) as api:
+    # Each API call takes 5 s, so that the first is still inside its round (preflight, rank) when
+    # it is killed: a round of this small run takes only a few seconds of compute.
+    with ScriptedAPI(fallback=reverse_ranker, latency_s=5.0) as api:
         args = [*small_run(run_dir, prompts_file, api, tmp_path), "--rounds", "1"]
         first = subprocess.Popen([sys.executable, "-m", "cyclealign.cli", "iterate", *args, "--quiet"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

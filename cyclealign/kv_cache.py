@@ -1,4 +1,4 @@
-"""The KV cache across transformers versions, and a prompt prefilled once for several continuations.
+"""The KV cache across transformers versions: its argument name, an empty cache, left-padded positions.
 
 transformers 5.x renamed the cache argument and output field from ``past_key_values`` to
 ``cache`` (the old name is deprecated); :func:`cache_kwarg` and :func:`output_cache` use
@@ -12,16 +12,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["cache_kwarg", "left_padded_positions", "output_cache"]
+__all__ = ["base_model", "cache_kwarg", "empty_cache", "left_padded_positions", "output_cache"]
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT model (``model`` itself when it is not one)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
     """The name of the cache argument of ``model``'s forward (and ``generate``): ``"cache"``
     on transformers versions that renamed it, else ``"past_key_values"``. A PEFT model is
     looked through to its base model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(type(base).forward).parameters
+    params = inspect.signature(type(base_model(model)).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def empty_cache(model: torch.nn.Module):
+    """A new, empty :class:`~transformers.DynamicCache` for ``model`` (PEFT looked through)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=base_model(model).config)
 
 
 def output_cache(out: Any):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from cyclealign.config import GenerationConfig, ModelConfig
-from cyclealign.kv_cache import cache_kwarg, left_padded_positions, output_cache
+from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
 from cyclealign.logprobs import token_logprobs
 from cyclealign.models import resolve_device, resolve_dtype
 from cyclealign.policy.base import Sample, SamplingPolicy
@@ -175,8 +175,6 @@ def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.T
         with the repeated ``[B*n, W]`` prompts, ``generate()`` runs only the last prompt token
         before sampling. Position ids follow the padding as ``generate()`` computes them.
     """
-    from transformers import DynamicCache
-
     if input_ids.shape[1] < 2:
         return None  # a one-token prompt: nothing to prefill
     prefix, mask = input_ids[:, :-1], attention[:, :-1]
@@ -186,7 +184,7 @@ def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.T
         position_ids=left_padded_positions(mask),
         use_cache=True,
         logits_to_keep=1,
-        **{cache_kwarg(model): DynamicCache(config=model.config)},
+        **{cache_kwarg(model): empty_cache(model)},
     )
     cache = output_cache(out)
     if n > 1:

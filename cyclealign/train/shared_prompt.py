@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from cyclealign.kv_cache import cache_kwarg, output_cache
+from cyclealign.kv_cache import base_model, cache_kwarg, empty_cache, output_cache
 from cyclealign.logprobs import response_logprobs, token_logprobs
 
 __all__ = ["list_response_logprobs", "shared_prompt_length"]
@@ -84,7 +84,7 @@ def list_response_logprobs(
             out[rows] = response_logprobs(model, ids, att, resp)
             continue
         width = int(att.sum(-1).max())  # prompt + longest response
-        prompt = model(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1, **{cache_kwarg(model): _new_cache(model)})
+        prompt = model(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1, **{cache_kwarg(model): empty_cache(model)})
         cache = output_cache(prompt)
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -106,13 +106,7 @@ def _distributed(model: torch.nn.Module) -> bool:
 
 def _checkpointing(model: torch.nn.Module) -> bool:
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the new name first
-        if hasattr(type(model.get_base_model() if hasattr(model, "get_base_model") else model), name):
+        if hasattr(type(base_model(model)), name):
             return bool(getattr(model, name))
     return False
 
-
-def _new_cache(model: torch.nn.Module):
-    from transformers import DynamicCache
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return DynamicCache(config=base.config)

@@ -3,8 +3,8 @@
 In one process, on the same K HH-RLHF harmless-base prompts (a round's prompts: the seeded
 selection ``iterate`` makes), N responses each, at most T new tokens:
 
-* **generate** (i) cyclealign: :meth:`TransformersPolicy.sample` (prompts batched by length,
-  each prompt prefilled once and its KV cache shared by its N samples); (ii) baseline: one
+* **generate** (i) cyclealign: :meth:`TransformersPolicy.sample` (``generation.batch_size``
+  prompts per call, each prompt prefilled once and its KV cache shared by its N samples); (ii) baseline: one
   ``model.generate(num_return_sequences=N)`` per prompt, with the untempered token log-probs
   from the raw logits as cyclealign keeps them. Throughput = sampled tokens / second (every
   sampled token counts, EOS included, duplicates too).

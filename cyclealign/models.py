@@ -125,6 +125,27 @@ def resolve_model_dir(cfg: ModelConfig) -> str:
     return str(out)
 
 
+LOAD_KWARGS = {"use_kernels": False}
+"""Keyword arguments of every ``from_pretrained`` of a model here. Hugging Face Hub kernels stay
+off: transformers (5.2x) turns them on by default when the ``kernels`` package is installed, and
+the first ``model.train()`` on CUDA then downloads kernel code from the Hub, which fails offline
+(``HF_HUB_OFFLINE=1``) and would run code fetched at run time; the training and generation tests
+on CUDA (``tests/test_devices.py``) caught it."""
+
+
+def load_causal_lm(model_dir: str, dtype: torch.dtype | None = None, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)`` on the CPU, with the
+    loading options every cyclealign model uses (:data:`LOAD_KWARGS`). ``kwargs`` pass through
+    (a quantisation config, a device map).
+
+    Raises:
+        OSError: no model at ``model_dir`` (as ``from_pretrained`` raises it).
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **LOAD_KWARGS, **kwargs)
+
+
 def resolve_device(cfg: ModelConfig) -> torch.device:
     """``cfg.device`` with ``"auto"`` resolved to ``cuda`` when available, else ``cpu``."""
     if cfg.device == "auto":

@@ -104,11 +104,11 @@ class RewardScorer:
     def __init__(self, model_id: str, cfg: Config) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from cyclealign.models import resolve_device
+        from cyclealign.models import LOAD_KWARGS, resolve_device
 
         try:
             tok = AutoTokenizer.from_pretrained(model_id)
-            model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()
+            model = AutoModelForSequenceClassification.from_pretrained(model_id, **LOAD_KWARGS).eval()
         except (OSError, ValueError) as e:
             raise ConfigError(f"--reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
         self.device = resolve_device(cfg.model)

@@ -57,7 +57,7 @@ from cyclealign.efficacy.measure import loglik_scores, property_rate, rule_tau  
 from cyclealign.efficacy.rules import RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
-from cyclealign.models import resolve_device, resolve_model_dir  # noqa: E402
+from cyclealign.models import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
 from cyclealign.policy import Generation, GenerationBackend, make_policy  # noqa: E402
 from cyclealign.records import PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
@@ -79,10 +79,9 @@ def baseline_pro(
     across rounds. Returns the last adapter's folder.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    base = load_causal_lm(model_dir, torch.float32).to(device)
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     adapter = None
@@ -152,11 +151,10 @@ def held_out_samples(policy: GenerationBackend, adapter: Path | None, heldout: d
 def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, device) -> dict[str, list[list[float]]]:
     """Log-likelihood scores of the base policy's held-out samples under ``adapter`` (None = base)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from cyclealign.policy.base import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model = load_causal_lm(model_dir, torch.float32).to(device)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
     pad = load_tokenizer(model_dir).pad_token_id

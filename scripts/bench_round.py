@@ -45,7 +45,7 @@ from bench_train import PeakMemory  # noqa: E402  (scripts/ is on sys.path when 
 from cyclealign.config import build_config  # noqa: E402
 from cyclealign.data import load_prompts, select_round_prompts  # noqa: E402
 from cyclealign.logprobs import response_logprobs, token_logprobs  # noqa: E402
-from cyclealign.models import resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
+from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
 from cyclealign.policy import TransformersPolicy  # noqa: E402
 from cyclealign.policy.base import Sample, load_tokenizer  # noqa: E402
 from cyclealign.train.losses import pro_loss, sft_loss  # noqa: E402
@@ -127,7 +127,6 @@ def main() -> None:
     if not a.hh.exists():
         raise SystemExit(f"--hh {a.hh}: no such file (the HH-RLHF harmless-base test split)")
 
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -147,7 +146,7 @@ def main() -> None:
     ca_tokens = policy.tokens
     prompt_ids = [g.prompt_token_ids for g in gens]
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    base = load_causal_lm(model_dir, dtype).to(device).eval()
     torch.manual_seed(a.seed)
     baseline_generate(base, tok, prompt_ids[:1], a.n, a.max_new_tokens, cfg.generation)  # warm-up
     bl_tokens, bl_gen_s, bl_gen_mib = timed(

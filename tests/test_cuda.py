@@ -34,16 +34,17 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_qlora_step_on_cuda(tmp_path, embedded_model_dir):
+def test_qlora_step_on_cuda(tmp_path):
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
-    from transformers import AutoTokenizer
-
+    from cyclealign.policy.base import load_tokenizer
     from cyclealign.train.trainer import load_trainable_policy
+    from tiny_model import build_tiny_model_dir
 
+    model_dir = build_tiny_model_dir(tmp_path / "tiny")
     cfg = build_config(**{"train.qlora": True, "model.device": "cuda", "train.epochs": 1})
     device = torch.device("cuda")
-    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.bfloat16)
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
-    ex = [RankingExample([1, 9690, 198], [[30, 31, 2], [40, 2]])]
+    model = load_trainable_policy(str(model_dir), None, cfg.train, device, torch.bfloat16)
+    tok = load_tokenizer(str(model_dir))
+    ex = [RankingExample([1, 20, 30], [[40, 41, tok.eos_token_id], [50, tok.eos_token_id]])]
     stats = train_round(model, ex, cfg.train, pad_token_id=tok.pad_token_id, out_dir=tmp_path / "a", seed=0, device=device)
     assert stats.steps == 1 and (tmp_path / "a" / "adapter_config.json").is_file()

@@ -27,7 +27,7 @@ import torch
 from cyclealign.config import GenerationConfig, ModelConfig
 from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
 from cyclealign.logprobs import token_logprobs
-from cyclealign.models import resolve_device, resolve_dtype
+from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype
 from cyclealign.policy.base import Sample, SamplingPolicy
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ class TransformersPolicy(SamplingPolicy):
         return self._model
 
     def _load(self, adapter: Path | None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+        model = load_causal_lm(self.model_dir, self.dtype)
         if adapter is not None:
             from peft import PeftModel
 

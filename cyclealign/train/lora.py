@@ -41,12 +41,13 @@ def load_trainable_policy(
         ConfigError: ``cfg.qlora`` without a CUDA device or without bitsandbytes installed.
     """
     from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
+
+    from cyclealign.models import load_causal_lm
 
     if cfg.qlora:
         base = _load_4bit(model_dir, device)
     else:
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        base = load_causal_lm(model_dir, dtype).to(device)
     if adapter is None:
         return get_peft_model(base, lora_config(cfg))
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
@@ -63,7 +64,9 @@ def _load_4bit(model_dir: str, device: torch.device):
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("train.qlora needs bitsandbytes: pip install bitsandbytes")
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
+
+    from cyclealign.models import load_causal_lm
 
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -71,9 +74,7 @@ def _load_4bit(model_dir: str, device: torch.device):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    base = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quant, dtype=torch.bfloat16, device_map={"": device.index or 0}
-    )
+    base = load_causal_lm(model_dir, torch.bfloat16, quantization_config=quant, device_map={"": device.index or 0})
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
 
 

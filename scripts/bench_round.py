@@ -11,7 +11,7 @@ selection ``iterate`` makes), N responses each, at most T new tokens:
 * **train** one epoch of PRO + SFT (the defaults' loss) over the K ranking lists of the
   cyclealign samples, ranked by the policy's own likelihood order reversed (the label does not
   change the speed), from the same fresh LoRA: (i) cyclealign: :func:`train_round` (TRL trainer,
-  each list's prompt run once, adapter saved); (ii) baseline: a plain loop, one ``[N, seq]``
+  each list packed into one row with its prompt run once, adapter saved); (ii) baseline: a plain loop, one ``[N, seq]``
   forward and backward per list and an AdamW step. Throughput = lists / second.
 
 A warm-up (one prompt, one list) runs first. Peak memory is the process RSS above its level

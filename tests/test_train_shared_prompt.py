@@ -40,7 +40,7 @@ def _loss_and_grads(model, batch, logprobs):
     return logp.detach(), loss.item(), grads
 
 
-@pytest.mark.parametrize("max_length", [512, 40])  # 40: prompts cut per response, so each list takes the plain path
+@pytest.mark.parametrize("max_length", [512, 40])  # 40: prompts cut per response, so each response is packed on its own
 def test_shared_prompt_forward_gives_the_plain_forwards_logprobs_loss_and_lora_gradients(
     embedded_model_dir, hh_rlhf_path, max_length
 ):

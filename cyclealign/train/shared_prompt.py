@@ -1,20 +1,24 @@
-"""Response log-probs of a ranking list with its prompt run through the model once.
+"""Response log-probs of ranking lists with each list's prompt run through the model once.
 
 A list's N responses share one prompt. The plain way (:func:`cyclealign.logprobs.response_logprobs`
 over the ``[N, seq]`` batch) runs the prompt's tokens through the model N times, forward and
-backward. Here the prompt goes through once (``[1, P]``), its KV cache is repeated N times
-along the batch, and the responses (``[N, R]``) attend to it; gradients flow back through the
-cache into the prompt's forward, so the LoRA weights on the prompt path train as before and
-the loss and gradients equal the plain path's up to float rounding
-(``tests/test_train_shared_prompt.py``). On HH-RLHF, where prompts are long and responses
-short, this is most of a training step's work (``scripts/bench_round.py``).
+backward, and every row is padded to the longest response. Here each list is packed into one
+row, ``prompt + response_1 + ... + response_N`` with no padding, and a 4D attention mask lets
+each response attend to the prompt and to its own earlier tokens only; each response's position
+ids restart where the prompt ends, so every token sees exactly the context it has in the plain
+batch ("prefix sharing": Wang et al. 2024, "Accelerating Direct Preference Optimization with
+Prefix Sharing", arXiv 2410.20305). The lists of a batch are packed rows of one forward pass,
+and the LM head runs only on the positions whose next token is scored. The loss and the LoRA
+gradients equal the plain path's up to float rounding (``tests/test_train_shared_prompt.py``,
+``tests/test_devices.py`` on CUDA in float32 and bfloat16). On HH-RLHF, where prompts are long
+and responses short, the prompt is most of a training step's work (``scripts/bench_round.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from cyclealign.kv_cache import base_model, cache_kwarg, empty_cache, output_cache
+from cyclealign.kv_cache import base_model
 from cyclealign.logprobs import response_logprobs, token_logprobs
 
 __all__ = ["list_response_logprobs", "shared_prompt_length"]
@@ -68,45 +72,97 @@ def list_response_logprobs(
     Returns:
         ``[R, seq - 1]`` float32 log-probs of tokens ``1..seq-1``, zeroed outside the response
         (aligned with ``response_mask[:, 1:]``). A list whose rows do not share their prompt
-        (:func:`shared_prompt_length`), a model with gradient checkpointing on (which turns
-        the cache off), or a model wrapped for multi-process training (DDP, FSDP, DeepSpeed
-        expect one forward per backward) takes the plain ``[N, seq]`` forward.
+        (:func:`shared_prompt_length`; a prompt cut per response to fit ``train.max_length``)
+        is packed one row per response. Rows that are not ``prompt + response + right
+        padding``, and models whose attention takes no 4D mask (flash-attention kernels), take
+        the plain ``[N, seq]`` forward.
     """
     out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
-    plain = _distributed(model) or (model.training and _checkpointing(model))
+    packable = _mask_kind(model) is not None
+    groups: list[tuple[int, list[int]]] = []  # (prompt length, rows) of each packed row
+    plain: list[int] = []
     start = 0
     for n in list_sizes:
-        rows = slice(start, start + n)
+        rows = list(range(start, start + n))
         start += n
-        ids, att, resp = input_ids[rows], attention_mask[rows], response_mask[rows]
-        p = None if plain else shared_prompt_length(ids, att, resp)
-        if p is None:
-            out[rows] = response_logprobs(model, ids, att, resp)
+        sl = slice(rows[0], rows[-1] + 1)
+        p = shared_prompt_length(input_ids[sl], attention_mask[sl], response_mask[sl]) if packable else None
+        if p is not None:
+            groups.append((p, rows))
             continue
-        width = int(att.sum(-1).max())  # prompt + longest response
-        prompt = model(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1, **{cache_kwarg(model): empty_cache(model)})
-        cache = output_cache(prompt)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        tokens = ids[:, p:width]  # [n, r]
-        logits = model(input_ids=tokens, attention_mask=att[:, :width], use_cache=True, **{cache_kwarg(model): cache}).logits
-        first = token_logprobs(prompt.logits[:, -1:].expand(n, -1, -1), tokens[:, :1])  # [n, 1]
-        rest = token_logprobs(logits[:, :-1], tokens[:, 1:])  # [n, r - 1]
-        logp = torch.cat([first, rest], dim=1) * resp[:, p:width].to(first.dtype)
-        out[rows, p - 1 : width - 1] = logp
+        for r in rows:  # each row on its own: a packed row of one response, or the plain forward
+            q = shared_prompt_length(input_ids[r : r + 1], attention_mask[r : r + 1], response_mask[r : r + 1])
+            (groups.append((q, [r])) if packable and q is not None else plain.append(r))
+    if groups:
+        _packed_logprobs(model, input_ids, attention_mask, groups, out)
+    if plain:
+        idx = torch.tensor(plain, device=input_ids.device)
+        out[idx] = response_logprobs(model, input_ids[idx], attention_mask[idx], response_mask[idx])
     return out
 
 
-def _distributed(model: torch.nn.Module) -> bool:
-    return isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ in (
-        "DeepSpeedEngine",
-        "FullyShardedDataParallel",
-    )
+def _packed_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: list[tuple[int, list[int]]],
+    out: torch.Tensor,
+) -> None:
+    """Fill ``out`` (``[R, seq - 1]``) at the response positions of ``groups``' rows from one
+    forward pass over the packed rows (``[G, L]``, right-padded to the longest)."""
+    device = input_ids.device
+    lengths = attention_mask.long().sum(-1).tolist()  # [R] real tokens per row
+    packed_rows, positions, segments = [], [], []
+    pred, target, dest_row, dest_col = [], [], [], []  # one entry per scored token
+    for g, (p, rows) in enumerate(groups):
+        ids = [input_ids[rows[0], :p]]
+        pos = [torch.arange(p, device=device)]
+        seg = [torch.zeros(p, dtype=torch.long, device=device)]
+        offset = p
+        for k, r in enumerate(rows, start=1):
+            m = lengths[r] - p  # response tokens
+            ids.append(input_ids[r, p : lengths[r]])
+            pos.append(torch.arange(p, p + m, device=device))
+            seg.append(torch.full((m,), k, dtype=torch.long, device=device))
+            # Token j of the response sits at packed position offset + j and original position p + j;
+            # it is predicted from packed position p - 1 (j = 0: the prompt's last token) or offset + j - 1.
+            pred.extend([(g, p - 1)] + [(g, offset + j - 1) for j in range(1, m)])
+            target.append(input_ids[r, p : lengths[r]])
+            dest_row.extend([r] * m)
+            dest_col.extend(range(p - 1, p - 1 + m))
+            offset += m
+        packed_rows.append(torch.cat(ids))
+        positions.append(torch.cat(pos))
+        segments.append(torch.cat(seg))
+    width = max(len(x) for x in packed_rows)
+    G = len(groups)
+    packed = torch.zeros(G, width, dtype=input_ids.dtype, device=device)  # [G, L]
+    pos_ids = torch.zeros(G, width, dtype=torch.long, device=device)
+    seg_ids = torch.full((G, width), -1, dtype=torch.long, device=device)  # -1: padding
+    for g, (x, q, s) in enumerate(zip(packed_rows, positions, segments)):
+        packed[g, : len(x)], pos_ids[g, : len(x)], seg_ids[g, : len(x)] = x, q, s
+    # Query i attends to key j <= i of the prompt (segment 0) or of its own segment; padding to itself.
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    same = seg_ids[:, :, None] == seg_ids[:, None, :]  # [G, L, L]
+    allowed = causal & (same | (seg_ids[:, None, :] == 0))
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)  # a padding query sees itself (no empty row)
+    dtype = next(model.parameters()).dtype
+    mask = allowed[:, None] if _mask_kind(model) == "bool" else (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
+    keep = sorted({c for _, c in pred})  # packed positions whose next token is scored
+    column = {c: i for i, c in enumerate(keep)}
+    logits = model(
+        input_ids=packed, attention_mask=mask, position_ids=pos_ids,
+        logits_to_keep=torch.tensor(keep, device=device),
+    ).logits  # [G, K, V]
+    rows_g = torch.tensor([g for g, _ in pred], device=device)
+    cols_k = torch.tensor([column[c] for _, c in pred], device=device)
+    logp = token_logprobs(logits[rows_g, cols_k][None], torch.cat(target)[None])[0]  # [scored tokens]
+    out[torch.tensor(dest_row, device=device), torch.tensor(dest_col, device=device)] = logp
 
 
-def _checkpointing(model: torch.nn.Module) -> bool:
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the new name first
-        if hasattr(type(base_model(model)), name):
-            return bool(getattr(model, name))
-    return False
-
+def _mask_kind(model: torch.nn.Module) -> str | None:
+    """How the model's attention takes a custom 4D mask: ``"bool"`` (SDPA: True = attend),
+    ``"additive"`` (eager: 0 or the dtype's minimum, added to the scores), or None (flash
+    attention and other kernels that take no 4D mask)."""
+    impl = getattr(base_model(model).config, "_attn_implementation", None) or "eager"
+    return {"sdpa": "bool", "eager": "additive"}.get(impl)

@@ -115,8 +115,8 @@ class RankingConfig(_BaseConfig):
 
 
 class RankingTrainer(_BaseTrainer):
-    """Listwise ranking trainer: per list, one forward pass of its prompt and one of its N
-    responses over the prompt's shared KV cache (:mod:`cyclealign.train.shared_prompt`).
+    """Listwise ranking trainer: each list's prompt and its N responses packed into one row, the
+    prompt run once (:mod:`cyclealign.train.shared_prompt`), one forward pass per batch.
 
     Loss per list: ``ranking_loss(scores) + sft_weight * c_n * sft_loss(top response)``, where
     ``scores[k]`` is response k's mean token log-prob (PRO, RRHF) or implicit reward (DPO-PL,
@@ -156,7 +156,7 @@ class RankingTrainer(_BaseTrainer):
         all lists, ``list_sizes`` ``[B]``, and ``ref_logps`` ``[R]`` for the reference losses.
         """
         cfg: RankingConfig = self.args
-        logp = list_response_logprobs(  # each list's prompt runs once, its cache shared by the N responses
+        logp = list_response_logprobs(  # each list packed: its prompt runs once for the N responses
             model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], inputs["list_sizes"].tolist()
         )
         mask = inputs["response_mask"][:, 1:]  # [R, T-1], aligned with logp

@@ -112,20 +112,24 @@ def _loss_and_grads(model, batch, logprobs):
     return logp.detach().float(), loss.item(), grads
 
 
-@pytest.mark.parametrize("device,dtype", [
-    ("cpu", torch.float32),
-    pytest.param("cuda", torch.float32, marks=NEEDS_CUDA),
-    pytest.param("cuda", torch.bfloat16, marks=NEEDS_CUDA),
+@pytest.mark.parametrize("device,dtype,attention", [
+    ("cpu", torch.float32, "sdpa"),
+    ("cpu", torch.float32, "eager"),
+    pytest.param("cuda", torch.float32, "sdpa", marks=NEEDS_CUDA),
+    pytest.param("cuda", torch.bfloat16, "sdpa", marks=NEEDS_CUDA),
 ])
-def test_shared_prompt_training_forward_on_device(tiny_dir, device, dtype):
-    """The prompt run once per list gives the plain ``[N, seq]`` forward's log-probs, loss and
-    LoRA gradients on ``device`` (float32: tight; bfloat16: within bf16 rounding)."""
+def test_shared_prompt_training_forward_on_device(tiny_dir, device, dtype, attention):
+    """The packed lists (prompt run once) give the plain ``[N, seq]`` forward's log-probs, loss
+    and LoRA gradients on ``device`` with SDPA's boolean or eager attention's additive 4D mask
+    (float32: tight; bfloat16: within bf16 rounding)."""
     from cyclealign.policy.base import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     cfg = build_config()
     torch.manual_seed(0)
     model = load_trainable_policy(str(tiny_dir), None, cfg.train, torch.device(device), dtype)
+    model.get_base_model().set_attn_implementation(attention)
+    assert model.get_base_model().config._attn_implementation == attention
     with torch.no_grad():  # LoRA B starts at zero: give it weight so that every LoRA gradient is non-zero
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -92,7 +92,10 @@ def list_response_logprobs(
             continue
         for r in rows:  # each row on its own: a packed row of one response, or the plain forward
             q = shared_prompt_length(input_ids[r : r + 1], attention_mask[r : r + 1], response_mask[r : r + 1])
-            (groups.append((q, [r])) if packable and q is not None else plain.append(r))
+            if packable and q is not None:
+                groups.append((q, [r]))
+            else:
+                plain.append(r)
     if groups:
         _packed_logprobs(model, input_ids, attention_mask, groups, out)
     if plain:
@@ -164,5 +167,8 @@ def _mask_kind(model: torch.nn.Module) -> str | None:
     """How the model's attention takes a custom 4D mask: ``"bool"`` (SDPA: True = attend),
     ``"additive"`` (eager: 0 or the dtype's minimum, added to the scores), or None (flash
     attention and other kernels that take no 4D mask)."""
-    impl = getattr(base_model(model).config, "_attn_implementation", None) or "eager"
+    while isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP / FSDP / DeepSpeed wrappers
+        model = model.module
+    config = getattr(base_model(model), "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
     return {"sdpa": "bool", "eager": "additive"}.get(impl)

@@ -81,6 +81,33 @@ def test_sampling_on_device_keeps_generates_draws_and_log_likelihoods(tiny_dir, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_packed_prefill_caches_what_the_padded_prefill_caches(tiny_dir, device):
+    """The prompts prefilled packed in one row (no padding) give the padded batch's keys and
+    values at every real position."""
+    from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
+    from cyclealign.policy.hf import _packed_prefill
+
+    cfg = build_config(**{"model.device": device, "model.dtype": "float32"})
+    policy = TransformersPolicy(str(tiny_dir), cfg.model, cfg.generation)
+    ids = [encode_prompt(policy.tokenizer, p, 256) for p in PROMPTS]
+    width = max(map(len, ids))
+    prefix = torch.tensor([[0] * (width - len(p)) + p for p in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids], device=device)
+    with torch.no_grad():
+        packed = _packed_prefill(policy.model, prefix, mask)
+        out = policy.model(input_ids=prefix, attention_mask=mask, position_ids=left_padded_positions(mask),
+                           use_cache=True, **{cache_kwarg(policy.model): empty_cache(policy.model)})
+    padded = output_cache(out)
+    assert packed is not None and len(packed.layers) == len(padded.layers) == 2
+    real = mask.bool()  # [B, W]
+    for a, b in zip(packed.layers, padded.layers):
+        assert a.keys.shape == b.keys.shape
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):  # [B, heads, W, dim]
+            assert torch.allclose(x.permute(0, 2, 1, 3)[real], y.permute(0, 2, 1, 3)[real], atol=1e-5)
+    policy.close()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_sampling_in_the_devices_default_dtype(tiny_dir, device):
     """``model.dtype=auto``: bfloat16 on CUDA, float32 on CPU; log-likelihoods stay finite and
     close to a forward pass in that dtype."""

@@ -28,6 +28,7 @@ from cyclealign.config import GenerationConfig, ModelConfig
 from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
 from cyclealign.logprobs import token_logprobs
 from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype
+from cyclealign.packing import attention_mask_kind, segment_attention_mask
 from cyclealign.policy.base import Sample, SamplingPolicy
 
 log = logging.getLogger(__name__)
@@ -163,28 +164,82 @@ class TransformersPolicy(SamplingPolicy):
 def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, n: int):
     """The KV cache of every prompt but its last token, computed once and repeated ``n`` times.
 
+    The prompts are prefilled packed into one row with no padding (:func:`_packed_prefill`)
+    where the model's attention takes a 4D mask and its cache is all full-attention layers;
+    else as the left-padded batch, position ids following the padding as ``generate()``
+    computes them.
+
     Args:
         input_ids: ``[B, W]`` left-padded prompts. attention: ``[B, W]`` 1 on real tokens.
         n: rows per prompt in the cache (prompt ``b``'s copies are rows ``b*n .. b*n+n-1``, the
             order of ``repeat_interleave`` and of ``generate(num_return_sequences=n)``).
     Returns:
         A :class:`~transformers.DynamicCache` of ``B*n`` rows and ``W - 1`` positions (None when
-        ``W == 1``); given it
-        with the repeated ``[B*n, W]`` prompts, ``generate()`` runs only the last prompt token
-        before sampling. Position ids follow the padding as ``generate()`` computes them.
+        ``W == 1``); given it with the repeated ``[B*n, W]`` prompts, ``generate()`` runs only
+        the last prompt token before sampling.
     """
     if input_ids.shape[1] < 2:
         return None  # a one-token prompt: nothing to prefill
     prefix, mask = input_ids[:, :-1], attention[:, :-1]
-    out = model(
-        input_ids=prefix,
-        attention_mask=mask,
-        position_ids=left_padded_positions(mask),
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_kwarg(model): empty_cache(model)},
-    )
-    cache = output_cache(out)
+    cache = _packed_prefill(model, prefix, mask)
+    if cache is None:
+        out = model(
+            input_ids=prefix,
+            attention_mask=mask,
+            position_ids=left_padded_positions(mask),
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kwarg(model): empty_cache(model)},
+        )
+        cache = output_cache(out)
     if n > 1:
         cache.batch_repeat_interleave(n)
     return cache
+
+
+def _packed_prefill(model: torch.nn.Module, prefix: torch.Tensor, mask: torch.Tensor):
+    """The left-padded prompts' cache from one forward pass over their real tokens only.
+
+    The prompts' real tokens are packed into one row ``[1, S]`` (``S`` = their total), each
+    attending only to its own earlier tokens (:func:`cyclealign.packing.segment_attention_mask`)
+    with position ids from 0, as in its padded row; the keys and values are then laid out
+    left-padded, ``[B, heads, W, head_dim]``, zeros on padding (which the attention mask hides).
+    On HH-RLHF batches the padding is more than half of the padded prefill's tokens.
+
+    Args:
+        prefix: ``[B, W]`` left-padded prompt tokens. mask: ``[B, W]`` 1 on real tokens.
+    Returns:
+        The :class:`~transformers.DynamicCache`, or None where the model's attention takes no 4D
+        mask or its cache has other than full-attention layers (sliding windows): the caller
+        then prefills the padded batch.
+    """
+    kind = attention_mask_kind(model)
+    cache = empty_cache(model)
+    if kind is None or any(type(layer).__name__ != "DynamicLayer" for layer in getattr(cache, "layers", [None])):
+        return None
+    lengths = mask.long().sum(-1).tolist()  # [B] real tokens per row
+    width = prefix.shape[1]
+    rows = [b for b, m in enumerate(lengths) if m > 0]
+    if not rows:
+        return None
+    packed = torch.cat([prefix[b, width - lengths[b] :] for b in rows])[None]  # [1, S]
+    positions = torch.cat([torch.arange(lengths[b], device=prefix.device) for b in rows])[None]
+    segments = torch.cat([torch.full((lengths[b],), b, device=prefix.device) for b in rows])[None]
+    attn = segment_attention_mask(segments, kind=kind, dtype=next(model.parameters()).dtype)
+    out = model(
+        input_ids=packed, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1,
+        **{cache_kwarg(model): cache},
+    )
+    packed_cache = output_cache(out)
+    padded = empty_cache(model)
+    for index, layer in enumerate(packed_cache.layers):
+        keys = layer.keys.new_zeros(len(lengths), layer.keys.shape[1], width, layer.keys.shape[3])
+        values = layer.values.new_zeros(len(lengths), layer.values.shape[1], width, layer.values.shape[3])
+        offset = 0
+        for b in rows:
+            m = lengths[b]
+            keys[b, :, width - m :] = layer.keys[0, :, offset : offset + m]
+            values[b, :, width - m :] = layer.values[0, :, offset : offset + m]
+            offset += m
+        padded.update(keys, values, index)
+    return padded

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from cyclealign.kv_cache import base_model
+from cyclealign.packing import attention_mask_kind, segment_attention_mask
 from cyclealign.logprobs import response_logprobs, token_logprobs
 
 __all__ = ["list_response_logprobs", "shared_prompt_length"]
@@ -78,7 +78,7 @@ def list_response_logprobs(
         the plain ``[N, seq]`` forward.
     """
     out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
-    packable = _mask_kind(model) is not None
+    packable = attention_mask_kind(model) is not None
     groups: list[tuple[int, list[int]]] = []  # (prompt length, rows) of each packed row
     plain: list[int] = []
     start = 0
@@ -144,13 +144,10 @@ def _packed_logprobs(
     seg_ids = torch.full((G, width), -1, dtype=torch.long, device=device)  # -1: padding
     for g, (x, q, s) in enumerate(zip(packed_rows, positions, segments)):
         packed[g, : len(x)], pos_ids[g, : len(x)], seg_ids[g, : len(x)] = x, q, s
-    # Query i attends to key j <= i of the prompt (segment 0) or of its own segment; padding to itself.
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    same = seg_ids[:, :, None] == seg_ids[:, None, :]  # [G, L, L]
-    allowed = causal & (same | (seg_ids[:, None, :] == 0))
-    allowed |= torch.eye(width, dtype=torch.bool, device=device)  # a padding query sees itself (no empty row)
-    dtype = next(model.parameters()).dtype
-    mask = allowed[:, None] if _mask_kind(model) == "bool" else (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
+    # A response token attends to the prompt (segment 0) and to its own earlier tokens.
+    mask = segment_attention_mask(
+        seg_ids, kind=attention_mask_kind(model), dtype=next(model.parameters()).dtype, shared_prefix=True
+    )  # [G, 1, L, L]
     keep = sorted({c for _, c in pred})  # packed positions whose next token is scored
     column = {c: i for i, c in enumerate(keep)}
     logits = model(
@@ -161,14 +158,3 @@ def _packed_logprobs(
     cols_k = torch.tensor([column[c] for _, c in pred], device=device)
     logp = token_logprobs(logits[rows_g, cols_k][None], torch.cat(target)[None])[0]  # [scored tokens]
     out[torch.tensor(dest_row, device=device), torch.tensor(dest_col, device=device)] = logp
-
-
-def _mask_kind(model: torch.nn.Module) -> str | None:
-    """How the model's attention takes a custom 4D mask: ``"bool"`` (SDPA: True = attend),
-    ``"additive"`` (eager: 0 or the dtype's minimum, added to the scores), or None (flash
-    attention and other kernels that take no 4D mask)."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP / FSDP / DeepSpeed wrappers
-        model = model.module
-    config = getattr(base_model(model), "config", None)
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    return {"sdpa": "bool", "eager": "additive"}.get(impl)

@@ -12,9 +12,9 @@ from cyclealign.logprobs import response_logprobs
 from cyclealign.policy import TransformersPolicy
 from cyclealign.policy.base import encode_prompt
 from cyclealign.records import PromptRecord
-from cyclealign.train.losses import pro_loss
-from cyclealign.train.shared_prompt import list_response_logprobs, shared_prompt_length
+from cyclealign.train.shared_prompt import shared_prompt_length
 from cyclealign.train.trainer import collate_lists, load_trainable_policy
+from packed_grads import loss_and_grads, packed, plain
 from tiny_model import build_tiny_model_dir
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -124,21 +124,6 @@ def test_sampling_in_the_devices_default_dtype(tiny_dir, device):
     policy.close()
 
 
-def _loss_and_grads(model, batch, logprobs):
-    model.zero_grad()
-    logp = logprobs(model, batch)
-    mask = batch["response_mask"][:, 1:]
-    mean = logp.float().sum(-1) / mask.sum(-1)
-    loss, start = 0.0, 0
-    for n in batch["list_sizes"].tolist():
-        scores = mean[start : start + n][None]
-        loss = loss + pro_loss(scores, torch.ones_like(scores, dtype=torch.bool), 1.0).sum() - logp[start].float().sum()
-        start += n
-    loss.backward()
-    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return logp.detach().float(), loss.item(), grads
-
-
 @pytest.mark.parametrize("device,dtype,attention", [
     ("cpu", torch.float32, "sdpa"),
     ("cpu", torch.float32, "eager"),
@@ -174,14 +159,8 @@ def test_shared_prompt_training_forward_on_device(tiny_dir, device, dtype, atten
         for a, b in ((0, 3), (3, 5))
     )
 
-    def plain(m, b):
-        return response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"])
-
-    def once(m, b):
-        return list_response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"], b["list_sizes"].tolist())
-
-    logp_a, loss_a, grads_a = _loss_and_grads(model, batch, plain)
-    logp_b, loss_b, grads_b = _loss_and_grads(model, batch, once)
+    logp_a, loss_a, grads_a = loss_and_grads(model, batch, plain)
+    logp_b, loss_b, grads_b = loss_and_grads(model, batch, packed)
     assert logp_b.device.type == device
     if dtype == torch.float32:
         assert torch.allclose(logp_b, logp_a, atol=2e-4)

@@ -7,9 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-import typing
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,7 +16,7 @@ from cyclealign.config import Config, build_config, config_fields, flatten
 from cyclealign.data import select_next_prompts, select_round_prompts
 from cyclealign.errors import ConfigError, LockedError
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import RunDir, write_json, write_jsonl
+from cyclealign.rundir import RunDir, write_jsonl
 from cyclealign.runlock import RunLock, lock_holder
 from cyclealign.schedule import parse_conditions, promote, run_status
 

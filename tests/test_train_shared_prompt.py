@@ -1,15 +1,15 @@
-"""The shared-prompt training forward equals the plain ``[N, seq]`` forward: log-probs, loss and LoRA gradients."""
+"""The packed training forward (each list's prompt run once) equals the plain ``[N, seq]`` forward:
+log-probs, loss and LoRA gradients, on the real model and HH-RLHF prompts."""
 
 import pytest
 import torch
 
 from cyclealign.config import build_config
 from cyclealign.data import load_prompts
-from cyclealign.logprobs import response_logprobs
 from cyclealign.policy.base import encode_prompt, load_tokenizer
-from cyclealign.train.losses import pro_loss
-from cyclealign.train.shared_prompt import list_response_logprobs, shared_prompt_length
+from cyclealign.train.shared_prompt import shared_prompt_length
 from cyclealign.train.trainer import collate_lists, load_trainable_policy
+from packed_grads import loss_and_grads, packed, plain
 
 pytestmark = pytest.mark.slow
 
@@ -22,22 +22,6 @@ def _lists(model_dir, hh_rlhf_path, tok):
         ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
         rows.append({"prompt_ids": encode_prompt(tok, p, 384), "responses_ids": ids})
     return rows
-
-
-def _loss_and_grads(model, batch, logprobs):
-    model.zero_grad()
-    logp = logprobs(model, batch)
-    mask = batch["response_mask"][:, 1:]
-    mean = logp.sum(-1) / mask.sum(-1)
-    sizes = batch["list_sizes"].tolist()
-    loss, start = 0.0, 0
-    for n in sizes:  # PRO over each list (label order = row order) + NLL of the top response
-        scores = mean[start : start + n][None]
-        loss = loss + pro_loss(scores, torch.ones_like(scores, dtype=torch.bool), 1.0).sum() - logp[start].sum()
-        start += n
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return logp.detach(), loss.item(), grads
 
 
 @pytest.mark.parametrize("max_length", [512, 40])  # 40: prompts cut per response, so each response is packed on its own
@@ -63,14 +47,8 @@ def test_shared_prompt_forward_gives_the_plain_forwards_logprobs_loss_and_lora_g
     else:
         assert shared == [None, None]
 
-    def plain(m, b):
-        return response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"])
-
-    def once(m, b):
-        return list_response_logprobs(m, b["input_ids"], b["attention_mask"], b["response_mask"], b["list_sizes"].tolist())
-
-    logp_a, loss_a, grads_a = _loss_and_grads(model, batch, plain)
-    logp_b, loss_b, grads_b = _loss_and_grads(model, batch, once)
+    logp_a, loss_a, grads_a = loss_and_grads(model, batch, plain)
+    logp_b, loss_b, grads_b = loss_and_grads(model, batch, packed)
     assert logp_b.shape == logp_a.shape
     assert torch.allclose(logp_b, logp_a, atol=2e-4)
     assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-4)

@@ -164,8 +164,8 @@ class TransformersPolicy(SamplingPolicy):
 def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, n: int):
     """The KV cache of every prompt but its last token, computed once and repeated ``n`` times.
 
-    The prompts are prefilled packed into one row with no padding (:func:`_packed_prefill`)
-    where the model's attention takes a 4D mask and its cache is all full-attention layers;
+    The prompts are prefilled packed, several to a row (:func:`_packed_prefill`), where the
+    model's attention takes a 4D mask and its cache is all full-attention layers;
     else as the left-padded batch, position ids following the padding as ``generate()``
     computes them.
 
@@ -200,11 +200,13 @@ def _prefill(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.T
 def _packed_prefill(model: torch.nn.Module, prefix: torch.Tensor, mask: torch.Tensor):
     """The left-padded prompts' cache from one forward pass over their real tokens only.
 
-    The prompts' real tokens are packed into one row ``[1, S]`` (``S`` = their total), each
-    attending only to its own earlier tokens (:func:`cyclealign.packing.segment_attention_mask`)
-    with position ids from 0, as in its padded row; the keys and values are then laid out
+    The prompts are packed, longest first, into as few rows as hold them without exceeding the
+    longest prompt (first-fit decreasing), so no row is longer and there are no more rows than
+    in the padded batch: fewer tokens through the linear layers, no more attention. Each prompt
+    attends only to its own earlier tokens (:func:`cyclealign.packing.segment_attention_mask`),
+    with position ids from 0 as in its padded row; the keys and values are then laid out
     left-padded, ``[B, heads, W, head_dim]``, zeros on padding (which the attention mask hides).
-    On HH-RLHF batches the padding is more than half of the padded prefill's tokens.
+    On HH-RLHF batches padding is more than half of the padded prefill's tokens.
 
     Args:
         prefix: ``[B, W]`` left-padded prompt tokens. mask: ``[B, W]`` 1 on real tokens.
@@ -219,27 +221,44 @@ def _packed_prefill(model: torch.nn.Module, prefix: torch.Tensor, mask: torch.Te
         return None
     lengths = mask.long().sum(-1).tolist()  # [B] real tokens per row
     width = prefix.shape[1]
-    rows = [b for b, m in enumerate(lengths) if m > 0]
-    if not rows:
+    bins: list[list[int]] = []  # prompts of each packed row
+    room: list[int] = []
+    for b in sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lambda b: -lengths[b]):
+        k = next((k for k, r in enumerate(room) if r >= lengths[b]), len(bins))
+        if k == len(bins):  # no row has room: a new one
+            bins.append([])
+            room.append(width)
+        bins[k].append(b)
+        room[k] -= lengths[b]
+    if not bins:
         return None
-    packed = torch.cat([prefix[b, width - lengths[b] :] for b in rows])[None]  # [1, S]
-    positions = torch.cat([torch.arange(lengths[b], device=prefix.device) for b in rows])[None]
-    segments = torch.cat([torch.full((lengths[b],), b, device=prefix.device) for b in rows])[None]
-    attn = segment_attention_mask(segments, kind=kind, dtype=next(model.parameters()).dtype)
+    device = prefix.device
+    packed = torch.zeros(len(bins), width, dtype=prefix.dtype, device=device)  # [G, W]
+    positions = torch.zeros(len(bins), width, dtype=torch.long, device=device)
+    segments = torch.full((len(bins), width), -1, dtype=torch.long, device=device)
+    where: dict[int, tuple[int, int]] = {}  # prompt -> (packed row, offset)
+    for g, members in enumerate(bins):
+        offset = 0
+        for b in members:
+            m = lengths[b]
+            packed[g, offset : offset + m] = prefix[b, width - m :]
+            positions[g, offset : offset + m] = torch.arange(m, device=device)
+            segments[g, offset : offset + m] = b
+            where[b] = (g, offset)
+            offset += m
+    used = max(width - r for r in room)
+    attn = segment_attention_mask(segments[:, :used], kind=kind, dtype=next(model.parameters()).dtype)
     out = model(
-        input_ids=packed, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1,
-        **{cache_kwarg(model): cache},
+        input_ids=packed[:, :used], attention_mask=attn, position_ids=positions[:, :used], use_cache=True,
+        logits_to_keep=1, **{cache_kwarg(model): cache},
     )
-    packed_cache = output_cache(out)
     padded = empty_cache(model)
-    for index, layer in enumerate(packed_cache.layers):
+    for index, layer in enumerate(output_cache(out).layers):  # [G, heads, used, dim] -> [B, heads, W, dim]
         keys = layer.keys.new_zeros(len(lengths), layer.keys.shape[1], width, layer.keys.shape[3])
         values = layer.values.new_zeros(len(lengths), layer.values.shape[1], width, layer.values.shape[3])
-        offset = 0
-        for b in rows:
+        for b, (g, offset) in where.items():
             m = lengths[b]
-            keys[b, :, width - m :] = layer.keys[0, :, offset : offset + m]
-            values[b, :, width - m :] = layer.values[0, :, offset : offset + m]
-            offset += m
+            keys[b, :, width - m :] = layer.keys[g, :, offset : offset + m]
+            values[b, :, width - m :] = layer.values[g, :, offset : offset + m]
         padded.update(keys, values, index)
     return padded

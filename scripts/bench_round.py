@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--hh", type=Path, default=DEFAULT_HH, help="HH-RLHF harmless-base JSONL[.gz]")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default=None, help="model directory or id (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if not a.hh.exists():
@@ -131,7 +132,7 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     cfg = build_config(**{
-        "seed": a.seed, "model.device": a.device, "generation.num_samples": a.n,
+        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
         "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "train.epochs": 1.0,
     })
     model_dir = str(resolve_model_dir(cfg.model))

@@ -232,33 +232,39 @@ def _packed_prefill(model: torch.nn.Module, prefix: torch.Tensor, mask: torch.Te
         room[k] -= lengths[b]
     if not bins:
         return None
-    device = prefix.device
-    packed = torch.zeros(len(bins), width, dtype=prefix.dtype, device=device)  # [G, W]
-    positions = torch.zeros(len(bins), width, dtype=torch.long, device=device)
-    segments = torch.full((len(bins), width), -1, dtype=torch.long, device=device)
-    where: dict[int, tuple[int, int]] = {}  # prompt -> (packed row, offset)
+    # Prompt b's real tokens sit at columns W - m_b .. W - 1 of the padded batch and at offsets
+    # o .. o + m_b - 1 of its packed row; the index lists pair them, token by token.
+    src_row, src_col, dst_row, dst_col, position = [], [], [], [], []
     for g, members in enumerate(bins):
         offset = 0
         for b in members:
             m = lengths[b]
-            packed[g, offset : offset + m] = prefix[b, width - m :]
-            positions[g, offset : offset + m] = torch.arange(m, device=device)
-            segments[g, offset : offset + m] = b
-            where[b] = (g, offset)
+            src_row += [b] * m
+            src_col += range(width - m, width)
+            dst_row += [g] * m
+            dst_col += range(offset, offset + m)
+            position += range(m)
             offset += m
-    used = max(width - r for r in room)
-    attn = segment_attention_mask(segments[:, :used], kind=kind, dtype=next(model.parameters()).dtype)
+    device = prefix.device
+    src = (torch.tensor(src_row, device=device), torch.tensor(src_col, device=device))  # padded (row, column)
+    dst = (torch.tensor(dst_row, device=device), torch.tensor(dst_col, device=device))  # packed (row, offset)
+    shape = (len(bins), max(dst_col) + 1)  # [G, L], L <= W
+    packed = torch.zeros(shape, dtype=prefix.dtype, device=device)
+    packed[dst] = prefix[src]
+    positions = torch.zeros(shape, dtype=torch.long, device=device)
+    positions[dst] = torch.tensor(position, device=device)  # 0, 1, ... within each prompt
+    segments = torch.full(shape, -1, dtype=torch.long, device=device)
+    segments[dst] = src[0]
+    attn = segment_attention_mask(segments, kind=kind, dtype=next(model.parameters()).dtype)
     out = model(
-        input_ids=packed[:, :used], attention_mask=attn, position_ids=positions[:, :used], use_cache=True,
-        logits_to_keep=1, **{cache_kwarg(model): cache},
+        input_ids=packed, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1,
+        **{cache_kwarg(model): cache},
     )
     padded = empty_cache(model)
-    for index, layer in enumerate(output_cache(out).layers):  # [G, heads, used, dim] -> [B, heads, W, dim]
+    for index, layer in enumerate(output_cache(out).layers):  # [G, heads, L, dim] -> [B, heads, W, dim]
         keys = layer.keys.new_zeros(len(lengths), layer.keys.shape[1], width, layer.keys.shape[3])
         values = layer.values.new_zeros(len(lengths), layer.values.shape[1], width, layer.values.shape[3])
-        for b, (g, offset) in where.items():
-            m = lengths[b]
-            keys[b, :, width - m :] = layer.keys[g, :, offset : offset + m]
-            values[b, :, width - m :] = layer.values[g, :, offset : offset + m]
+        keys[src[0], :, src[1]] = layer.keys[dst[0], :, dst[1]]
+        values[src[0], :, src[1]] = layer.values[dst[0], :, dst[1]]
         padded.update(keys, values, index)
     return padded

@@ -77,22 +77,23 @@ def list_response_logprobs(
         padding``, and models whose attention takes no 4D mask (flash-attention kernels), take
         the plain ``[N, seq]`` forward.
     """
+    if attention_mask_kind(model) is None:
+        return response_logprobs(model, input_ids, attention_mask, response_mask)
     out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
-    packable = attention_mask_kind(model) is not None
     groups: list[tuple[int, list[int]]] = []  # (prompt length, rows) of each packed row
     plain: list[int] = []
     start = 0
     for n in list_sizes:
         rows = list(range(start, start + n))
+        sl = slice(start, start + n)
         start += n
-        sl = slice(rows[0], rows[-1] + 1)
-        p = shared_prompt_length(input_ids[sl], attention_mask[sl], response_mask[sl]) if packable else None
+        p = shared_prompt_length(input_ids[sl], attention_mask[sl], response_mask[sl])
         if p is not None:
             groups.append((p, rows))
             continue
         for r in rows:  # each row on its own: a packed row of one response, or the plain forward
             q = shared_prompt_length(input_ids[r : r + 1], attention_mask[r : r + 1], response_mask[r : r + 1])
-            if packable and q is not None:
+            if q is not None:
                 groups.append((q, [r]))
             else:
                 plain.append(r)
@@ -112,49 +113,56 @@ def _packed_logprobs(
     out: torch.Tensor,
 ) -> None:
     """Fill ``out`` (``[R, seq - 1]``) at the response positions of ``groups``' rows from one
-    forward pass over the packed rows (``[G, L]``, right-padded to the longest)."""
-    device = input_ids.device
+    forward pass over the packed rows (``[G, L]``, right-padded to the longest).
+
+    A token at column ``c`` of its batch row keeps ``c`` as its position id in the packed row;
+    the packing is index lists built on the CPU, one gather and one scatter on the device.
+    """
     lengths = attention_mask.long().sum(-1).tolist()  # [R] real tokens per row
-    packed_rows, positions, segments = [], [], []
-    pred, target, dest_row, dest_col = [], [], [], []  # one entry per scored token
+    src_row, src_col, dst_row, dst_col, segment = [], [], [], [], []  # one entry per packed token
+    pred_row, pred_col, score_row, score_col = [], [], [], []  # one entry per scored token
     for g, (p, rows) in enumerate(groups):
-        ids = [input_ids[rows[0], :p]]
-        pos = [torch.arange(p, device=device)]
-        seg = [torch.zeros(p, dtype=torch.long, device=device)]
+        src_row += [rows[0]] * p
+        src_col += range(p)
+        dst_row += [g] * p
+        dst_col += range(p)
+        segment += [0] * p
         offset = p
         for k, r in enumerate(rows, start=1):
-            m = lengths[r] - p  # response tokens
-            ids.append(input_ids[r, p : lengths[r]])
-            pos.append(torch.arange(p, p + m, device=device))
-            seg.append(torch.full((m,), k, dtype=torch.long, device=device))
-            # Token j of the response sits at packed position offset + j and original position p + j;
-            # it is predicted from packed position p - 1 (j = 0: the prompt's last token) or offset + j - 1.
-            pred.extend([(g, p - 1)] + [(g, offset + j - 1) for j in range(1, m)])
-            target.append(input_ids[r, p : lengths[r]])
-            dest_row.extend([r] * m)
-            dest_col.extend(range(p - 1, p - 1 + m))
+            m = lengths[r] - p  # response tokens, at batch columns p .. p + m - 1
+            src_row += [r] * m
+            src_col += range(p, p + m)
+            dst_row += [g] * m
+            dst_col += range(offset, offset + m)
+            segment += [k] * m
+            # Response token j is predicted from packed position p - 1 (j = 0: the prompt's last
+            # token) or offset + j - 1; its log-prob goes to column p + j - 1 of ``out``.
+            pred_row += [g] * m
+            pred_col += [p - 1] + list(range(offset, offset + m - 1))
+            score_row += [r] * m
+            score_col += range(p - 1, p - 1 + m)
             offset += m
-        packed_rows.append(torch.cat(ids))
-        positions.append(torch.cat(pos))
-        segments.append(torch.cat(seg))
-    width = max(len(x) for x in packed_rows)
-    G = len(groups)
-    packed = torch.zeros(G, width, dtype=input_ids.dtype, device=device)  # [G, L]
-    pos_ids = torch.zeros(G, width, dtype=torch.long, device=device)
-    seg_ids = torch.full((G, width), -1, dtype=torch.long, device=device)  # -1: padding
-    for g, (x, q, s) in enumerate(zip(packed_rows, positions, segments)):
-        packed[g, : len(x)], pos_ids[g, : len(x)], seg_ids[g, : len(x)] = x, q, s
+    device = input_ids.device
+    src = (torch.tensor(src_row, device=device), torch.tensor(src_col, device=device))  # batch (row, column)
+    dst = (torch.tensor(dst_row, device=device), torch.tensor(dst_col, device=device))  # packed (row, position)
+    shape = (len(groups), max(dst_col) + 1)  # [G, L]
+    packed = torch.zeros(shape, dtype=input_ids.dtype, device=device)
+    packed[dst] = input_ids[src]
+    pos_ids = torch.zeros(shape, dtype=torch.long, device=device)
+    pos_ids[dst] = src[1]
+    seg_ids = torch.full(shape, -1, dtype=torch.long, device=device)  # -1: padding
+    seg_ids[dst] = torch.tensor(segment, device=device)
     # A response token attends to the prompt (segment 0) and to its own earlier tokens.
     mask = segment_attention_mask(
         seg_ids, kind=attention_mask_kind(model), dtype=next(model.parameters()).dtype, shared_prefix=True
     )  # [G, 1, L, L]
-    keep = sorted({c for _, c in pred})  # packed positions whose next token is scored
+    keep = sorted(set(pred_col))  # packed positions whose next token is scored
     column = {c: i for i, c in enumerate(keep)}
     logits = model(
-        input_ids=packed, attention_mask=mask, position_ids=pos_ids,
-        logits_to_keep=torch.tensor(keep, device=device),
+        input_ids=packed, attention_mask=mask, position_ids=pos_ids, logits_to_keep=torch.tensor(keep, device=device)
     ).logits  # [G, K, V]
-    rows_g = torch.tensor([g for g, _ in pred], device=device)
-    cols_k = torch.tensor([column[c] for _, c in pred], device=device)
-    logp = token_logprobs(logits[rows_g, cols_k][None], torch.cat(target)[None])[0]  # [scored tokens]
-    out[torch.tensor(dest_row, device=device), torch.tensor(dest_col, device=device)] = logp
+    rows_g = torch.tensor(pred_row, device=device)
+    cols_k = torch.tensor([column[c] for c in pred_col], device=device)
+    score = (torch.tensor(score_row, device=device), torch.tensor(score_col, device=device))
+    targets = input_ids[score[0], score[1] + 1]  # the scored tokens themselves
+    out[score] = token_logprobs(logits[rows_g, cols_k][None], targets[None])[0]

@@ -93,22 +93,25 @@ def test_close_frees_the_model_and_the_next_call_reopens_it(policy, tmp_path):
     assert policy._model is not None and policy.adapter is None
 
 
-def test_prefilled_sampling_draws_what_generate_with_num_return_sequences_draws(policy):
-    """The prompt prefilled once and its cache shared by the N samples: the same seed gives the
-    same responses as the plain ``generate(num_return_sequences=N)`` over the same left-padded
-    batch (up to float rounding, which may flip a rare draw at a probability boundary)."""
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.9, 0.95), (0.7, 0.5)])
+def test_prefilled_sampling_draws_what_generate_with_num_return_sequences_draws(policy, temperature, top_p):
+    """The prompt prefilled once and its cache shared by the N samples, decoding into a
+    preallocated cache with the candidates-only nucleus: the same seed gives the same responses
+    as the plain ``generate(num_return_sequences=N)`` over the same left-padded batch with
+    transformers' own temperature and top-p warpers (up to float rounding, which may flip a
+    rare draw at a probability boundary)."""
     from cyclealign.policy.base import encode_prompt
 
     tok = policy.tokenizer
     ids = [encode_prompt(tok, p, 256) for p in PROMPTS]  # of different lengths: left padding
     torch.manual_seed(7)
-    shared = policy.sample_batch(ids, n=3, seed=None, temperature=1.0, top_p=1.0, max_new_tokens=12)
+    shared = policy.sample_batch(ids, n=3, seed=None, temperature=temperature, top_p=top_p, max_new_tokens=12)
     width = max(map(len, ids))
     input_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in ids])
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
     torch.manual_seed(7)
     out = policy.model.generate(
-        input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+        input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
         max_new_tokens=12, num_return_sequences=3, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
     )
     plain = out[:, width:].tolist()  # [B*3, T], rows in the order of the shared samples

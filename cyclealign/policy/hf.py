@@ -12,6 +12,12 @@ plain ``generate(num_return_sequences=N)`` would run every prompt through the mo
 The rows and the random draws are those of ``generate(num_return_sequences=N)``: the same seed
 samples the same responses as that call, up to float rounding of the logits.
 
+Decoding itself avoids two per-step costs of ``generate()``'s defaults that grow with the batch:
+the cache writes each step into preallocated room (:class:`~cyclealign.kv_cache.PreallocatedLayer`,
+no ``torch.cat`` of the whole cache), and top-p searches the largest logits instead of sorting
+the vocabulary (:class:`~cyclealign.policy.nucleus.TemperedNucleusWarper`); both leave the
+scores the sampler sees, and so the draws, as they were.
+
 De-duplication, resampling, prompt encoding and decoding are :class:`~cyclealign.policy.base.SamplingPolicy`'s;
 this module only runs one ``generate()`` per batch.
 """
@@ -23,13 +29,15 @@ import logging
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
 from cyclealign.config import GenerationConfig, ModelConfig
-from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
+from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache, preallocate
 from cyclealign.logprobs import token_logprobs
 from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype
 from cyclealign.packing import attention_mask_kind, segment_attention_mask
 from cyclealign.policy.base import Sample, SamplingPolicy
+from cyclealign.policy.nucleus import TemperedNucleusWarper
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +134,18 @@ class TransformersPolicy(SamplingPolicy):
         decoding = (
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             if greedy
-            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            else {
+                "do_sample": True,
+                "temperature": 1.0,  # both applied by the one processor, in transformers' order
+                "top_p": 1.0,
+                "top_k": 0,
+                "logits_processor": LogitsProcessorList([TemperedNucleusWarper(temperature, top_p)]),
+            }
         )
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         cache = _prefill(self.model, input_ids, attention, n)
+        if cache is not None:
+            preallocate(cache, reserve=max_new_tokens)  # decoding writes into spare room, no per-step cat
         out = self.model.generate(
             input_ids=input_ids.repeat_interleave(n, dim=0),
             attention_mask=attention.repeat_interleave(n, dim=0),

@@ -104,7 +104,7 @@ def iterate(
     merge: Annotated[bool, typer.Option(help="Also save each round's policy with the adapter merged (round_k/merged/).")] = False,
     sft_weight: Annotated[Optional[float], typer.Option(help="Weight of the SFT term on the top response (default: train.sft_weight).")] = None,
     sft_reduction: Annotated[Optional[str], typer.Option(help="SFT term per token (mean) or summed over the response (sum, PRO's code).")] = None,
-    sft_pro_scale: Annotated[Optional[bool], typer.Option("--sft-pro-scale/--no-sft-pro-scale", help="Scale the SFT term by (n-1)^2 as PRO's code does (default: on).")] = None,
+    sft_pro_scale: Annotated[Optional[bool], typer.Option("--sft-pro-scale/--no-sft-pro-scale", help="Scale the SFT term by (n-1)^2 as PRO's code does (default: train.sft_pro_scale).")] = None,
     pro_temperature: Annotated[Optional[float], typer.Option(help="PRO: scores are divided by this before the softmax.")] = None,
     pro_reward_gap: Annotated[Optional[bool], typer.Option("--pro-reward-gap/--no-pro-reward-gap", help="PRO's reward-gap temperatures (rank rewards).")] = None,
     train_target: Annotated[Optional[str], typer.Option(help="Train on the black-box ranking (blackbox) or the LCS-agreed order only (agreement).")] = None,

@@ -42,13 +42,16 @@ class TrainConfig(Section):
         "prompts whose LCS is shorter than 2 are left out).",
     )
     sft_weight: float = Field(
-        0.05, ge=0, description="Weight of the SFT (NLL) term on the top response (PRO's HH-RLHF setting with the two below)."
+        1.0,
+        ge=0,
+        description="Weight of the SFT (NLL) term on the top response. PRO's HH-RLHF setting is 0.05 with "
+        "sft_reduction=sum and sft_pro_scale=true.",
     )
     sft_reduction: Literal["mean", "sum"] = Field(
-        "sum", description="SFT term per token (mean) or summed over the response's tokens (PRO's reference code)."
+        "mean", description="SFT term per token (mean) or summed over the response's tokens (sum: PRO's reference code)."
     )
     sft_pro_scale: bool = Field(
-        True, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
+        False, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
     )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the round's rankings.")

@@ -22,7 +22,10 @@ stance, ...) and each seed, this script
 It prints one JSON line: per rule, per held-out kind, the property before and after for both
 methods, ``moved`` (after - before), ``ratio`` = moved(cyclealign) / moved(baseline), the tau
 before and after, the wall seconds of each CycleAlign run, and the mean and spread (min, max)
-over the seeds. Base-policy and baseline results are cached under ``--out`` (they do not
+over the seeds; per rule and kind, ``ratio_of_means`` (the seed-mean movements' ratio) and
+``ratio_of_means_90``, its 90% percentile-bootstrap interval from resampling the held-out
+prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`): how far the measured ratio can
+be trusted with this many prompts. Base-policy and baseline results are cached under ``--out`` (they do not
 depend on the CycleAlign config), so a sweep of ``--set`` values only re-runs CycleAlign.
 
 Usage::
@@ -53,7 +56,13 @@ import torch  # noqa: E402
 
 from cyclealign.config import build_config  # noqa: E402
 from cyclealign.data import load_prompts, select_round_prompts  # noqa: E402
-from cyclealign.efficacy.measure import loglik_scores, property_rate, rule_tau  # noqa: E402
+from cyclealign.efficacy.measure import (  # noqa: E402
+    bootstrap_ratio,
+    loglik_scores,
+    prompt_properties,
+    property_rate,
+    rule_tau,
+)
 from cyclealign.efficacy.rules import RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
@@ -272,7 +281,12 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
 
     before = measure(rule, base["gens"], base["gens"], base["scores"])
     out: dict[str, Any] = {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "train": cyc.get("train")}
+    samples = {"cyclealign": run_dir / "heldout", "baseline": bl_dir / "heldout"}
     for kind in heldout:
+        per_prompt = {"before": prompt_properties(rule, base["gens"][kind])}
+        for name, folder in samples.items():
+            gens = [Generation.from_json(d) for d in read_jsonl(folder / f"{kind}.jsonl")]
+            per_prompt[name] = prompt_properties(rule, gens)
         b, c, p = before[kind], cyc["measures"][kind], bl["measures"][kind]
         moved_c, moved_b = c["property"] - b["property"], p["property"] - b["property"]
         out[kind] = {
@@ -285,6 +299,7 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             "tau_before": b["tau"],
             "tau_cyclealign": c["tau"],
             "tau_baseline": p["tau"],
+            "per_prompt": per_prompt,
         }
     return out
 
@@ -343,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         for rule in rules:
             res = run_rule(rule, seed, args, overrides, train_prompts_path, heldout, base, root, tag)
             per_rule[rule.name].append(res)
-            print(json.dumps({"seed": seed, "rule": rule.name, **res}), file=sys.stderr, flush=True)
+            shown = {k: ({f: x for f, x in v.items() if f != "per_prompt"} if k in heldout else v) for k, v in res.items()}
+            print(json.dumps({"seed": seed, "rule": rule.name, **shown}), file=sys.stderr, flush=True)
 
     summary: dict[str, Any] = {
         "bench": "efficacy",
@@ -367,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             moved_c = statistics.fmean(r[kind]["moved_cyclealign"] for r in runs)
             moved_b = statistics.fmean(r[kind]["moved_baseline"] for r in runs)
             entry[kind]["ratio_of_means"] = moved_c / moved_b if moved_b > 0 else None
+            # How precisely the held-out prompts pin the ratio down: resample them (paired).
+            entry[kind]["ratio_of_means_90"] = bootstrap_ratio([r[kind]["per_prompt"] for r in runs])
         summary["rules"][name] = entry
     print(json.dumps(summary))
     return 0

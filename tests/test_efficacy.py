@@ -129,3 +129,24 @@ def test_iterate_against_a_rule_black_box_trains_on_the_rules_rankings(tmp_path,
     assert rd.has_adapter()
     train = json.loads(rd.train.read_text())
     assert 0.0 <= train["ranking_accuracy"] <= 1.0 and train["grad_norm"] > 0
+
+
+def test_bootstrap_ratio_brackets_the_measured_ratio_and_narrows_with_more_prompts():
+    from cyclealign.efficacy.measure import bootstrap_ratio
+
+    def seed(prompts, before, cyc, base):  # per prompt 4 responses; property counts per policy
+        return {
+            "before": [(before[i % len(before)], 4) for i in range(prompts)],
+            "cyclealign": [(cyc[i % len(cyc)], 4) for i in range(prompts)],
+            "baseline": [(base[i % len(base)], 4) for i in range(prompts)],
+        }
+
+    few = [seed(16, [1, 2, 3, 2], [3, 3, 4, 2], [2, 3, 4, 3])]  # moved: cyc 4/16 per prompt, baseline 4/16
+    low, high = bootstrap_ratio(few, draws=500)
+    assert low <= 1.0 <= high
+    many = [seed(256, [1, 2, 3, 2], [3, 3, 4, 2], [2, 3, 4, 3])]
+    low2, high2 = bootstrap_ratio(many, draws=500)
+    assert low2 <= 1.0 <= high2 and high2 - low2 < (high - low) / 2
+    assert bootstrap_ratio([seed(8, [2], [3], [1])], draws=100) is None  # the baseline never moves up
+    with pytest.raises(ValueError, match="same non-empty prompts"):
+        bootstrap_ratio([{"before": [(1, 4)], "cyclealign": [], "baseline": [(1, 4)]}])

@@ -91,9 +91,9 @@ class RankingConfig(_BaseConfig):
         pro_temperature (`float`, defaults to `1.0`): PRO scores are divided by it.
         pro_reward_gap (`bool`, defaults to `False`): PRO's reward-gap temperatures (Eq. 8-9) from
             rank rewards.
-        sft_weight (`float`, defaults to `0.05`): weight of the NLL term on the top response.
-        sft_reduction (`str`, defaults to `"sum"`): the NLL per token (`"mean"`) or summed (`"sum"`).
-        sft_pro_scale (`bool`, defaults to `True`): multiply the SFT term by `(n-1)^2` (PRO's code).
+        sft_weight (`float`, defaults to `1.0`): weight of the NLL term on the top response.
+        sft_reduction (`str`, defaults to `"mean"`): the NLL per token (`"mean"`) or summed (`"sum"`).
+        sft_pro_scale (`bool`, defaults to `False`): multiply the SFT term by `(n-1)^2` (PRO's code).
         max_length (`int`, defaults to `512`): prompt + response tokens kept per sequence
             (the prompt is left-truncated first, then the response right-truncated).
         pad_token_id (`int`, defaults to `0`): id used to pad sequences.
@@ -103,9 +103,9 @@ class RankingConfig(_BaseConfig):
     beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale (dpo-pl, lipo)."})
     pro_temperature: float = field(default=1.0, metadata={"help": "PRO softmax temperature."})
     pro_reward_gap: bool = field(default=False, metadata={"help": "PRO reward-gap temperatures (rank rewards)."})
-    sft_weight: float = field(default=0.05, metadata={"help": "Weight of the SFT term on the top response."})
-    sft_reduction: str = field(default="sum", metadata={"help": "SFT NLL per token (mean) or summed (sum)."})
-    sft_pro_scale: bool = field(default=True, metadata={"help": "Scale the SFT term by (n-1)^2 (PRO)."})
+    sft_weight: float = field(default=1.0, metadata={"help": "Weight of the SFT term on the top response."})
+    sft_reduction: str = field(default="mean", metadata={"help": "SFT NLL per token (mean) or summed (sum)."})
+    sft_pro_scale: bool = field(default=False, metadata={"help": "Scale the SFT term by (n-1)^2 (PRO)."})
     max_length: int = field(default=512, metadata={"help": "Max prompt + response tokens per sequence."})
     pad_token_id: int = field(default=0, metadata={"help": "Padding token id."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})

@@ -25,8 +25,9 @@ before and after, the wall seconds of each CycleAlign run, and the mean and spre
 over the seeds; per rule and kind, ``ratio_of_means`` (the seed-mean movements' ratio) and
 ``ratio_of_means_90``, its 90% percentile-bootstrap interval from resampling the held-out
 prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`): how far the measured ratio can
-be trusted with this many prompts. Base-policy and baseline results are cached under ``--out`` (they do not
-depend on the CycleAlign config), so a sweep of ``--set`` values only re-runs CycleAlign.
+be trusted with this many prompts. Base-policy and baseline results are cached under
+``--out`` (they do not depend on the CycleAlign config), so a sweep of ``--set`` values only
+re-runs CycleAlign.
 
 Usage::
 

@@ -2,7 +2,8 @@
 
 transformers' ``TopPLogitsWarper`` sorts all ``V`` logits of every row at every decoding step
 (49,152 for SmolLM2) to find the nucleus, the smallest set of most likely tokens whose mass
-reaches ``top_p``. The nucleus is almost always a few dozen tokens, so
+reaches ``top_p``. Most rows' nucleus lies within a few hundred tokens (with SmolLM2-135M at
+T=0.9, top-p 0.95 on HH-RLHF prompts, 59 of 1,024 row-steps needed more than 256), so
 :class:`TemperedNucleusWarper` takes the ``candidates`` largest logits (``torch.topk``, a
 partial selection), finds the nucleus among them, and falls back to the full sort only for a
 row whose candidates hold less than ``top_p`` of the mass (its nucleus may be larger).

@@ -30,10 +30,11 @@ def property_rate(rule: Rule, gens: Sequence[Generation]) -> float:
     Raises:
         ValueError: no response at all.
     """
-    values = [rule.property(r) for g in gens for r in g.responses]
-    if not values:
+    terms = prompt_properties(rule, gens)
+    responses = sum(n for _, n in terms)
+    if not responses:
         raise ValueError("no response to measure")
-    return sum(values) / len(values)
+    return sum(total for total, _ in terms) / responses
 
 
 def prompt_properties(rule: Rule, gens: Sequence[Generation]) -> list[tuple[float, int]]:

@@ -53,7 +53,6 @@ class TemperedNucleusWarper(LogitsProcessor):
         self.top_p = top_p
         self.candidates = candidates
         self.full_sorts = 0  # rows that needed the full sort (their nucleus exceeded the candidates)
-        self.rows = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         """``scores``: ``[rows, V]`` next-token logits; returns them tempered, ``-inf`` outside
@@ -71,7 +70,6 @@ class TemperedNucleusWarper(LogitsProcessor):
         out = scores.masked_fill(remove, -float("inf"))
         # A row whose every candidate is kept may have a nucleus beyond them: sort it all.
         wide = ~drop[:, -1]
-        self.rows += scores.shape[0]
         if k < scores.shape[-1] and bool(wide.any()):
             rows = wide.nonzero().squeeze(-1)
             self.full_sorts += len(rows)

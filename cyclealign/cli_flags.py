@@ -111,6 +111,8 @@ FLAG_FIELDS = {
     "train_target": "train.target",
     "learning_rate": "train.learning_rate",
     "epochs": "train.epochs",
+    "carry_optimizer": "train.carry_optimizer",
+    "max_grad_norm": "train.max_grad_norm",
     "lora_r": "train.lora_r",
     "lora_alpha": "train.lora_alpha",
     "seed": "seed",

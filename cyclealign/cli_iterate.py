@@ -110,6 +110,8 @@ def iterate(
     train_target: Annotated[Optional[str], typer.Option(help="Train on the black-box ranking (blackbox) or the LCS-agreed order only (agreement).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="LoRA learning rate (default: train.learning_rate).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Training passes over each round's rankings (default: train.epochs).")] = None,
+    carry_optimizer: Annotated[Optional[bool], typer.Option("--carry-optimizer/--no-carry-optimizer", help="Continue each round from the previous round's AdamW state (default: on).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Clip each step's gradient norm to this (0: no clipping; default: 1.0).")] = None,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default: train.lora_r).")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (default: train.lora_alpha).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,

@@ -57,9 +57,13 @@ class TrainConfig(Section):
     epochs: float = Field(2.0, gt=0, description="Passes over the round's rankings.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (1 step = 1 prompt's list).")
     carry_optimizer: bool = Field(
-        False,
-        description="Continue each round from the previous round's AdamW state (saved as adapter/optimizer.pt) "
-        "instead of fresh moment estimates.",
+        True,
+        description="Continue each round from the previous round's AdamW state (saved as adapter/optimizer.pt, "
+        "2 floats per LoRA weight) instead of fresh moment estimates. Not carried where the state is sharded "
+        "(DeepSpeed ZeRO, FSDP): those rounds start fresh, with a warning.",
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Clip each step's gradient to this global norm (0: no clipping)."
     )
     max_length: int = Field(512, ge=32, description="Prompt + response tokens kept per sequence.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")

@@ -191,7 +191,8 @@ def test_carry_optimizer_continues_the_previous_rounds_adamw_state(embedded_mode
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)
-    cfg = build_config(**{"train.carry_optimizer": True, "train.epochs": 1})
+    cfg = build_config(**{"train.epochs": 1})
+    assert cfg.train.carry_optimizer  # the default
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_dict=False)
     resp = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ("Hi!", "Hello there.", "no")]
     examples = [RankingExample(prompt, resp)] * 2
@@ -208,7 +209,50 @@ def test_carry_optimizer_continues_the_previous_rounds_adamw_state(embedded_mode
     assert {float(s["step"]) for s in second["state"].values()} == {4.0}
     assert len(second["state"]) == len(first["state"])
     # Without the option no state is written.
-    cfg_off = build_config(**{"train.epochs": 1})
+    cfg_off = build_config(**{"train.epochs": 1, "train.carry_optimizer": False})
     model = load_trainable_policy(str(embedded_model_dir), None, cfg_off.train, device, torch.float32)
     train_round(model, examples, cfg_off.train, out_dir=tmp_path / "off", **common)
     assert not (tmp_path / "off" / "optimizer.pt").exists()
+
+
+def test_a_sharded_optimizer_state_is_neither_saved_nor_loaded(tmp_path, caplog):
+    """Under DeepSpeed ZeRO / FSDP one process's ``state_dict()`` is a shard: the round starts fresh."""
+    from types import SimpleNamespace
+
+    from cyclealign.train.optimizer_carry import optimizer_state_is_whole, save_optimizer_state
+
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([param], lr=0.1)
+    param.grad = torch.ones(3)
+    opt.step()
+    plain = SimpleNamespace(optimizer=opt, is_deepspeed_enabled=False, is_fsdp_enabled=False)
+    assert optimizer_state_is_whole(plain) and save_optimizer_state(plain, tmp_path)
+    assert (tmp_path / "optimizer.pt").is_file()
+    for flags in ({"is_deepspeed_enabled": True}, {"is_fsdp_enabled": True}):
+        folder = tmp_path / next(iter(flags))
+        folder.mkdir()
+        sharded = SimpleNamespace(optimizer=opt, **{"is_deepspeed_enabled": False, "is_fsdp_enabled": False, **flags})
+        assert not optimizer_state_is_whole(sharded)
+        assert not save_optimizer_state(sharded, folder)
+        assert not (folder / "optimizer.pt").exists()
+    assert "sharded" in caplog.text
+
+
+def test_max_grad_norm_reaches_the_trainer(embedded_model_dir, tmp_path):
+    """``train.max_grad_norm`` is the trainer's clipping threshold; 0 turns clipping off and the
+    pre-clip norm is still logged."""
+    from transformers import AutoTokenizer
+
+    from cyclealign.train.session import training_arguments
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    device = torch.device("cpu")
+    assert training_arguments(build_config().train, work=tmp_path, seed=0, device=device)["max_grad_norm"] == 1.0
+    cfg = build_config(**{"train.max_grad_norm": 0, "train.epochs": 1, "train.carry_optimizer": False})
+    assert training_arguments(cfg.train, work=tmp_path, seed=0, device=device)["max_grad_norm"] == 0.0
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_dict=False)
+    resp = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ("Hi!", "no")]
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg.train, device, torch.float32)
+    stats = train_round(model, [RankingExample(prompt, resp)], cfg.train, pad_token_id=tok.pad_token_id, seed=0,
+                        device=device, out_dir=tmp_path / "a")
+    assert stats.steps == 1 and math.isfinite(stats.grad_norm) and stats.grad_norm > 0

@@ -97,3 +97,23 @@ def test_reference_is_the_adapter_as_given_or_the_base(embedded_model_dir, tmp_p
     else:
         assert abs(first - math.log(2)) > 1e-3
     assert list(model.peft_config) == ["default"]
+
+
+def test_dpo_carries_the_previous_rounds_adamw_state(embedded_model_dir, tmp_path):
+    """With ``train.carry_optimizer`` (the default) round 1 continues round 0's AdamW state, also when
+    TRL adds its frozen copy of the previous adapter as the reference."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    cfg = build_config(**{"train.reference": "previous", "train.epochs": 2}).train
+    device = torch.device("cpu")
+    common = dict(tokenizer=tok, pad_token_id=tok.pad_token_id, seed=0, device=device, pairs="adjacent")
+    model = load_trainable_policy(str(embedded_model_dir), None, cfg, device, torch.float32)
+    train_round_dpo(model, [_example(tok)], cfg, out_dir=tmp_path / "r0", **common)
+    first = torch.load(tmp_path / "r0" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in first["state"].values()} == {2.0}
+    model = load_trainable_policy(str(embedded_model_dir), tmp_path / "r0", cfg, device, torch.float32)
+    train_round_dpo(model, [_example(tok)], cfg, out_dir=tmp_path / "r1", previous_adapter=tmp_path / "r0", **common)
+    second = torch.load(tmp_path / "r1" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in second["state"].values()} == {4.0}
+    assert len(second["state"]) == len(first["state"])

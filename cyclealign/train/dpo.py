@@ -25,6 +25,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from cyclealign.config import TrainConfig
 from cyclealign.pairs import preference_pairs
 from cyclealign.train.examples import RankingExample, keep_prompt_tail, usable_lists
+from cyclealign.train.optimizer_carry import CarriedOptimizerMixin, carried_state
 from cyclealign.train.session import (
     DPO_KEYS,
     TrainStats,
@@ -66,8 +67,9 @@ def ranking_to_pairs(
     return [(list(example.prompt_ids), list(chosen), list(rejected)) for chosen, rejected in pairs]
 
 
-class _TokenIdsDPOTrainer(DPOTrainer):
-    """``DPOTrainer`` that takes a dataset already holding ``prompt_ids``/``chosen_ids``/``rejected_ids``."""
+class _TokenIdsDPOTrainer(CarriedOptimizerMixin, DPOTrainer):
+    """``DPOTrainer`` that takes a dataset already holding ``prompt_ids``/``chosen_ids``/``rejected_ids``
+    and can continue a previous round's optimiser state (``carried_optimizer_state``)."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if set(PAIR_COLUMNS) <= set(dataset.column_names or []):
@@ -88,6 +90,7 @@ def train_round_dpo(
     pairs: Literal["all", "adjacent"] = "all",
     loss_type: str | list[str] = "sigmoid",
     callbacks: list | None = None,
+    previous_adapter: Path | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` (a PEFT model) with ``trl.DPOTrainer`` on the rankings' pairs; save its adapter.
 
@@ -103,7 +106,9 @@ def train_round_dpo(
     schedule), ``epochs``, ``grad_accum``, ``max_length`` from ``cfg``; ``loss_type`` is
     ``DPOConfig.loss_type`` (``"sigmoid"`` = DPO, ``"ipo"``, ``"hinge"``, ...). With
     ``cfg.sft_weight > 0``, TRL's ``"sft"`` loss (NLL of each pair's chosen response) is added
-    with that weight: TRL's nearest form of the SFT term on the top response.
+    with that weight: TRL's nearest form of the SFT term on the top response. With
+    ``cfg.carry_optimizer``, the AdamW state saved beside ``previous_adapter`` is loaded first and
+    this round's is saved beside the new adapter (:mod:`~cyclealign.train.optimizer_carry`).
 
     The adapter is written in PEFT format to a temporary folder, then renamed to ``out_dir``.
 
@@ -150,6 +155,7 @@ def train_round_dpo(
             data_collator=collator,
             callbacks=callbacks,
         )
+        trainer.carried_optimizer_state = carried_state(previous_adapter, cfg.carry_optimizer)
         if cfg.reference == "initial" and REF_ADAPTER in model.peft_config:
             model.delete_adapter(REF_ADAPTER)  # TRL then scores the reference with the adapter disabled
         result, wall = timed_train(trainer)
@@ -170,4 +176,5 @@ def train_round_dpo(
         lists=len(usable),
         tokens_per_epoch=sum(sequence_tokens(r["prompt_ids"], [r["chosen_ids"], r["rejected_ids"]]) for r in rows),
         epochs=cfg.epochs,
+        save_optimizer=cfg.carry_optimizer,
     )

@@ -90,6 +90,7 @@ def run_train_phase(
             tokenizer=load_tokenizer(model_dir),
             pairs=cfg.train.dpo_pairs,
             loss_type=cfg.train.dpo_loss_type,
+            previous_adapter=previous,
             **common,
         )
     else:

@@ -18,6 +18,7 @@ import torch
 from transformers.trainer_callback import PrinterCallback
 
 from cyclealign.config import TrainConfig
+from cyclealign.train.optimizer_carry import OPTIMIZER_STATE, save_optimizer_state
 
 __all__ = [
     "DPO_KEYS",
@@ -33,10 +34,6 @@ __all__ = [
     "training_arguments",
     "work_dir",
 ]
-
-OPTIMIZER_STATE = "optimizer.pt"
-"""File beside a round's adapter with its AdamW state (``train.carry_optimizer``)."""
-
 
 @dataclass
 class TrainStats:
@@ -66,12 +63,13 @@ class TrainStats:
 
 def training_arguments(cfg: TrainConfig, *, work: Path, seed: int, device: torch.device) -> dict[str, Any]:
     """The ``TrainingArguments`` both round trainers (ranking and TRL DPO) share: schedule,
-    accumulation, precision (bf16 on CUDA, fp32 on CPU), no checkpoints, no tqdm, a log per step."""
+    accumulation, gradient clipping, precision (bf16 on CUDA, fp32 on CPU), no checkpoints, no tqdm, a log per step."""
     return dict(
         output_dir=str(work / "trainer"),
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
+        max_grad_norm=cfg.max_grad_norm,
         lr_scheduler_type="constant",
         save_strategy="no",
         seed=seed,
@@ -93,14 +91,15 @@ def save_adapter_atomic(trainer, work: Path, out_dir: Path, save_optimizer: bool
     """Save the trained adapter (PEFT format) into ``work``, rename it to ``out_dir``, remove ``work``.
 
     With ``save_optimizer``, the optimiser's state is saved beside it (``optimizer.pt``) for the
-    next round to continue from. Only the main process writes (DDP / DeepSpeed); every process
-    waits for it.
+    next round to continue from, unless it is sharded
+    (:func:`~cyclealign.train.optimizer_carry.save_optimizer_state`). Only the main process writes
+    (DDP / DeepSpeed); every process waits for it.
     """
     if trainer.accelerator.is_main_process:
         tmp_adapter = work / "adapter"
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp_adapter))
-        if save_optimizer and trainer.optimizer is not None:
-            torch.save(trainer.optimizer.state_dict(), tmp_adapter / OPTIMIZER_STATE)
+        if save_optimizer:
+            save_optimizer_state(trainer, tmp_adapter)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_adapter, out_dir)

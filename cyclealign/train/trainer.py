@@ -37,6 +37,7 @@ from cyclealign.train.losses import (
     rrhf_loss,
     sft_loss,
 )
+from cyclealign.train.optimizer_carry import CarriedOptimizerMixin, carried_state
 from cyclealign.train.scoring import list_logps, reference_logps
 from cyclealign.train.session import (
     OPTIMIZER_STATE,
@@ -114,7 +115,7 @@ class RankingConfig(_BaseConfig):
     report_to: Any = field(default="none", metadata={"help": "Integrations to report to."})
 
 
-class RankingTrainer(_BaseTrainer):
+class RankingTrainer(CarriedOptimizerMixin, _BaseTrainer):
     """Listwise ranking trainer: each list's prompt and its N responses packed into one row, the
     prompt run once (:mod:`cyclealign.train.shared_prompt`), one forward pass per batch.
 
@@ -124,7 +125,8 @@ class RankingTrainer(_BaseTrainer):
     ``sft_pro_scale`` (else 1). Logged per step: ``loss``, ``ranking_loss``, ``sft_loss``,
     ``ranking_accuracy`` (fraction of response pairs whose length-normalised log-likelihood
     orders them as the label does, before the step's update), ``grad_norm`` (before clipping),
-    ``tokens_per_s``.
+    ``tokens_per_s``. ``optimizer_state``: a previous round's ``optimizer.pt`` to continue from
+    (:class:`~cyclealign.train.optimizer_carry.CarriedOptimizerMixin`).
     """
 
     _tag_names = ["trl", "cyclealign", "ranking"]
@@ -132,7 +134,7 @@ class RankingTrainer(_BaseTrainer):
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
     def __init__(self, *args: Any, optimizer_state: Path | None = None, **kwargs: Any) -> None:
-        self._optimizer_state = optimizer_state
+        self.carried_optimizer_state = optimizer_state
         args_ = kwargs.get("args")
         if "data_collator" not in kwargs and args_ is not None:
             kwargs["data_collator"] = lambda exs: collate_lists(exs, args_.pad_token_id, args_.max_length)
@@ -140,14 +142,6 @@ class RankingTrainer(_BaseTrainer):
         self._step_metrics: dict[str, list[float]] = {"ranking_loss": [], "sft_loss": [], "ranking_accuracy": []}
         self._tokens = 0
         self._last_log = time.perf_counter()
-
-    def create_optimizer(self, *args: Any, **kwargs: Any):
-        """transformers' optimiser, with the previous round's AdamW state loaded when given
-        (``train.carry_optimizer``: the moment estimates carry over with the adapter)."""
-        optimizer = super().create_optimizer(*args, **kwargs)
-        if self._optimizer_state is not None:
-            optimizer.load_state_dict(torch.load(self._optimizer_state, map_location="cpu", weights_only=True))
-        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean over the batch's lists of ranking loss + ``sft_weight`` x SFT loss (nats).
@@ -266,13 +260,12 @@ def train_round(
         max_length=cfg.max_length,
         pad_token_id=pad_token_id,
     )
-    state = previous_adapter / OPTIMIZER_STATE if cfg.carry_optimizer and previous_adapter is not None else None
     trainer = RankingTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         callbacks=callbacks,
-        optimizer_state=state if state is not None and state.is_file() else None,
+        optimizer_state=carried_state(previous_adapter, cfg.carry_optimizer),
     )
     result, wall = timed_train(trainer)
     return finish_training(

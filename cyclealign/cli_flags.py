@@ -109,6 +109,7 @@ FLAG_FIELDS = {
     "pro_temperature": "train.pro_temperature",
     "pro_reward_gap": "train.pro_reward_gap",
     "train_target": "train.target",
+    "replay_rounds": "train.replay_rounds",
     "learning_rate": "train.learning_rate",
     "epochs": "train.epochs",
     "carry_optimizer": "train.carry_optimizer",

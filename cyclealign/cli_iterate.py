@@ -108,6 +108,7 @@ def iterate(
     pro_temperature: Annotated[Optional[float], typer.Option(help="PRO: scores are divided by this before the softmax.")] = None,
     pro_reward_gap: Annotated[Optional[bool], typer.Option("--pro-reward-gap/--no-pro-reward-gap", help="PRO's reward-gap temperatures (rank rewards).")] = None,
     train_target: Annotated[Optional[str], typer.Option(help="Train on the black-box ranking (blackbox) or the LCS-agreed order only (agreement).")] = None,
+    replay_rounds: Annotated[Optional[int], typer.Option(help="Also train each round on the rankings of this many rounds before it (default: train.replay_rounds).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="LoRA learning rate (default: train.learning_rate).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Training passes over each round's rankings (default: train.epochs).")] = None,
     carry_optimizer: Annotated[Optional[bool], typer.Option("--carry-optimizer/--no-carry-optimizer", help="Continue each round from the previous round's AdamW state (default: on).")] = None,

@@ -41,6 +41,12 @@ class TrainConfig(Section):
         "the responses of its black-box/white-box agreement (LCS) in that order (CycleAlign's pseudo-label; "
         "prompts whose LCS is shorter than 2 are left out).",
     )
+    replay_rounds: int = Field(
+        0,
+        ge=0,
+        description="Each round also trains on the rankings of this many rounds before it (the responses the "
+        "earlier policies sampled), oldest first: rankings already paid for keep training.",
+    )
     sft_weight: float = Field(
         1.0,
         ge=0,

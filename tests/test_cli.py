@@ -145,11 +145,11 @@ def test_iterate_train_flags_reach_the_config_and_unset_ones_keep_its_defaults(t
     monkeypatch.setattr(cyclealign.loop, "iterate", lambda cfg, **kw: seen.append(cfg) or [])
     base = ["iterate", "--run-dir", str(tmp_path / "run")]
     extra = ["--train-target", "agreement", "--sft-pro-scale", "--sft-reduction", "sum", "--pro-reward-gap", "--lora-r", "4", "--epochs", "1",
-             "--no-carry-optimizer", "--max-grad-norm", "0"]
+             "--no-carry-optimizer", "--max-grad-norm", "0", "--replay-rounds", "2"]
     for args in ([], extra):
         result = runner.invoke(app, [*base, *args])
         assert result.exit_code == 0, result.output
     assert seen[0].train == TrainConfig()  # no flag given: the config's defaults
     t = seen[1].train
     assert (t.target, t.sft_pro_scale, t.sft_reduction, t.pro_reward_gap, t.lora_r, t.epochs) == ("agreement", True, "sum", True, 4, 1.0)
-    assert (t.carry_optimizer, t.max_grad_norm) == (False, 0.0)
+    assert (t.carry_optimizer, t.max_grad_norm, t.replay_rounds) == (False, 0.0, 2)

@@ -7,7 +7,7 @@ import pytest
 from cyclealign.policy import Generation
 from cyclealign.records import RankResult
 from cyclealign.rundir import RunDir, write_jsonl
-from cyclealign.train.phase import round_examples
+from cyclealign.train.phase import round_examples, training_examples
 
 
 @pytest.fixture
@@ -48,3 +48,21 @@ def test_agreement_target_trains_on_the_lcs_only_and_skips_short_ones(run):
 def test_unknown_target_is_named(run):
     with pytest.raises(ValueError, match="train.target must be 'blackbox' or 'agreement', got 'x'"):
         round_examples(run, 0, "x")
+
+
+def test_replay_rounds_trains_earlier_rounds_rankings_first(run):
+    rd = run.round(1)
+    rd.path.mkdir(parents=True)
+    write_jsonl(rd.generations, [Generation("d", [5], responses=["u0", "u1"], response_token_ids=[[40], [41]]).to_json()])
+    write_jsonl(rd.rankings, [RankResult("d", [1, 0]).to_json()])
+    own = [([5], [[41], [40]])]
+    pairs = lambda exs: [(e.prompt_ids, e.responses_ids) for e in exs]  # noqa: E731
+    assert pairs(training_examples(run, 1, "blackbox", 0)) == own
+    round0 = pairs(round_examples(run, 0, "blackbox"))
+    assert pairs(training_examples(run, 1, "blackbox", 1)) == round0 + own
+    assert pairs(training_examples(run, 1, "blackbox", 5)) == round0 + own  # no rounds before 0
+    assert pairs(training_examples(run, 0, "blackbox", 1)) == round0
+    # The target applies to the replayed rounds too; round 1 has no agreement file: nothing of its own.
+    assert pairs(training_examples(run, 1, "agreement", 1)) == pairs(round_examples(run, 0, "agreement"))
+    with pytest.raises(ValueError, match="train.replay_rounds must be >= 0, got -1"):
+        training_examples(run, 1, "blackbox", -1)

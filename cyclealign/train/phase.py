@@ -51,6 +51,19 @@ def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[Ra
     ]
 
 
+def training_examples(run: RunDir, index: int, target: str = "blackbox", replay_rounds: int = 0) -> list[RankingExample]:
+    """What round ``index`` trains on: its own :func:`round_examples`, after those of the
+    ``replay_rounds`` rounds before it (``train.replay_rounds``: rankings already paid for train
+    again, on the responses the earlier policies sampled), oldest first.
+
+    Raises:
+        ValueError: an unknown ``target``; a negative ``replay_rounds``.
+    """
+    if replay_rounds < 0:
+        raise ValueError(f"train.replay_rounds must be >= 0, got {replay_rounds}")
+    return [ex for k in range(max(0, index - replay_rounds), index + 1) for ex in round_examples(run, k, target)]
+
+
 def run_train_phase(
     cfg: Config,
     run: RunDir,
@@ -62,7 +75,8 @@ def run_train_phase(
     is_main_process: bool = True,
     callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Train round ``index`` on its black-box rankings (or agreements, ``train.target``), continuing the previous round's adapter.
+    """Train round ``index`` on its black-box rankings (or agreements, ``train.target``), and on
+    those of the ``train.replay_rounds`` rounds before it, continuing the previous round's adapter.
 
     Writes ``round_k/adapter/`` (and ``merged/`` with ``train.merge``) and ``train.json``
     (main process only).
@@ -71,10 +85,10 @@ def run_train_phase(
         The phase summary recorded in the round's manifest (``adapter: False`` with the
         reason when no prompt was ranked).
     """
-    examples = round_examples(run, index, cfg.train.target)
-    if not examples:
+    if not round_examples(run, index, cfg.train.target):
         what = "ranked prompt" if cfg.train.target == "blackbox" else "prompt with an agreement of 2 or more"
         return {"adapter": False, "skipped": f"no {what} this round"}
+    examples = training_examples(run, index, cfg.train.target, cfg.train.replay_rounds)
     rd = run.round(index)
     previous = run.latest_adapter(index)
     model = load_trainable_policy(model_dir, previous, cfg.train, device, resolve_dtype(cfg.model, device))

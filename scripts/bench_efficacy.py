@@ -25,7 +25,9 @@ before and after, the wall seconds of each CycleAlign run, and the mean and spre
 over the seeds; per rule and kind, ``ratio_of_means`` (the seed-mean movements' ratio) and
 ``ratio_of_means_90``, its 90% percentile-bootstrap interval from resampling the held-out
 prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`): how far the measured ratio can
-be trusted with this many prompts. Base-policy and baseline results are cached under
+be trusted with this many prompts; and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the
+90% interval of the seed-mean rise of the held-out tau (after - before), likewise
+(:func:`cyclealign.efficacy.measure.bootstrap_tau_change`). Base-policy and baseline results are cached under
 ``--out`` (they do not depend on the CycleAlign config), so a sweep of ``--set`` values only
 re-runs CycleAlign.
 
@@ -59,8 +61,10 @@ from cyclealign.config import build_config  # noqa: E402
 from cyclealign.data import load_prompts, select_round_prompts  # noqa: E402
 from cyclealign.efficacy.measure import (  # noqa: E402
     bootstrap_ratio,
+    bootstrap_tau_change,
     loglik_scores,
     prompt_properties,
+    prompt_taus,
     property_rate,
     rule_tau,
 )
@@ -176,9 +180,25 @@ def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, dev
 
 def measure(rule: Rule, own: dict, base_gens: dict, scores: dict) -> dict[str, Any]:
     return {
-        kind: {"property": property_rate(rule, own[kind]), "tau": rule_tau(rule, base_gens[kind], scores[kind])}
+        kind: {
+            "property": property_rate(rule, own[kind]),
+            "tau": rule_tau(rule, base_gens[kind], scores[kind]),
+            "tau_per_prompt": prompt_taus(rule, base_gens[kind], scores[kind]),
+        }
         for kind in own
     }
+
+
+def with_prompt_taus(result_path: Path, result: dict, rule: Rule, adapter: Path, base_gens: dict, cfg, device) -> dict:
+    """``result`` with each kind's per-prompt taus, scored again under ``adapter`` when a result
+    cached before they were recorded lacks them (rewrites ``result_path``)."""
+    if all("tau_per_prompt" in m for m in result["measures"].values()):
+        return result
+    scores = scores_under(resolve_model_dir(cfg.model), adapter, base_gens, cfg, device)
+    for kind, m in result["measures"].items():
+        m["tau_per_prompt"] = prompt_taus(rule, base_gens[kind], scores[kind])
+    write_json(result_path, result)
+    return result
 
 
 def seed_folder(root: Path, seed: int, args) -> Path:
@@ -230,7 +250,9 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     run_dir = Path(cfg.run_dir)
     result_path = run_dir / "bench_result.json"
     if result_path.exists() and not args.fresh:
-        cyc = json.loads(result_path.read_text())
+        cyc = with_prompt_taus(
+            result_path, json.loads(result_path.read_text()), rule, RunDir(run_dir).latest_adapter(cfg.rounds), base["gens"], cfg, device
+        )
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -259,7 +281,8 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     bl_dir = seed_dir / "baseline" / rule.name
     bl_path = bl_dir / "bench_result.json"
     if bl_path.exists():
-        bl = json.loads(bl_path.read_text())
+        bl_cfg = build_config(seed=seed)
+        bl = with_prompt_taus(bl_path, json.loads(bl_path.read_text()), rule, bl_dir / f"round_{args.rounds - 1:03d}", base["gens"], bl_cfg, device)
     else:
         base_cfg = build_config(prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed)
         policy = make_policy(base_cfg, model_dir)
@@ -301,6 +324,7 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             "tau_cyclealign": c["tau"],
             "tau_baseline": p["tau"],
             "per_prompt": per_prompt,
+            "tau_per_prompt": {"before": b["tau_per_prompt"], "cyclealign": c["tau_per_prompt"], "baseline": p["tau_per_prompt"]},
         }
     return out
 
@@ -359,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         for rule in rules:
             res = run_rule(rule, seed, args, overrides, train_prompts_path, heldout, base, root, tag)
             per_rule[rule.name].append(res)
-            shown = {k: ({f: x for f, x in v.items() if f != "per_prompt"} if k in heldout else v) for k, v in res.items()}
+            shown = {
+                k: ({f: x for f, x in v.items() if f not in ("per_prompt", "tau_per_prompt")} if k in heldout else v)
+                for k, v in res.items()
+            }
             print(json.dumps({"seed": seed, "rule": rule.name, **shown}), file=sys.stderr, flush=True)
 
     summary: dict[str, Any] = {
@@ -386,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
             entry[kind]["ratio_of_means"] = moved_c / moved_b if moved_b > 0 else None
             # How precisely the held-out prompts pin the ratio down: resample them (paired).
             entry[kind]["ratio_of_means_90"] = bootstrap_ratio([r[kind]["per_prompt"] for r in runs])
+            # And how surely the held-out tau rose (after - before, seed mean), for both methods.
+            for name in ("cyclealign", "baseline"):
+                entry[kind][f"tau_rise_{name}_90"] = bootstrap_tau_change(
+                    [{"before": r[kind]["tau_per_prompt"]["before"], "after": r[kind]["tau_per_prompt"][name]} for r in runs]
+                )
         summary["rules"][name] = entry
     print(json.dumps(summary))
     return 0

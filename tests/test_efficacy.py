@@ -7,7 +7,7 @@ import pytest
 import tenacity
 
 from cyclealign.config import RankerConfig
-from cyclealign.efficacy.measure import loglik_scores, mean_tau, property_rate, rule_tau
+from cyclealign.efficacy.measure import loglik_scores, mean_tau, prompt_taus, property_rate, rule_tau
 from cyclealign.efficacy.rules import RULES, get_rule
 from cyclealign.efficacy.server import RuleBlackBox, shown_responses
 from cyclealign.policy import Generation
@@ -77,6 +77,7 @@ def test_property_rate_and_tau_on_literals():
     assert rule_tau(rule, gens, [[-1.0, -2.0, 0.0], [-1.0, -2.0]]) == pytest.approx(1.0)
     assert rule_tau(rule, gens, [[-1.0, 0.0, -2.0], [-1.0, -2.0]]) == pytest.approx(-1.0)
     assert mean_tau([([1, 1], [0.1, 0.2])]) is None
+    assert prompt_taus(rule, gens, [[-1.0, -2.0, 0.0], [-1.0, -2.0]]) == [pytest.approx(1.0), None]
     with pytest.raises(ValueError, match="no response"):
         property_rate(rule, [])
 
@@ -150,3 +151,19 @@ def test_bootstrap_ratio_brackets_the_measured_ratio_and_narrows_with_more_promp
     assert bootstrap_ratio([seed(8, [2], [3], [1])], draws=100) is None  # the baseline never moves up
     with pytest.raises(ValueError, match="same non-empty prompts"):
         bootstrap_ratio([{"before": [(1, 4)], "cyclealign": [], "baseline": [(1, 4)]}])
+
+
+def test_bootstrap_tau_change_brackets_the_rise_and_leaves_undefined_prompts_out():
+    from cyclealign.efficacy.measure import bootstrap_tau_change
+
+    before = [0.0, 0.2, -0.2, None, 0.4, -0.4, 0.0, 0.2] * 2
+    after = [None if b is None else b + d for b, d in zip(before, [0.3, -0.1, 0.2, 0, 0.1, 0.3, -0.2, 0.2] * 2)]
+    rise = sum(a - b for a, b in zip(after, before) if b is not None) / 14  # 0.1
+    low, high = bootstrap_tau_change([{"before": before, "after": after}], draws=500)
+    assert low < rise < high and low > -0.1 and high < 0.3
+    # Two seeds: the seed mean of the rises; a seed that only falls pulls the interval down.
+    low2, high2 = bootstrap_tau_change([{"before": before, "after": after}, {"before": after, "after": before}], draws=500)
+    assert low2 < 0.0 < high2
+    assert bootstrap_tau_change([{"before": [None], "after": [0.5]}]) is None
+    with pytest.raises(ValueError, match="same prompts"):
+        bootstrap_tau_change([{"before": [0.1], "after": []}])

@@ -7,7 +7,8 @@
   policy's own preferences moved toward the rule's; the white-box ranking of CycleAlign,
   Hong et al. 2023, Sec. 3.2);
 - :func:`bootstrap_ratio`: how precisely a few held-out prompts pin down the ratio of two
-  methods' movements (a percentile interval from resampling the prompts).
+  methods' movements (a percentile interval from resampling the prompts);
+  :func:`bootstrap_tau_change` likewise for the rise of the held-out tau.
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ def bootstrap_ratio(
     return ratios[int(tail * len(ratios))], ratios[min(int((1 - tail) * len(ratios)), len(ratios) - 1)]
 
 
+def list_taus(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[float | None]:
+    """Kendall tau-b of each list of (rule scores, policy scores); None where either side is
+    constant (tau undefined).
+
+    >>> list_taus([([3, 2, 1], [0.3, 0.2, 0.1]), ([1, 1, 1], [0.1, 0.2, 0.3])])
+    [1.0, None]
+    """
+    taus: list[float | None] = []
+    for rule_scores, policy_scores in pairs:
+        tau = kendalltau(rule_scores, policy_scores).statistic
+        taus.append(None if tau is None or math.isnan(tau) else float(tau))
+    return taus
+
+
 def mean_tau(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float | None:
     """Mean Kendall tau-b over lists of (rule scores, policy scores); lists where either side is
     constant (tau undefined) are left out; ``None`` when every list is.
@@ -99,12 +114,50 @@ def mean_tau(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float 
     >>> mean_tau([([3, 2, 1], [0.3, 0.2, 0.1]), ([1, 1, 1], [0.1, 0.2, 0.3]), ([1, 2, 3], [0.3, 0.2, 0.1])])
     0.0
     """
-    taus = []
-    for rule_scores, policy_scores in pairs:
-        tau = kendalltau(rule_scores, policy_scores).statistic
-        if tau is not None and not math.isnan(tau):
-            taus.append(float(tau))
+    taus = [t for t in list_taus(pairs) if t is not None]
     return sum(taus) / len(taus) if taus else None
+
+
+def bootstrap_tau_change(
+    seeds: Sequence[Mapping[str, Sequence[float | None]]],
+    *,
+    draws: int = 2000,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the held-out tau's rise: the mean over seeds of
+    (mean tau after - mean tau before), resampling each seed's prompts with replacement (paired:
+    before and after score the same responses of the same prompts).
+
+    Args:
+        seeds: per seed, ``{"before": ..., "after": ...}``, each :func:`prompt_taus` of the same
+            prompts (None where tau is undefined; such prompts are left out of both means).
+        draws, level: as :func:`bootstrap_ratio`.
+    Returns:
+        ``(low, high)``, or None when no seed has a prompt with a tau on both sides.
+    Raises:
+        ValueError: a seed whose two lists differ in length.
+    """
+    rng = random.Random(seed)
+    paired = []
+    for s in seeds:
+        if len(s["before"]) != len(s["after"]):
+            raise ValueError(f"before and after need the same prompts, got {len(s['before'])} and {len(s['after'])}")
+        both = [(b, a) for b, a in zip(s["before"], s["after"]) if b is not None and a is not None]
+        if both:
+            paired.append(both)
+    if not paired:
+        return None
+    changes = []
+    for _ in range(draws):
+        total = 0.0
+        for both in paired:
+            draw = [both[rng.randrange(len(both))] for _ in both]
+            total += sum(a - b for b, a in draw) / len(draw)
+        changes.append(total / len(paired))
+    changes.sort()
+    tail = (1 - level) / 2
+    return changes[int(tail * draws)], changes[min(int((1 - tail) * draws), draws - 1)]
 
 
 def loglik_scores(
@@ -120,8 +173,18 @@ def loglik_scores(
     return [[s / max(n, 1) for s, n in zip(sums, lengths)] for sums, lengths in scored]
 
 
+def prompt_taus(rule: Rule, gens: Sequence[Generation], policy_scores: Sequence[Sequence[float]]) -> list[float | None]:
+    """Per prompt of ``gens``, the Kendall tau-b between the rule's scores of its responses and
+    ``policy_scores`` (as :func:`loglik_scores` returns them); None where undefined (fewer than 2
+    responses, or either side constant)."""
+    return [
+        list_taus([([rule.score(r) for r in g.responses], s)])[0] if len(g.responses) >= 2 else None
+        for g, s in zip(gens, policy_scores)
+    ]
+
+
 def rule_tau(rule: Rule, gens: Sequence[Generation], policy_scores: Sequence[Sequence[float]]) -> float | None:
     """Mean Kendall tau-b between the rule's scores and ``policy_scores`` over the prompts of ``gens``
-    (see :func:`mean_tau`); ``policy_scores`` as :func:`loglik_scores` returns them."""
-    pairs = [([rule.score(r) for r in g.responses], s) for g, s in zip(gens, policy_scores) if len(g.responses) >= 2]
-    return mean_tau(pairs)
+    (:func:`prompt_taus`, undefined ones left out); None when none is defined."""
+    taus = [t for t in prompt_taus(rule, gens, policy_scores) if t is not None]
+    return sum(taus) / len(taus) if taus else None

@@ -414,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             # How precisely the held-out prompts pin the ratio down: resample them (paired).
             entry[kind]["ratio_of_means_90"] = bootstrap_ratio([r[kind]["per_prompt"] for r in runs])
             # And how surely the held-out tau rose (after - before, seed mean), for both methods.
-            for name in ("cyclealign", "baseline"):
-                entry[kind][f"tau_rise_{name}_90"] = bootstrap_tau_change(
-                    [{"before": r[kind]["tau_per_prompt"]["before"], "after": r[kind]["tau_per_prompt"][name]} for r in runs]
+            for method in ("cyclealign", "baseline"):
+                entry[kind][f"tau_rise_{method}_90"] = bootstrap_tau_change(
+                    [{"before": r[kind]["tau_per_prompt"]["before"], "after": r[kind]["tau_per_prompt"][method]} for r in runs]
                 )
         summary["rules"][name] = entry
     print(json.dumps(summary))

@@ -329,6 +329,30 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     return out
 
 
+def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rule's entry of the printed summary from its per-seed :func:`run_rule` results: per
+    held-out kind the spread of each figure over the seeds, ``ratio_of_means`` with its bootstrap
+    interval, and the bootstrap intervals of each method's tau rise."""
+    entry: dict[str, Any] = {"kind": rule.kind, "run_wall_s": spread([r["wall_s"] for r in runs])}
+    for kind in ("hh", "other"):
+        entry[kind] = {
+            field: spread([r[kind][field] for r in runs])
+            for field in ("before", "cyclealign", "baseline", "moved_cyclealign", "moved_baseline", "ratio",
+                          "tau_before", "tau_cyclealign", "tau_baseline")
+        }
+        moved_c = statistics.fmean(r[kind]["moved_cyclealign"] for r in runs)
+        moved_b = statistics.fmean(r[kind]["moved_baseline"] for r in runs)
+        entry[kind]["ratio_of_means"] = moved_c / moved_b if moved_b > 0 else None
+        # How precisely the held-out prompts pin the ratio down: resample them (paired).
+        entry[kind]["ratio_of_means_90"] = bootstrap_ratio([r[kind]["per_prompt"] for r in runs])
+        # And how surely the held-out tau rose (after - before, seed mean), for both methods.
+        for method in ("cyclealign", "baseline"):
+            entry[kind][f"tau_rise_{method}_90"] = bootstrap_tau_change(
+                [{"before": r[kind]["tau_per_prompt"]["before"], "after": r[kind]["tau_per_prompt"][method]} for r in runs]
+            )
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", default="marker,paragraphs,caution", help=f"comma-separated, of: {', '.join(RULES)}")
@@ -401,24 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules": {},
     }
     for name, runs in per_rule.items():
-        entry: dict[str, Any] = {"kind": RULES[name].kind, "run_wall_s": spread([r["wall_s"] for r in runs])}
-        for kind in ("hh", "other"):
-            entry[kind] = {
-                field: spread([r[kind][field] for r in runs])
-                for field in ("before", "cyclealign", "baseline", "moved_cyclealign", "moved_baseline", "ratio",
-                              "tau_before", "tau_cyclealign", "tau_baseline")
-            }
-            moved_c = statistics.fmean(r[kind]["moved_cyclealign"] for r in runs)
-            moved_b = statistics.fmean(r[kind]["moved_baseline"] for r in runs)
-            entry[kind]["ratio_of_means"] = moved_c / moved_b if moved_b > 0 else None
-            # How precisely the held-out prompts pin the ratio down: resample them (paired).
-            entry[kind]["ratio_of_means_90"] = bootstrap_ratio([r[kind]["per_prompt"] for r in runs])
-            # And how surely the held-out tau rose (after - before, seed mean), for both methods.
-            for method in ("cyclealign", "baseline"):
-                entry[kind][f"tau_rise_{method}_90"] = bootstrap_tau_change(
-                    [{"before": r[kind]["tau_per_prompt"]["before"], "after": r[kind]["tau_per_prompt"][method]} for r in runs]
-                )
-        summary["rules"][name] = entry
+        summary["rules"][name] = summarise_rule(RULES[name], runs)
     print(json.dumps(summary))
     return 0
 

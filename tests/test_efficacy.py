@@ -167,3 +167,42 @@ def test_bootstrap_tau_change_brackets_the_rise_and_leaves_undefined_prompts_out
     assert bootstrap_tau_change([{"before": [None], "after": [0.5]}]) is None
     with pytest.raises(ValueError, match="same prompts"):
         bootstrap_tau_change([{"before": [0.1], "after": []}])
+
+
+def test_bench_summary_of_a_rule_pools_its_seeds():
+    """``scripts/bench_efficacy.py``'s summary entry, on two seeds' results written out by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_efficacy.py"
+    spec = importlib.util.spec_from_file_location("bench_efficacy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def kind(before, cyc, base, tau_after):  # 8 prompts x 4 responses; property counts per prompt
+        b, c, p = ([(n, 4) for n in counts] for counts in (before, cyc, base))
+        rate = lambda terms: sum(t for t, _ in terms) / 32  # noqa: E731
+        taus = [0.0, 0.2, None, -0.2, 0.4, 0.0, 0.2, 0.0]
+        after = [None if t is None else t + tau_after for t in taus]
+        return {
+            "before": rate(b), "cyclealign": rate(c), "baseline": rate(p),
+            "moved_cyclealign": rate(c) - rate(b), "moved_baseline": rate(p) - rate(b),
+            "ratio": (rate(c) - rate(b)) / (rate(p) - rate(b)),
+            "tau_before": 0.0857, "tau_cyclealign": 0.0857 + tau_after, "tau_baseline": 0.0857,
+            "per_prompt": {"before": b, "cyclealign": c, "baseline": p},
+            "tau_per_prompt": {"before": taus, "cyclealign": after, "baseline": taus},
+        }
+
+    runs = [
+        {"wall_s": 90.0, "hh": kind([1] * 8, [3] * 8, [2] * 8, 0.1), "other": kind([2] * 8, [3] * 8, [3] * 8, 0.0)},
+        {"wall_s": 110.0, "hh": kind([1] * 8, [2] * 8, [2] * 8, 0.1), "other": kind([2] * 8, [2] * 8, [3] * 8, 0.0)},
+    ]
+    entry = bench.summarise_rule(RULES["marker"], runs)
+    assert entry["kind"] == "word" and entry["run_wall_s"] == {"mean": 100.0, "min": 90.0, "max": 110.0}
+    # HH: cyclealign moved 0.5 then 0.25 (mean 0.375), the baseline 0.25 both times.
+    assert entry["hh"]["ratio_of_means"] == pytest.approx(1.5) and entry["other"]["ratio_of_means"] == pytest.approx(0.5)
+    assert entry["hh"]["ratio"] == {"mean": pytest.approx(1.5), "min": pytest.approx(1.0), "max": pytest.approx(2.0)}
+    # Every prompt of this constant data moves alike: the intervals collapse on the exact values.
+    assert entry["hh"]["ratio_of_means_90"] == (pytest.approx(1.5), pytest.approx(1.5))
+    assert entry["hh"]["tau_rise_cyclealign_90"] == (pytest.approx(0.1), pytest.approx(0.1))
+    assert entry["hh"]["tau_rise_baseline_90"] == (0.0, 0.0)

@@ -237,6 +237,25 @@ def test_a_sharded_optimizer_state_is_neither_saved_nor_loaded(tmp_path, caplog)
         assert not (folder / "optimizer.pt").exists()
     assert "sharded" in caplog.text
 
+    # Loading: the mixin fills a new optimiser from the file only when the state is whole.
+    from cyclealign.train.optimizer_carry import CarriedOptimizerMixin
+
+    class Fresh:
+        def create_optimizer(self):
+            return torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+
+    class Trainer(CarriedOptimizerMixin, Fresh):
+        is_fsdp_enabled = False
+
+        def __init__(self, deepspeed: bool):
+            self.is_deepspeed_enabled = deepspeed
+            self.carried_optimizer_state = tmp_path / "optimizer.pt"
+
+    loaded = Trainer(deepspeed=False).create_optimizer()
+    assert [float(s["step"]) for s in loaded.state_dict()["state"].values()] == [1.0]
+    assert Trainer(deepspeed=True).create_optimizer().state_dict()["state"] == {}
+    assert "not loaded" in caplog.text
+
 
 def test_max_grad_norm_reaches_the_trainer(embedded_model_dir, tmp_path):
     """``train.max_grad_norm`` is the trainer's clipping threshold; 0 turns clipping off and the

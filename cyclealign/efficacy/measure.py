@@ -88,9 +88,21 @@ def bootstrap_ratio(
             ratios.append(moved_c / moved_b)
     if len(ratios) < draws / 2:
         return None
-    ratios.sort()
+    return _percentile_interval(ratios, level)
+
+
+def _percentile_interval(values: list[float], level: float) -> tuple[float, float]:
+    """The central ``level`` interval of ``values`` (bootstrap draws): their ``(1-level)/2`` and
+    ``(1+level)/2`` percentiles."""
+    values = sorted(values)
     tail = (1 - level) / 2
-    return ratios[int(tail * len(ratios))], ratios[min(int((1 - tail) * len(ratios)), len(ratios) - 1)]
+    return values[int(tail * len(values))], values[min(int((1 - tail) * len(values)), len(values) - 1)]
+
+
+def _mean_defined(taus: Sequence[float | None]) -> float | None:
+    """Mean of the defined (non-None) taus; None when none is."""
+    defined = [t for t in taus if t is not None]
+    return sum(defined) / len(defined) if defined else None
 
 
 def list_taus(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[float | None]:
@@ -114,8 +126,7 @@ def mean_tau(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float 
     >>> mean_tau([([3, 2, 1], [0.3, 0.2, 0.1]), ([1, 1, 1], [0.1, 0.2, 0.3]), ([1, 2, 3], [0.3, 0.2, 0.1])])
     0.0
     """
-    taus = [t for t in list_taus(pairs) if t is not None]
-    return sum(taus) / len(taus) if taus else None
+    return _mean_defined(list_taus(pairs))
 
 
 def bootstrap_tau_change(
@@ -155,9 +166,7 @@ def bootstrap_tau_change(
             draw = [both[rng.randrange(len(both))] for _ in both]
             total += sum(a - b for b, a in draw) / len(draw)
         changes.append(total / len(paired))
-    changes.sort()
-    tail = (1 - level) / 2
-    return changes[int(tail * draws)], changes[min(int((1 - tail) * draws), draws - 1)]
+    return _percentile_interval(changes, level)
 
 
 def loglik_scores(
@@ -186,5 +195,4 @@ def prompt_taus(rule: Rule, gens: Sequence[Generation], policy_scores: Sequence[
 def rule_tau(rule: Rule, gens: Sequence[Generation], policy_scores: Sequence[Sequence[float]]) -> float | None:
     """Mean Kendall tau-b between the rule's scores and ``policy_scores`` over the prompts of ``gens``
     (:func:`prompt_taus`, undefined ones left out); None when none is defined."""
-    taus = [t for t in prompt_taus(rule, gens, policy_scores) if t is not None]
-    return sum(taus) / len(taus) if taus else None
+    return _mean_defined(prompt_taus(rule, gens, policy_scores))

@@ -125,16 +125,15 @@ class RankingTrainer(CarriedOptimizerMixin, _BaseTrainer):
     ``sft_pro_scale`` (else 1). Logged per step: ``loss``, ``ranking_loss``, ``sft_loss``,
     ``ranking_accuracy`` (fraction of response pairs whose length-normalised log-likelihood
     orders them as the label does, before the step's update), ``grad_norm`` (before clipping),
-    ``tokens_per_s``. ``optimizer_state``: a previous round's ``optimizer.pt`` to continue from
-    (:class:`~cyclealign.train.optimizer_carry.CarriedOptimizerMixin`).
+    ``tokens_per_s``. ``carried_optimizer_state``: a previous round's ``optimizer.pt`` to continue
+    from (:class:`~cyclealign.train.optimizer_carry.CarriedOptimizerMixin`).
     """
 
     _tag_names = ["trl", "cyclealign", "ranking"]
     _name = "Ranking"
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, optimizer_state: Path | None = None, **kwargs: Any) -> None:
-        self.carried_optimizer_state = optimizer_state
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         args_ = kwargs.get("args")
         if "data_collator" not in kwargs and args_ is not None:
             kwargs["data_collator"] = lambda exs: collate_lists(exs, args_.pad_token_id, args_.max_length)
@@ -265,8 +264,8 @@ def train_round(
         args=args,
         train_dataset=dataset,
         callbacks=callbacks,
-        optimizer_state=carried_state(previous_adapter, cfg.carry_optimizer),
     )
+    trainer.carried_optimizer_state = carried_state(previous_adapter, cfg.carry_optimizer)
     result, wall = timed_train(trainer)
     return finish_training(
         trainer,

@@ -16,8 +16,10 @@ stance, ...) and each seed, this script
 4. measures on held-out prompts of two kinds -- HH prompts never trained on and the shipped
    instruction prompts (``cyclealign/assets/default_prompts.jsonl``) -- the rule's property
    over each policy's own samples (before = base policy, after = each trained policy), and
-   the Kendall tau-b between each policy's log-likelihood ranking of fixed responses (the
-   base policy's held-out samples) and the rule's scores.
+   the Kendall tau-b between each policy's log-likelihood ranking of fixed responses and the
+   rule's scores. The tau has its own, larger held-out set (``--tau-prompts`` prompts of each
+   kind, ``--tau-samples`` base-policy responses each): it only needs scoring, not sampling,
+   and a list of 4 responses moves it in steps of 1/3.
 
 It prints one JSON line: per rule, per held-out kind, the property before and after for both
 methods, ``moved`` (after - before), ``ratio`` = moved(cyclealign) / moved(baseline), the tau
@@ -72,7 +74,7 @@ from cyclealign.efficacy.rules import RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.models import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
-from cyclealign.policy import Generation, GenerationBackend, make_policy  # noqa: E402
+from cyclealign.policy import Generation, make_policy  # noqa: E402
 from cyclealign.records import PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
 from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
@@ -147,18 +149,20 @@ def shuffled_rank(rule: Rule, seed: int):
     return rank
 
 
-def held_out_samples(policy: GenerationBackend, adapter: Path | None, heldout: dict, seed: int, cache: Path):
-    """Per held-out kind, the policy's own samples (cached in ``cache``)."""
-    out = {}
+def held_out_samples(cfg, model_dir: str, adapter: Path | None, heldout: dict, seed: int, cache: Path) -> dict:
+    """Per held-out kind, the samples of the policy ``cfg`` describes with ``adapter`` loaded (None:
+    the base policy), cached in ``cache``: the policy is only built when a kind is not there yet."""
+    out, policy = {}, None
     for kind, prompts in heldout.items():
         path = cache / f"{kind}.jsonl"
-        if path.exists():
-            gens = [Generation.from_json(d) for d in read_jsonl(path)]
-        else:
-            policy.load_adapter(adapter)
-            gens = policy.sample(prompts, seed=seed + 1000)
-            write_jsonl(path, [g.to_json() for g in gens])
-        out[kind] = gens
+        if not path.exists():
+            if policy is None:
+                policy = make_policy(cfg, model_dir)
+                policy.load_adapter(adapter)
+            write_jsonl(path, [g.to_json() for g in policy.sample(prompts, seed=seed + 1000)])
+        out[kind] = [Generation.from_json(d) for d in read_jsonl(path)]
+    if policy is not None:
+        policy.close()
     return out
 
 
@@ -178,34 +182,31 @@ def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, dev
     }
 
 
-def measure(rule: Rule, own: dict, base_gens: dict, scores: dict) -> dict[str, Any]:
+def tau_scores(folder: Path, model_dir: str, adapter: Path | None, tau_set: dict, cfg, device, key: str) -> dict:
+    """:func:`scores_under` of the tau set, cached in ``folder`` under the set's ``key`` (the scores
+    do not depend on the rule, only on the adapter and the responses scored)."""
+    path = folder / f"tau_scores_{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = scores_under(model_dir, adapter, tau_set, cfg, device)
+    write_json(path, scores)
+    return scores
+
+
+def taus(rule: Rule, tau_set: dict, scores: dict) -> dict[str, dict[str, Any]]:
+    """Per kind, the mean and per-prompt Kendall tau-b between the rule and the policy's
+    log-likelihood scores of the tau set's responses."""
     return {
-        kind: {
-            "property": property_rate(rule, own[kind]),
-            "tau": rule_tau(rule, base_gens[kind], scores[kind]),
-            "tau_per_prompt": prompt_taus(rule, base_gens[kind], scores[kind]),
-        }
-        for kind in own
+        kind: {"tau": rule_tau(rule, gens, scores[kind]), "tau_per_prompt": prompt_taus(rule, gens, scores[kind])}
+        for kind, gens in tau_set.items()
     }
 
 
-def with_prompt_taus(result_path: Path, result: dict, rule: Rule, adapter: Path, base_gens: dict, cfg, device) -> dict:
-    """``result`` with each kind's per-prompt taus, scored again under ``adapter`` when a result
-    cached before they were recorded lacks them (rewrites ``result_path``)."""
-    if all("tau_per_prompt" in m for m in result["measures"].values()):
-        return result
-    scores = scores_under(resolve_model_dir(cfg.model), adapter, base_gens, cfg, device)
-    for kind, m in result["measures"].items():
-        m["tau_per_prompt"] = prompt_taus(rule, base_gens[kind], scores[kind])
-    write_json(result_path, result)
-    return result
-
-
 def seed_folder(root: Path, seed: int, args) -> Path:
-    """Where one seed's results live: keyed by the schedule and held-out size, so a cached base
-    or baseline result is only reused for the same ``--rounds``, ``--prompts-per-round`` and
-    ``--heldout``."""
-    return root / f"seed_{seed}" / f"r{args.rounds}x{args.prompts_per_round}_h{args.heldout}"
+    """Where one seed's runs live: keyed by the schedule, so a cached run or baseline is only
+    reused for the same ``--rounds`` and ``--prompts-per-round`` (held-out samples and tau
+    scores are kept inside, keyed by the held-out set's size)."""
+    return root / f"seed_{seed}" / f"r{args.rounds}x{args.prompts_per_round}"
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -250,9 +251,7 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     run_dir = Path(cfg.run_dir)
     result_path = run_dir / "bench_result.json"
     if result_path.exists() and not args.fresh:
-        cyc = with_prompt_taus(
-            result_path, json.loads(result_path.read_text()), rule, RunDir(run_dir).latest_adapter(cfg.rounds), base["gens"], cfg, device
-        )
+        cyc = json.loads(result_path.read_text())
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -261,31 +260,27 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             t0 = time.perf_counter()
             metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
             wall = time.perf_counter() - t0
-        adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
-        policy = make_policy(cfg, model_dir)
-        own = held_out_samples(policy, adapter, heldout, seed, run_dir / "heldout")
-        policy.close()
-        del policy
-        scores = scores_under(model_dir, adapter, base["gens"], cfg, device)
         cyc = {
             "wall_s": wall,
-            "measures": measure(rule, own, base["gens"], scores),
             "train": [
                 {k: m.get(k) for k in ("agreement_rate", "kendall_tau", "train_loss", "train_ranking_accuracy")}
                 for m in metrics
             ],
         }
         write_json(result_path, cyc)
+    adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
+    cyc_samples = run_dir / f"heldout_{args.heldout}"
+    cyc_own = held_out_samples(cfg, model_dir, adapter, heldout, seed, cyc_samples)
+    cyc_scores = tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"])
 
     # The baseline does not depend on the CycleAlign config: one per (seed, rule).
     bl_dir = seed_dir / "baseline" / rule.name
     bl_path = bl_dir / "bench_result.json"
+    bl_cfg = build_config(prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed)
     if bl_path.exists():
-        bl_cfg = build_config(seed=seed)
-        bl = with_prompt_taus(bl_path, json.loads(bl_path.read_text()), rule, bl_dir / f"round_{args.rounds - 1:03d}", base["gens"], bl_cfg, device)
+        bl = json.loads(bl_path.read_text())
     else:
-        base_cfg = build_config(prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed)
-        policy = make_policy(base_cfg, model_dir)
+        policy = make_policy(bl_cfg, model_dir)
         all_train = load_prompts(train_prompts_path)
 
         def sample(k: int, adapter: Path) -> list[Generation]:
@@ -294,37 +289,38 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
 
         round0 = RunDir(run_dir).round(0).read_generations()
         t0 = time.perf_counter()
-        adapter = baseline_pro(model_dir, [round0], shuffled_rank(rule, seed), sample, base_cfg, bl_dir, device)
-        wall = time.perf_counter() - t0
-        own = held_out_samples(policy, adapter, heldout, seed, bl_dir / "heldout")
+        baseline_pro(model_dir, [round0], shuffled_rank(rule, seed), sample, bl_cfg, bl_dir, device)
+        bl = {"wall_s": time.perf_counter() - t0}
         policy.close()
         del policy
-        scores = scores_under(model_dir, adapter, base["gens"], base_cfg, device)
-        bl = {"wall_s": wall, "measures": measure(rule, own, base["gens"], scores)}
         write_json(bl_path, bl)
+    bl_adapter = bl_dir / f"round_{args.rounds - 1:03d}"
+    bl_samples = bl_dir / f"heldout_{args.heldout}"
+    bl_own = held_out_samples(bl_cfg, model_dir, bl_adapter, heldout, seed, bl_samples)
+    bl_scores = tau_scores(bl_dir, model_dir, bl_adapter, base["tau_set"], bl_cfg, device, base["tau_key"])
 
-    before = measure(rule, base["gens"], base["gens"], base["scores"])
+    tau_of = {
+        "before": taus(rule, base["tau_set"], base["tau_scores"]),
+        "cyclealign": taus(rule, base["tau_set"], cyc_scores),
+        "baseline": taus(rule, base["tau_set"], bl_scores),
+    }
     out: dict[str, Any] = {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "train": cyc.get("train")}
-    samples = {"cyclealign": run_dir / "heldout", "baseline": bl_dir / "heldout"}
     for kind in heldout:
-        per_prompt = {"before": prompt_properties(rule, base["gens"][kind])}
-        for name, folder in samples.items():
-            gens = [Generation.from_json(d) for d in read_jsonl(folder / f"{kind}.jsonl")]
-            per_prompt[name] = prompt_properties(rule, gens)
-        b, c, p = before[kind], cyc["measures"][kind], bl["measures"][kind]
-        moved_c, moved_b = c["property"] - b["property"], p["property"] - b["property"]
+        per_prompt = {
+            name: prompt_properties(rule, gens[kind])
+            for name, gens in (("before", base["gens"]), ("cyclealign", cyc_own), ("baseline", bl_own))
+        }
+        b, c, p = (property_rate(rule, gens[kind]) for gens in (base["gens"], cyc_own, bl_own))
         out[kind] = {
-            "before": b["property"],
-            "cyclealign": c["property"],
-            "baseline": p["property"],
-            "moved_cyclealign": moved_c,
-            "moved_baseline": moved_b,
-            "ratio": moved_c / moved_b if moved_b > 0 else None,
-            "tau_before": b["tau"],
-            "tau_cyclealign": c["tau"],
-            "tau_baseline": p["tau"],
+            "before": b,
+            "cyclealign": c,
+            "baseline": p,
+            "moved_cyclealign": c - b,
+            "moved_baseline": p - b,
+            "ratio": (c - b) / (p - b) if p > b else None,
+            **{f"tau_{name}": t[kind]["tau"] for name, t in tau_of.items()},
             "per_prompt": per_prompt,
-            "tau_per_prompt": {"before": b["tau_per_prompt"], "cyclealign": c["tau_per_prompt"], "baseline": p["tau_per_prompt"]},
+            "tau_per_prompt": {name: t[kind]["tau_per_prompt"] for name, t in tau_of.items()},
         }
     return out
 
@@ -359,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (spread is reported over them)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompts-per-round", type=int, default=12)
-    ap.add_argument("--heldout", type=int, default=16, help="held-out prompts of each kind")
+    ap.add_argument("--heldout", type=int, default=16, help="held-out prompts of each kind the property is measured on (other: at most the 48 shipped)")
+    ap.add_argument(
+        "--tau-prompts", type=int, default=48, help="held-out prompts of each kind the Kendall tau is measured on (other: at most the 48 shipped)"
+    )
+    ap.add_argument("--tau-samples", type=int, default=8, help="base-policy responses per tau prompt (2-16)")
     ap.add_argument("--hh", type=Path, default=DEFAULT_HH, help="HH-RLHF harmless-base JSONL[.gz]")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_efficacy"), help="work folder (caches base/baseline)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -394,16 +394,27 @@ def main(argv: list[str] | None = None) -> int:
         }
         held_hh = [p for p in train_prompts if p.query_text not in trained]
         random.Random(seed + 7919).shuffle(held_hh)
-        heldout = {"hh": held_hh[: args.heldout], "other": random.Random(seed).sample(other, args.heldout)}
+        heldout = {"hh": held_hh[: args.heldout], "other": random.Random(seed).sample(other, min(args.heldout, len(other)))}
 
-        base_cfg = build_config(seed=seed, **{k: v for k, v in overrides.items() if k.startswith(("model.", "generation."))})
+        generation = {k: v for k, v in overrides.items() if k.startswith(("model.", "generation."))}
+        base_cfg = build_config(seed=seed, **generation)
         model_dir = resolve_model_dir(base_cfg.model)
-        base_dir = seed_folder(root, seed, args) / "base" / hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
-        policy = make_policy(base_cfg, model_dir)
-        base_gens = held_out_samples(policy, None, heldout, seed, base_dir)
-        policy.close()
-        del policy
-        base = {"gens": base_gens, "scores": scores_under(model_dir, None, base_gens, base_cfg, resolve_device(base_cfg.model))}
+        device = resolve_device(base_cfg.model)
+        base_hash = hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
+        base_dir = seed_folder(root, seed, args) / "base" / base_hash
+        base_gens = held_out_samples(base_cfg, model_dir, None, heldout, seed, base_dir / f"heldout_{args.heldout}")
+        # The tau set: more held-out prompts, more base-policy responses each (the tau is cheap to
+        # score, and a list of 4 responses moves it only in steps of 1/3).
+        tau_cfg = build_config(seed=seed, **{**generation, "generation.num_samples": args.tau_samples})
+        tau_key = f"{base_hash}_{args.tau_prompts}x{args.tau_samples}"
+        tau_prompts = {"hh": held_hh[: args.tau_prompts], "other": random.Random(seed + 1).sample(other, min(args.tau_prompts, len(other)))}
+        tau_set = held_out_samples(tau_cfg, model_dir, None, tau_prompts, seed + 1, base_dir / f"tau_{args.tau_prompts}x{args.tau_samples}")
+        base = {
+            "gens": base_gens,
+            "tau_set": tau_set,
+            "tau_key": tau_key,
+            "tau_scores": tau_scores(base_dir, model_dir, None, tau_set, base_cfg, device, tau_key),
+        }
         for rule in rules:
             res = run_rule(rule, seed, args, overrides, train_prompts_path, heldout, base, root, tag)
             per_rule[rule.name].append(res)
@@ -421,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "prompts_per_round": args.prompts_per_round,
         "heldout_per_kind": args.heldout,
+        "tau_set": {"prompts_per_kind": args.tau_prompts, "responses_per_prompt": args.tau_samples},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "rules": {},
     }

@@ -35,7 +35,7 @@ re-runs CycleAlign.
 
 Usage::
 
-    .venv/bin/python scripts/bench_efficacy.py                       # defaults, 3 rules, seeds 0,1
+    .venv/bin/python scripts/bench_efficacy.py                       # defaults, 3 rules, seeds 0,1,2
     .venv/bin/python scripts/bench_efficacy.py --rules list --seeds 0 --set train.epochs=1
 
 Needs the HH-RLHF file (``--hh``, default ``../shared/data/hh-rlhf/harmless-base-test.jsonl.gz``).
@@ -352,10 +352,10 @@ def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", default="marker,paragraphs,caution", help=f"comma-separated, of: {', '.join(RULES)}")
-    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (spread is reported over them)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (spread is reported over them)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompts-per-round", type=int, default=12)
-    ap.add_argument("--heldout", type=int, default=16, help="held-out prompts of each kind the property is measured on (other: at most the 48 shipped)")
+    ap.add_argument("--heldout", type=int, default=48, help="held-out prompts of each kind the property is measured on (other: at most the 48 shipped)")
     ap.add_argument(
         "--tau-prompts", type=int, default=48, help="held-out prompts of each kind the Kendall tau is measured on (other: at most the 48 shipped)"
     )

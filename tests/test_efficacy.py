@@ -169,16 +169,45 @@ def test_bootstrap_tau_change_brackets_the_rise_and_leaves_undefined_prompts_out
         bootstrap_tau_change([{"before": [0.1], "after": []}])
 
 
-def test_bench_summary_of_a_rule_pools_its_seeds():
-    """``scripts/bench_efficacy.py``'s summary entry, on two seeds' results written out by hand."""
+@pytest.fixture(scope="module")
+def bench():
+    """``scripts/bench_efficacy.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "scripts" / "bench_efficacy.py"
     spec = importlib.util.spec_from_file_location("bench_efficacy", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def test_bench_reuses_cached_samples_and_tau_scores_without_loading_a_model(bench, tmp_path):
+    """A sweep or a larger held-out set reuses what earlier runs wrote: cached held-out samples
+    and tau scores are read back as they were, and no policy or model is built for them (the
+    model folder here does not exist)."""
+    from cyclealign.rundir import write_json, write_jsonl
+
+    gens = {kind: [Generation("p0", [1, 2], ["you", "me"], [[3], [4, 5]], [-1.0, -2.0], [True, False])] for kind in ("hh", "other")}
+    for kind, rows in gens.items():
+        write_jsonl(tmp_path / "heldout_48" / f"{kind}.jsonl", [g.to_json() for g in rows])
+    got = bench.held_out_samples(None, str(tmp_path / "no-model"), None, {"hh": [PROMPT], "other": [PROMPT]}, 0, tmp_path / "heldout_48")
+    assert got == gens
+    scores = {"hh": [[-1.5, -0.5]], "other": [[-0.1, -0.2]]}
+    write_json(tmp_path / "tau_scores_abc_48x8.json", scores)
+    assert bench.tau_scores(tmp_path, str(tmp_path / "no-model"), None, gens, None, None, "abc_48x8") == scores
+    # A set the cache does not hold is not answered from it: the missing model is reached for.
+    with pytest.raises(OSError):
+        bench.tau_scores(tmp_path, str(tmp_path / "no-model"), None, gens, None, None, "abc_16x4")
+    # The rule puts "you" first: HH's scores rank it last (tau -1), the other kind's first (tau 1).
+    assert bench.taus(RULES["marker"], gens, scores) == {
+        "hh": {"tau": -1.0, "tau_per_prompt": [-1.0]},
+        "other": {"tau": 1.0, "tau_per_prompt": [1.0]},
+    }
+
+
+def test_bench_summary_of_a_rule_pools_its_seeds(bench):
+    """``scripts/bench_efficacy.py``'s summary entry, on two seeds' results written out by hand."""
     def kind(before, cyc, base, tau_after):  # 8 prompts x 4 responses; property counts per prompt
         b, c, p = ([(n, 4) for n in counts] for counts in (before, cyc, base))
         rate = lambda terms: sum(t for t, _ in terms) / 32  # noqa: E731

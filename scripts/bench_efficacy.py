@@ -30,8 +30,9 @@ prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`): how far the measu
 be trusted with this many prompts; and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the
 90% interval of the seed-mean rise of the held-out tau (after - before), likewise
 (:func:`cyclealign.efficacy.measure.bootstrap_tau_change`). Base-policy and baseline results are cached under
-``--out`` (they do not depend on the CycleAlign config), so a sweep of ``--set`` values only
-re-runs CycleAlign.
+``--out``, keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
+``generation.*`` overrides apply to the base policy and the baseline too); they do not depend
+on the rest of the config, so a sweep of ``train.*`` values only re-runs CycleAlign.
 
 Usage::
 
@@ -209,6 +210,13 @@ def seed_folder(root: Path, seed: int, args) -> Path:
     return root / f"seed_{seed}" / f"r{args.rounds}x{args.prompts_per_round}"
 
 
+def policy_key(cfg) -> str:
+    """8 hex digits naming the policy and its sampling (``cfg.model`` and ``cfg.generation``): the
+    base policy's samples and the baseline's runs are cached under it, so a ``--set model.*`` or
+    ``generation.*`` sweep gets its own base and baseline (training overrides share them)."""
+    return hashlib.sha256((cfg.model.model_dump_json() + cfg.generation.model_dump_json()).encode()).hexdigest()[:8]
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
@@ -273,10 +281,14 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     cyc_own = held_out_samples(cfg, model_dir, adapter, heldout, seed, cyc_samples)
     cyc_scores = tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"])
 
-    # The baseline does not depend on the CycleAlign config: one per (seed, rule).
-    bl_dir = seed_dir / "baseline" / rule.name
+    # The baseline does not depend on the training config, only on the policy and how it samples
+    # (``model.*`` / ``generation.*`` overrides): one per (seed, policy key, rule).
+    bl_dir = seed_dir / "baseline" / base["key"] / rule.name
     bl_path = bl_dir / "bench_result.json"
-    bl_cfg = build_config(prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed)
+    bl_cfg = build_config(
+        prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed,
+        **base["generation"],
+    )
     if bl_path.exists():
         bl = json.loads(bl_path.read_text())
     else:
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         base_cfg = build_config(seed=seed, **generation)
         model_dir = resolve_model_dir(base_cfg.model)
         device = resolve_device(base_cfg.model)
-        base_hash = hashlib.sha256(base_cfg.generation.model_dump_json().encode()).hexdigest()[:8]
+        base_hash = policy_key(base_cfg)
         base_dir = seed_folder(root, seed, args) / "base" / base_hash
         base_gens = held_out_samples(base_cfg, model_dir, None, heldout, seed, base_dir / f"heldout_{args.heldout}")
         # The tau set: more held-out prompts, more base-policy responses each (the tau is cheap to
@@ -410,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         tau_prompts = {"hh": held_hh[: args.tau_prompts], "other": random.Random(seed + 1).sample(other, min(args.tau_prompts, len(other)))}
         tau_set = held_out_samples(tau_cfg, model_dir, None, tau_prompts, seed + 1, base_dir / f"tau_{args.tau_prompts}x{args.tau_samples}")
         base = {
+            "key": base_hash,
+            "generation": generation,
             "gens": base_gens,
             "tau_set": tau_set,
             "tau_key": tau_key,

@@ -206,6 +206,20 @@ def test_bench_reuses_cached_samples_and_tau_scores_without_loading_a_model(benc
     }
 
 
+def test_bench_caches_base_and_baseline_per_policy_and_sampling(bench):
+    """The base policy's samples and the baseline's runs are keyed by the policy and how it
+    samples: a ``generation.*`` or ``model.*`` override gets its own, a ``train.*`` override or
+    another seed (a folder of its own already) shares them."""
+    from cyclealign.config import build_config
+
+    key = bench.policy_key(build_config(seed=0))
+    assert len(key) == 8
+    assert bench.policy_key(build_config(seed=1, **{"train.max_grad_norm": 0})) == key
+    assert bench.policy_key(build_config(seed=0, **{"generation.num_samples": 8})) != key
+    assert bench.policy_key(build_config(seed=0, **{"generation.max_new_tokens": 32})) != key
+    assert bench.policy_key(build_config(seed=0, **{"model.dtype": "bfloat16"})) != key
+
+
 def test_bench_summary_of_a_rule_pools_its_seeds(bench):
     """``scripts/bench_efficacy.py``'s summary entry, on two seeds' results written out by hand."""
     def kind(before, cyc, base, tau_after):  # 8 prompts x 4 responses; property counts per prompt

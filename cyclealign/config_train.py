@@ -59,7 +59,7 @@ class TrainConfig(Section):
     sft_pro_scale: bool = Field(
         False, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
     )
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate (constant; chosen on scripts/bench_efficacy.py).")
     epochs: float = Field(2.0, gt=0, description="Passes over the round's rankings.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (1 step = 1 prompt's list).")
     carry_optimizer: bool = Field(

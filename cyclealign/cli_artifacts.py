@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -89,7 +90,7 @@ def publish_command(
 
     with exit_codes():
         run = RunDir(run_dir)
-        run.read_config()  # a run directory, or a clear error
+        saved = run.read_config()  # a run directory, or a clear error
         if round_index is None and (run.path / "promoted").is_file():
             adapter = Path((run.path / "promoted").read_text().strip())
         else:
@@ -100,7 +101,8 @@ def publish_command(
                 raise RunDirError(f"{run.path}: {'round ' + str(k) if k is not None else 'no round'} has no trained adapter to publish")
             adapter = run.round(k).adapter
         base = to.rstrip("/")
-        client = VLLMClient(base if base.endswith("/v1") else base + "/v1", model="")
+        key = os.environ.get(saved.vllm.api_key_env) or None  # the server's --api-key, if it has one
+        client = VLLMClient(base if base.endswith("/v1") else base + "/v1", model="", api_key=key)
         served = name or adapter_name(adapter, run.path.resolve().name)
         client.load_adapter(served, adapter)
     console.print(f"published {adapter} to {client.root_url} as model {served!r}", soft_wrap=True)

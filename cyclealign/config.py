@@ -167,6 +167,7 @@ RESUMABLE_CHANGES = frozenset(
         "vllm.sleep_during_train",
         "vllm.request_concurrency",
         "vllm.request_timeout_s",
+        "vllm.api_key_env",
     }
 )
 """Dotted config fields a resumed run may change: they bound or schedule work, not its results."""

@@ -57,8 +57,8 @@ class VLLMConfig(Section):
     )
     command: list[str] | str = Field(
         "vllm serve",
-        description="The launcher command, as a list or a shell-like string; the model and the flags are "
-        "appended (tests point it at a stand-in server).",
+        description="The launcher command, as a list or a shell-like string; `--model MODEL` and the flags are "
+        "appended. vLLM in its own venv: [/path/to/vllm-venv/bin/python, -m, vllm.entrypoints.openai.api_server].",
     )
     port: int | None = Field(None, ge=1, le=65535, description="Port of the started server; None = a free loopback port.")
     gpu_memory_utilization: float = Field(
@@ -70,7 +70,9 @@ class VLLMConfig(Section):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model replica is split over (vLLM --tensor-parallel-size).")
     data_parallel_size: int = Field(1, ge=1, description="Model replicas the server runs (vLLM --data-parallel-size).")
-    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the server accepts (vLLM --max-lora-rank; >= train.lora_r).")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        64, description="Largest LoRA rank the server accepts (vLLM --max-lora-rank, one of vLLM's sizes; >= train.lora_r)."
+    )
     max_loras: int = Field(2, ge=1, description="LoRA adapters held at once (vLLM --max-loras): this round's and the previous one.")
     startup_timeout_s: float = Field(600.0, gt=0, description="Wait this long for a started server's /health, seconds.")
     sleep_during_train: bool = Field(
@@ -81,6 +83,12 @@ class VLLMConfig(Section):
         None, description="The base model's name on the server (vLLM --served-model-name); None = the model as given."
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Per completion request, seconds.")
+    api_key_env: str = Field(
+        "VLLM_API_KEY",
+        min_length=1,
+        description="Environment variable holding the policy server's API key (vLLM --api-key): sent as a bearer "
+        "token on every call and given to a server cyclealign starts; read from the environment, never written to disk.",
+    )
     extra_args: list[str] = Field(
         default_factory=list, description="More command-line arguments for `vllm serve` (e.g. [--max-model-len, '4096'])."
     )

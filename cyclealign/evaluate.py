@@ -342,9 +342,10 @@ def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None 
     run = RunDir(cfg.run_dir)
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     model_dir = resolve_model_dir(cfg.model)
-    with open_ranker(cfg, run, os.environ if environ is None else environ, templates) as ranker:
+    environ = os.environ if environ is None else environ
+    with open_ranker(cfg, run, environ, templates) as ranker:
         # Made on first use: an evaluation whose generations are all on disk loads no model.
-        policy = functools.cache(lambda: make_policy(cfg, model_dir))
+        policy = functools.cache(lambda: make_policy(cfg, model_dir, environ))
         try:
             return evaluate_with(cfg, run, plan, ranker, policy)
         finally:

@@ -34,7 +34,7 @@ from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.open import open_ranker
 from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
-from cyclealign.rundir import RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
+from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.tables import TIMED_PHASES, round_line
 from cyclealign.train.launch import train_phase
 
@@ -61,8 +61,10 @@ class Round:
         def body() -> dict[str, Any]:
             backend = policy()
             backend.load_adapter(self.run.latest_adapter(self.index))
-            gens = backend.sample(self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance)
+            journal = GenerationJournal(self.rd.generation_batches)  # finished batches survive a crash
+            gens = backend.sample(self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance, journal=journal)
             write_jsonl(self.rd.generations, [g.to_json() for g in gens])
+            self.rd.generation_batches.unlink(missing_ok=True)
             return {
                 "prompts": len(gens),
                 "responses": sum(len(g.responses) for g in gens),
@@ -291,7 +293,7 @@ def iterate(
 
         def policy() -> GenerationBackend:
             if "policy" not in cache:
-                cache["policy"] = make_policy(cfg, model_dir)
+                cache["policy"] = make_policy(cfg, model_dir, environ)
             return cache["policy"]
 
         # The policy (its memory, or its server) is released at the end, whatever happens.

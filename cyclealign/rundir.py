@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation
+from cyclealign.policy.base import Generation, Sample
 from cyclealign.records import RankResult
 
 if TYPE_CHECKING:
@@ -115,6 +115,38 @@ def read_jsonl(path: Path) -> list[Any]:
     return rows
 
 
+class GenerationJournal:
+    """A round's finished generation batches (``round_k/generation_batches.jsonl``), one JSON line
+    each, appended and fsynced as each batch finishes: a run killed or failed mid-generation
+    samples only the batches not yet written (:class:`cyclealign.policy.base.BatchJournal`).
+    A torn last line (a kill mid-append) is that batch unwritten.
+
+    Raises:
+        RunDirError: (on open) a line other than the last is not valid JSON.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._batches = {row["key"]: row["samples"] for row in read_jsonl(path)}
+        if path.is_file():  # cut a torn tail, so the next append starts a line of its own
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def lookup(self, key: str) -> list[list[Sample]] | None:
+        rows = self._batches.get(key)
+        return None if rows is None else [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows]
+
+    def record(self, key: str, samples: list[list[Sample]]) -> None:
+        rows = [[[list(s.token_ids), float(s.logprob_mean), bool(s.finished)] for s in row] for row in samples]
+        append_jsonl(self.path, {"key": key, "samples": rows})
+        self._batches[key] = rows
+
+
 class RoundDir:
     """One round's folder and its phase manifest."""
 
@@ -122,6 +154,7 @@ class RoundDir:
         self.path = path
         self.index = index
         self.generations = path / "generations.jsonl"
+        self.generation_batches = path / "generation_batches.jsonl"
         self.rankings = path / "rankings.jsonl"
         self.agreement = path / "agreement.jsonl"
         self.demo_pool = path / "demo_pool.jsonl"

@@ -96,9 +96,9 @@ class ServerProcess:
         raise NotImplementedError
 
     def environment(self) -> dict[str, str]:
-        """The child's environment: a copy of ``os.environ`` with ``HF_HUB_OFFLINE=1``."""
+        """The child's environment: a copy of ``os.environ`` as the user has it (a hub id not yet
+        downloaded is fetched by the server; ``HF_HUB_OFFLINE`` is the user's to set), unbuffered."""
         env = dict(os.environ)
-        env["HF_HUB_OFFLINE"] = "1"
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

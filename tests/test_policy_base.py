@@ -150,10 +150,14 @@ def test_make_policy_names_the_backend(embedded_model_dir, monkeypatch):
     # vllm: imported only when chosen (the module is stubbed here)
     made = []
     stub = types.ModuleType("cyclealign.policy.vllm")
-    stub.VLLMPolicy = lambda cfg, model_dir: made.append((cfg, model_dir)) or "vllm-policy"
+    stub.VLLMPolicy = lambda cfg, model_dir, api_key=None: made.append((cfg, model_dir, api_key)) or "vllm-policy"
     monkeypatch.setitem(sys.modules, "cyclealign.policy.vllm", stub)
     cfg = build_config(**{"generation.backend": "vllm"})
-    assert make_policy(cfg, "some/model") == "vllm-policy" and made == [(cfg, "some/model")]
+    assert make_policy(cfg, "some/model") == "vllm-policy" and made == [(cfg, "some/model", None)]
+    # the policy server's key comes from the environment the CLI read, by the variable vllm.api_key_env names
+    keyed = build_config(**{"generation.backend": "vllm", "vllm.api_key_env": "POLICY_KEY"})
+    make_policy(keyed, "m", {"POLICY_KEY": "k-1", "VLLM_API_KEY": "other"})
+    assert made[-1] == (keyed, "m", "k-1")
 
 
 def test_vllm_section_and_the_lora_rank_cross_check():
@@ -166,6 +170,8 @@ def test_vllm_section_and_the_lora_rank_cross_check():
     assert build_config(**{"generation.backend": "vllm", "train.lora_r": 128, "vllm.max_lora_rank": 128}).vllm.max_lora_rank == 128
     with pytest.raises(ConfigError, match=r"vllm\.gpu_memory_utilization"):
         build_config(**{"vllm.gpu_memory_utilization": 1.5})
+    with pytest.raises(ConfigError, match=r"vllm\.max_lora_rank"):  # vLLM's --max-lora-rank takes only its sizes
+        build_config(**{"vllm.max_lora_rank": 24})
     with pytest.raises(ConfigError, match=r"generation\.backend"):
         build_config(**{"generation.backend": "sglang"})
 
@@ -185,7 +191,7 @@ def test_the_loop_closes_the_policy_before_each_train_phase_and_at_exit(tmp_path
 
     made = []
 
-    def fake_make_policy(cfg, model_dir):
+    def fake_make_policy(cfg, model_dir, environ=None):
         made.append(FakePolicy(cfg.generation, {}))
         return made[-1]
 

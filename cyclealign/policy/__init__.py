@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from cyclealign.policy.base import Generation, GenerationBackend, SamplingPolicy
@@ -16,16 +17,18 @@ if TYPE_CHECKING:
 __all__ = ["Generation", "GenerationBackend", "SamplingPolicy", "TransformersPolicy", "make_policy"]
 
 
-def make_policy(cfg: Config, model_dir: str) -> GenerationBackend:
+def make_policy(cfg: Config, model_dir: str, environ: Mapping[str, str] | None = None) -> GenerationBackend:
     """The run's white-box generation backend, as ``cfg.generation.backend`` names it.
 
     ``transformers``: :class:`TransformersPolicy` on ``cfg.model``'s device and dtype (the model
-    loads on first use). ``vllm``: ``cyclealign.policy.vllm.VLLMPolicy(cfg, model_dir)`` (a vLLM
-    server, ``cfg.vllm``), imported only then.
+    loads on first use). ``vllm``: ``cyclealign.policy.vllm.VLLMPolicy`` (a vLLM server,
+    ``cfg.vllm``), imported only then.
 
     Args:
         cfg: the run's config.
         model_dir: the resolved base model id or directory (:func:`cyclealign.models.resolve_model_dir`).
+        environ: the process environment as the CLI read it; the vLLM policy server's API key is
+            its ``cfg.vllm.api_key_env`` variable (None = no key).
     Returns:
         The backend; the caller closes it (:meth:`GenerationBackend.close`) when done.
     Raises:
@@ -37,5 +40,5 @@ def make_policy(cfg: Config, model_dir: str) -> GenerationBackend:
     if backend == "vllm":
         from cyclealign.policy.vllm import VLLMPolicy
 
-        return VLLMPolicy(cfg, model_dir)
+        return VLLMPolicy(cfg, model_dir, api_key=(environ or {}).get(cfg.vllm.api_key_env) or None)
     raise ValueError(f"generation.backend={backend!r}: expected 'transformers' or 'vllm'")

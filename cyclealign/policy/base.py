@@ -17,12 +17,13 @@ passes and their seeds live here, once. Nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from cyclealign.records import PromptRecord
 
@@ -142,6 +143,28 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+class BatchJournal(Protocol):
+    """Where :meth:`SamplingPolicy.sample` keeps each finished batch, so that a run killed or
+    failed mid-phase does not sample it again (:class:`cyclealign.rundir.GenerationJournal`)."""
+
+    def lookup(self, key: str) -> list[list[Sample]] | None:
+        """The batch sampled under ``key`` (:func:`batch_key`), or None."""
+
+    def record(self, key: str, samples: list[list[Sample]]) -> None:
+        """Keep ``samples`` (``[B][n]``) under ``key`` before the next batch is sampled."""
+
+
+def batch_key(attempt: int, batch_index: int, seed: int, prompt_ids: list[list[int]], **sampling: Any) -> str:
+    """What one batch's draws depend on (pass, batch, seed, prompts' token ids, sampling
+    settings), as a digest: a journal entry is reused only for the very same batch.
+
+    >>> batch_key(0, 1, 7, [[1, 2]], n=4) == batch_key(0, 1, 7, [[1, 2]], n=4) != batch_key(0, 1, 7, [[1, 3]], n=4)
+    True
+    """
+    text = json.dumps([attempt, batch_index, seed, prompt_ids, sorted(sampling.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 class SamplingPolicy(ABC):
     """A generation backend's shared half: encodes prompts, decodes, de-duplicates and resamples.
 
@@ -156,6 +179,11 @@ class SamplingPolicy(ABC):
         tokenizer: the model's tokenizer (:func:`load_tokenizer`); kept across :meth:`close`.
         gen_cfg: as given.
     """
+
+    batch_seeded: ClassVar[bool] = False
+    """Whether a batch's draws depend on its ``seed`` alone (not on the batches before it): then
+    :meth:`sample` reuses finished batches from a journal. The transformers backend draws from
+    one torch stream seeded per call, so a skipped batch would shift every later draw."""
 
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig) -> None:
         self.model_dir = model_dir
@@ -230,6 +258,7 @@ class SamplingPolicy(ABC):
         seed: int,
         progress: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
+        journal: BatchJournal | None = None,
     ) -> list[Generation]:
         """Sample ``N = gen_cfg.num_samples`` distinct responses per prompt.
 
@@ -246,6 +275,9 @@ class SamplingPolicy(ABC):
             progress: called with the number of prompts of each finished first-pass batch.
             max_new_tokens: response length cap, tokens; None = ``gen_cfg.max_new_tokens``
                 (evaluation passes its own ``eval.max_new_tokens``).
+            journal: where each finished batch is kept as soon as it is sampled; a batch already
+                in it is not sampled again (only by a :attr:`batch_seeded` backend, whose draws
+                then equal an uninterrupted call's).
         Returns:
             One :class:`Generation` per prompt, in prompt order; its responses in the order sampled.
         """
@@ -258,14 +290,15 @@ class SamplingPolicy(ABC):
         for attempt in range(cfg.max_resample + 1):
             for batch_index, start in enumerate(range(0, len(todo), cfg.batch_size)):
                 chunk = todo[start : start + cfg.batch_size]
-                batch = self.sample_batch(
-                    [encoded[i] for i in chunk],
-                    n=cfg.num_samples,
-                    seed=derive_seed(seed, attempt, batch_index),
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    max_new_tokens=limit,
-                )
+                batch_ids = [encoded[i] for i in chunk]
+                settings = {"n": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": limit}
+                batch_seed = derive_seed(seed, attempt, batch_index)
+                key = batch_key(attempt, batch_index, batch_seed, batch_ids, **settings)
+                batch = journal.lookup(key) if journal is not None and self.batch_seeded else None
+                if batch is None:
+                    batch = self.sample_batch(batch_ids, seed=batch_seed, **settings)
+                    if journal is not None and self.batch_seeded:
+                        journal.record(key, [[Sample(*s) for s in row] for row in batch])
                 for i, samples in zip(chunk, batch, strict=True):
                     for ids, lp, fin in samples:
                         text = self._decode(ids)

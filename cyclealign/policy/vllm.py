@@ -2,11 +2,13 @@
 round's LoRA adapter hot-loaded into it (the HTTP side is :mod:`cyclealign.policy.vllm_client`,
 which cites the vLLM version and files followed).
 
-cyclealign starts ``vllm serve`` itself (``vllm.base_url`` unset: on a free loopback port, log in
-``RUN_DIR/policy_server.log``, stopped at exit) or uses a running server (``--policy-base-url``).
-Around the train phase the loop calls :meth:`VLLMPolicy.close`: the server sleeps (level 1:
-weights to CPU, KV cache freed) when it runs with sleep mode, else a server cyclealign started is
-stopped and started again when generation resumes. Nothing here imports vllm.
+cyclealign starts the server itself (``vllm.base_url`` unset: ``vllm.command`` on a free loopback
+port, log in ``RUN_DIR/policy_server.log``, stopped at exit) or uses a running server
+(``--policy-base-url``). Around the train phase the loop calls :meth:`VLLMPolicy.close`: the server
+sleeps (level 1: weights to CPU, KV cache freed) when it runs with sleep mode, else a server
+cyclealign started is stopped and started again when generation resumes; a user's server is left
+as it was found (awake) when the run ends or fails. Checked against vLLM 0.32 (the CPU build) and
+0.34's sources. Nothing here imports vllm.
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ class VLLMPolicy(SamplingPolicy):
 
     Args:
         cfg: the run's config (``generation``, ``vllm``, ``run_dir``).
-        model_dir: the base model as the server loads it (``vllm serve MODEL``) and whose tokenizer
+        model_dir: the base model as the server loads it (``--model MODEL``) and whose tokenizer
             builds the chat-templated prompt token ids.
+        api_key: the policy server's API key (read by the caller from ``vllm.api_key_env``);
+            None = the server needs none.
 
     Raises:
-        PolicyError: (on first use) vLLM is missing (``pip install "cyclealign[vllm]"``), the
-            server cannot start, lacks runtime LoRA loading or log-probs, or refuses a request.
+        PolicyError: (on first use) vLLM is missing, the server cannot start, lacks runtime LoRA
+            loading or log-probs, refuses a request or dies (the message names its log).
     """
 
-    def __init__(self, cfg: Config, model_dir: str) -> None:
+    batch_seeded = True  # a batch's draws depend on its seed alone: finished batches can be reused
+
+    def __init__(self, cfg: Config, model_dir: str, api_key: str | None = None) -> None:
         super().__init__(model_dir, cfg.generation)
         self.vcfg = cfg.vllm
+        self.api_key = api_key
         self.log_path = Path(cfg.run_dir) / "policy_server.log"
         self.run_label = Path(cfg.run_dir).resolve().name
         self._server: VLLMServer | None = None
@@ -54,12 +61,13 @@ class VLLMPolicy(SamplingPolicy):
             if self.vcfg.base_url is not None:
                 base_url = self.vcfg.base_url
             else:
-                self._server = VLLMServer(self.vcfg, self.model_dir, log_path=self.log_path)
+                self._server = VLLMServer(self.vcfg, self.model_dir, log_path=self.log_path, api_key=self.api_key)
                 self._server.start()
                 base_url = self._server.base_url
                 self._served = None  # a fresh server holds no adapter
             self._client = VLLMClient(
-                base_url, self.vcfg.served_model_name or self.model_dir, concurrency=self.vcfg.request_concurrency, timeout_s=self.vcfg.request_timeout_s
+                base_url, self.vcfg.served_model_name or self.model_dir, concurrency=self.vcfg.request_concurrency,
+                timeout_s=self.vcfg.request_timeout_s, api_key=self.api_key,
             )
         if self._asleep:
             self._client.wake_up()
@@ -85,11 +93,12 @@ class VLLMPolicy(SamplingPolicy):
             self._sync_adapter(self._client)
 
     def close(self) -> None:
-        """Free the GPU for training: sleep the server (``vllm.sleep_during_train`` and a server that
-        supports it), else stop a server cyclealign started; a user's server without sleep is left as is."""
+        """Free the GPU for training: sleep the server (``vllm.sleep_during_train`` and a server
+        with sleep mode, confirmed by ``/is_sleeping``), else stop a server cyclealign started; a
+        user's server without sleep mode is left as is (awake)."""
         if self._client is None or self._asleep:
             return
-        if self.vcfg.sleep_during_train and self._client.sleep():
+        if self.vcfg.sleep_during_train and (self._server is None or self._server.sleep_mode) and self._client.sleep():
             self._asleep = True
             return
         if self._server is not None:
@@ -97,9 +106,15 @@ class VLLMPolicy(SamplingPolicy):
             self._server, self._client, self._served = None, None, None
 
     def shutdown(self) -> None:
-        """Stop a server cyclealign started (at the end of a run)."""
+        """End of a run (finished or failed): stop a server cyclealign started; a user's server
+        that cyclealign put to sleep is woken, so it is left as it was found."""
         if self._server is not None:
             self._server.stop()
+        elif self._client is not None and self._asleep:
+            try:
+                self._client.wake_up()
+            except PolicyError as e:  # the run is ending: say so, do not mask the run's own error
+                log.warning("could not wake the vLLM server at %s: %s", self._client.root_url, e)
         self._server, self._client, self._served, self._asleep = None, None, None, False
 
     def __del__(self) -> None:  # a server must not outlive the run
@@ -120,10 +135,31 @@ class VLLMPolicy(SamplingPolicy):
         max_new_tokens: int,
     ) -> list[list[Sample]]:
         """One ``/v1/completions`` request per prompt, all in flight at once (up to
-        ``vllm.request_concurrency``); prompt ``i`` of the batch is seeded ``seed + i``."""
+        ``vllm.request_concurrency``); prompt ``i`` of the batch is seeded ``seed + i * n``
+        (:func:`~cyclealign.policy.vllm_client.prompt_seed`).
+
+        Raises:
+            PolicyError: the server refused or failed a request; for a server cyclealign started
+                the message says whether it is still running and names its log with the last lines.
+        """
         client = self._open()
         model = self._served or client.model
-        samples = client.complete(
-            prompt_ids, model=model, n=n, seed=seed or 0, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens
-        )
+        try:
+            samples = client.complete(
+                prompt_ids, model=model, n=n, seed=seed or 0, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens
+            )
+        except PolicyError as e:
+            raise self._failed(e) from None
         return [[Sample(s.token_ids, s.logprob_mean, s.finished) for s in row] for row in samples]
+
+    def _failed(self, error: PolicyError) -> PolicyError:
+        """``error`` with what became of a server cyclealign started (its exit code, or that it
+        still runs) and its log's last lines; the server is stopped (a resume starts a fresh one)."""
+        server = self._server
+        if server is None:
+            return error
+        code = server.process.poll() if server.process is not None else server.returncode
+        state = f"exited with code {code}" if code is not None else "is still running"
+        tail = "\n".join(server.log_tail(12))
+        self.shutdown()
+        return PolicyError(f"{error}\nthe vLLM policy server {state}; last lines of {server.log_path}:\n{tail}")

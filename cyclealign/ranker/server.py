@@ -55,7 +55,7 @@ class EmbeddedServer(ServerProcess):
 
     The model is preloaded (``transformers serve`` pins it), and :meth:`start` returns once
     ``GET /health`` answers 200. The child's stdout and stderr are appended to ``log_path``;
-    its environment is a copy of ``os.environ`` with ``HF_HUB_OFFLINE=1``
+    its environment is a copy of ``os.environ`` as the user has it
     (:class:`~cyclealign.serving.ServerProcess`).
 
     Args:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cyclealign import formatting
 from cyclealign.errors import BudgetError, CycleAlignError, LockedError, NothingToDo
@@ -28,6 +29,7 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     """Turn a CycleAlign error into a printed message, an event and an exit status
     (:data:`cyclealign.schedule.EXIT_CODES`).
 
+    The message is printed unwrapped (paths and log lines stay whole) and without markup.
     Exit 3 when a cost budget stopped the work (``BudgetError``: finished work is kept, the run
     resumes), 4 when there was nothing to do, 5 when another process holds the run directory,
     2 for any other ``CycleAlignError`` (bad input, a rejected key, a broken run dir).
@@ -44,18 +46,18 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     try:
         yield
     except BudgetError as e:
-        console.print(f"[yellow]stopped:[/yellow] {e}")
+        console.print(f"[yellow]stopped:[/yellow] {escape(str(e))}", soft_wrap=True)
         emit("budget", message=str(e))
         raise typer.Exit(code=EXIT_CODES["budget"]) from None
     except NothingToDo as e:
-        console.print(f"nothing to do: {e}")
+        console.print(f"nothing to do: {escape(str(e))}", soft_wrap=True)
         emit("nothing_to_do", message=str(e))
         raise typer.Exit(code=EXIT_CODES["nothing_to_do"]) from None
     except LockedError as e:
-        console.print(f"[red]locked:[/red] {e}")
+        console.print(f"[red]locked:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(code=EXIT_CODES["locked"]) from None
     except CycleAlignError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         emit("error", type=type(e).__name__, message=str(e))
         raise typer.Exit(code=EXIT_CODES["error"]) from None
 

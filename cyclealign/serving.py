@@ -57,6 +57,8 @@ class ServerProcess:
         error: the :class:`~cyclealign.errors.CycleAlignError` subclass raised on failure.
         host: loopback address to bind.
         port: a fixed port; None = a free one (a fresh one is tried if another process takes it first).
+        pid_path: file that holds the running server's process id (its process group's), written
+            at start and removed at stop; None = none.
 
     Attributes:
         port, process, pid, returncode: the port in use, the running ``Popen`` (None when
@@ -77,8 +79,10 @@ class ServerProcess:
         error: type[CycleAlignError],
         host: str = "127.0.0.1",
         port: int | None = None,
+        pid_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
+        self.pid_path = Path(pid_path) if pid_path is not None else None
         self.log_path = Path(log_path)
         self.startup_timeout_s = startup_timeout_s
         self.timeout_field = timeout_field
@@ -143,6 +147,8 @@ class ServerProcess:
                 except OSError as e:
                     raise self.error(f"cannot start {self.name}: {cmd[0]}: {e.strerror or e}") from None
                 self.pid = self.process.pid
+            if self.pid_path is not None:
+                self.pid_path.write_text(f"{self.pid}\n")
             try:
                 self._wait_healthy()
                 return
@@ -192,6 +198,8 @@ class ServerProcess:
                 proc.wait()
         self.returncode = proc.returncode
         self.pid = proc.pid
+        if self.pid_path is not None:
+            self.pid_path.unlink(missing_ok=True)
 
     @staticmethod
     def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

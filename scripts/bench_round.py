@@ -17,11 +17,19 @@ selection ``iterate`` makes), N responses each, at most T new tokens:
 A warm-up (one prompt, one list) runs first. Peak memory is the process RSS above its level
 at the phase's start (CPU; CUDA: allocated memory), see ``bench_train.PeakMemory``.
 
-Prints one JSON line with seconds, tokens/s, lists/s, peak MiB and the two ratios
+``--backend vllm``: the generate phase only, cyclealign's two backends on the same prompts, N and
+token cap, one after the other in one run: (i) the vLLM backend (:class:`VLLMPolicy`), the real
+vLLM server started by cyclealign through ``vllm.command`` from ``--vllm-python`` (default
+``.venv-vllm/bin/python``, built by ``scripts/setup.sh --vllm``), every prompt's request in
+flight at once; its start-up is timed apart, after it one warm-up request; (ii) the transformers
+backend (:class:`TransformersPolicy`) as above. ``vllm_ratio`` = vLLM tokens/s / transformers tokens/s.
+
+Prints one JSON line with seconds, tokens/s, lists/s, peak MiB and the ratios
 (cyclealign / baseline), e.g.::
 
     .venv/bin/python scripts/bench_round.py                   # 12 prompts, N=4, 64 tokens
     .venv/bin/python scripts/bench_round.py --prompts 4 --hh path/to/harmless-base-test.jsonl.gz
+    .venv/bin/python scripts/bench_round.py --backend vllm    # vLLM backend vs transformers backend
 """
 
 from __future__ import annotations
@@ -48,14 +56,19 @@ from cyclealign.logprobs import response_logprobs, token_logprobs  # noqa: E402
 from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
 from cyclealign.policy import TransformersPolicy  # noqa: E402
 from cyclealign.policy.base import Sample, load_tokenizer  # noqa: E402
+from cyclealign.policy.vllm import VLLMPolicy  # noqa: E402
 from cyclealign.train.losses import pro_loss, sft_loss  # noqa: E402
 from cyclealign.train.trainer import RankingExample, collate_lists, load_trainable_policy, train_round  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+DEFAULT_VLLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+# CPU vLLM: float32 as the transformers backend, and a per-step token budget that keeps its engine alive
+# under concurrent seeded requests (chunked prefill's default killed it: "CPU Generator does not use offset").
+VLLM_CPU_ARGS = ["--dtype", "float32", "--max-num-batched-tokens", "16384", "--max-num-seqs", "64"]
 
 
-class CountingPolicy(TransformersPolicy):
-    """cyclealign's transformers backend, counting the tokens its batches sample."""
+class Counting:
+    """A backend mix-in counting the tokens its batches sample."""
 
     tokens = 0
 
@@ -63,6 +76,14 @@ class CountingPolicy(TransformersPolicy):
         out = super().sample_batch(prompt_ids, **kw)
         self.tokens += sum(len(s[0]) for row in out for s in row)
         return out
+
+
+class CountingPolicy(Counting, TransformersPolicy):
+    """cyclealign's transformers backend, counting the tokens its batches sample."""
+
+
+class CountingVLLMPolicy(Counting, VLLMPolicy):
+    """cyclealign's vLLM backend, counting the tokens its batches sample."""
 
 
 @torch.no_grad()
@@ -124,9 +145,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=None, help="model directory or id (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                    help="transformers: both phases against plain baselines; vllm: the generate phase, vLLM backend vs transformers backend")
+    ap.add_argument("--vllm-python", type=Path, default=DEFAULT_VLLM_PYTHON, help="Python of the venv vLLM is installed in")
+    ap.add_argument("--vllm-arg", action="append", default=None,
+                    help="an argument for the vLLM server (repeatable; default on CPU: " + " ".join(VLLM_CPU_ARGS) + ")")
     a = ap.parse_args()
     if not a.hh.exists():
         raise SystemExit(f"--hh {a.hh}: no such file (the HH-RLHF harmless-base test split)")
+    if a.backend == "vllm":
+        return bench_vllm(a)
 
     from transformers.utils import logging as hf_logging
 
@@ -201,6 +229,61 @@ def main() -> None:
     }
     result["generate_ratio"] = round((ca_tokens / ca_gen_s) / (bl_tokens / bl_gen_s), 3)
     result["train_ratio"] = round(bl_train_s / ca_train_s, 3)
+    print(json.dumps(result), flush=True)
+
+
+def bench_vllm(a: argparse.Namespace) -> None:
+    """The generate phase through the vLLM backend (the real server) and the transformers backend."""
+    if not a.vllm_python.exists():
+        raise SystemExit(f"--vllm-python {a.vllm_python}: not found (build it with scripts/setup.sh --vllm)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-round-vllm-")
+    cfg = build_config(**{
+        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
+        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "run_dir": Path(tmp.name) / "run",
+    })
+    model_dir = str(resolve_model_dir(cfg.model))
+    device = resolve_device(cfg.model)
+    prompts = select_round_prompts(load_prompts(a.hh), 0, a.prompts, a.seed)
+
+    hf = CountingPolicy(model_dir, cfg.model, cfg.generation)
+    hf.sample(prompts[:1], seed=a.seed)  # warm-up (loads the model)
+    hf.tokens = 0
+    _, hf_s, _ = timed(lambda: hf.sample(prompts, seed=a.seed), device)
+    hf_tokens = hf.tokens
+    hf.close()
+    gc.collect()
+
+    extra = a.vllm_arg if a.vllm_arg is not None else (VLLM_CPU_ARGS if device.type == "cpu" else [])
+    vcfg = build_config(**{
+        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
+        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "run_dir": Path(tmp.name) / "run",
+        "generation.backend": "vllm", "generation.batch_size": len(prompts), "vllm.request_concurrency": len(prompts),
+        "vllm.command": [str(a.vllm_python), "-m", "vllm.entrypoints.openai.api_server"], "vllm.extra_args": extra,
+        "vllm.sleep_during_train": False,
+    })
+    policy = CountingVLLMPolicy(vcfg, model_dir)
+    try:
+        t0 = time.perf_counter()
+        policy.sample(prompts[:1], seed=a.seed)  # starts the server; warm-up
+        startup_s = time.perf_counter() - t0
+        policy.tokens = 0
+        t0 = time.perf_counter()
+        policy.sample(prompts, seed=a.seed)
+        vllm_s = time.perf_counter() - t0
+    finally:
+        policy.shutdown()
+        tmp.cleanup()
+    result = {
+        "bench": "round_generate_vllm", "device": str(device), "model": a.model or "SmolLM2-135M-Instruct",
+        "prompts": len(prompts), "n": a.n, "max_new_tokens": a.max_new_tokens, "vllm_args": extra,
+        "vllm": {"s": round(vllm_s, 2), "tokens": policy.tokens, "tokens_per_s": round(policy.tokens / vllm_s, 2),
+                 "startup_and_warmup_s": round(startup_s, 1)},
+        "transformers": {"s": round(hf_s, 2), "tokens": hf_tokens, "tokens_per_s": round(hf_tokens / hf_s, 2)},
+    }
+    result["vllm_ratio"] = round((policy.tokens / vllm_s) / (hf_tokens / hf_s), 3)
     print(json.dumps(result), flush=True)
 
 

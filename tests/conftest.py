@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # scripts/setup.sh --vllm
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,20 @@ def hh_rlhf_path() -> Path:
     if not HH_RLHF.exists():
         pytest.skip(f"{HH_RLHF} not present (the shared data folder is optional)")
     return HH_RLHF
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The Python of the vLLM venv (``scripts/setup.sh --vllm``: vLLM's CPU build), or
+    ``$CYCLEALIGN_TEST_VLLM_PYTHON``. Missing, the real-vLLM tests are skipped, except under CI
+    (``CI`` set), where they fail: CI builds that venv."""
+    path = Path(os.environ.get("CYCLEALIGN_TEST_VLLM_PYTHON") or VLLM_PYTHON)
+    if not path.exists():
+        message = f"{path} not found: build it with scripts/setup.sh --vllm"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture

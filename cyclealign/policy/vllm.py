@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from cyclealign.config import Config
+from cyclealign.errors import PolicyError
 from cyclealign.policy.base import Sample, SamplingPolicy
 from cyclealign.policy.vllm_client import VLLMClient, VLLMServer, adapter_name
 
@@ -54,6 +55,7 @@ class VLLMPolicy(SamplingPolicy):
         self._asleep = False
         self._adapter: Path | None = None
         self._served: str | None = None  # the adapter name loaded on the server now
+        self._sleep_mode: bool | None = None  # learnt at the first start: the platform may have no sleep mode
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _open(self) -> VLLMClient:
@@ -61,8 +63,12 @@ class VLLMPolicy(SamplingPolicy):
             if self.vcfg.base_url is not None:
                 base_url = self.vcfg.base_url
             else:
-                self._server = VLLMServer(self.vcfg, self.model_dir, log_path=self.log_path, api_key=self.api_key)
+                self._server = VLLMServer(
+                    self.vcfg, self.model_dir, log_path=self.log_path, api_key=self.api_key, sleep_mode=self._sleep_mode,
+                    pid_path=self.log_path.with_suffix(".pid"),
+                )
                 self._server.start()
+                self._sleep_mode = self._server.sleep_mode
                 base_url = self._server.base_url
                 self._served = None  # a fresh server holds no adapter
             self._client = VLLMClient(

@@ -98,6 +98,15 @@ class VLLMServer(ServerProcess):
     sleep/wake) and ``VLLM_API_KEY`` when ``api_key`` is given (never on the command line, which
     the log and ``ps`` show). Output goes to ``log_path`` (``RUN_DIR/policy_server.log``).
 
+    Args:
+        cfg: the ``vllm`` config section.
+        model: the base model (``--model``).
+        log_path: the server's log (``RUN_DIR/policy_server.log``).
+        api_key: the key the server requires (``VLLM_API_KEY`` in its environment); None = none.
+        sleep_mode: False = start without ``--enable-sleep-mode`` (an earlier start found the
+            platform without it); None = as ``vllm.sleep_during_train``.
+        pid_path: file holding the server's process id while it runs (``RUN_DIR/policy_server.pid``).
+
     Attributes:
         sleep_mode: whether the running server has sleep mode (its flags after startup).
 
@@ -107,7 +116,16 @@ class VLLMServer(ServerProcess):
             ``vllm.startup_timeout_s``.
     """
 
-    def __init__(self, cfg: VLLMConfig, model: str, *, log_path: Path, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: VLLMConfig,
+        model: str,
+        *,
+        log_path: Path,
+        api_key: str | None = None,
+        sleep_mode: bool | None = None,
+        pid_path: Path | None = None,
+    ) -> None:
         super().__init__(
             f"the vLLM policy server ({_command_text(cfg.command)} --model {model})",
             log_path=log_path,
@@ -115,9 +133,10 @@ class VLLMServer(ServerProcess):
             timeout_field="vllm.startup_timeout_s",
             error=PolicyError,
             port=cfg.port,
+            pid_path=pid_path,
         )
         self.cfg, self.model, self.api_key = cfg, model, api_key
-        self.sleep_mode = cfg.sleep_during_train
+        self.sleep_mode = cfg.sleep_during_train if sleep_mode is None else sleep_mode and cfg.sleep_during_train
 
     @property
     def base_url(self) -> str:
@@ -177,7 +196,7 @@ def _resolve_program(parts: list[str]) -> str:
     interpreter (a venv's console scripts).
 
     Raises:
-        PolicyError: not found; for ``vllm`` the message names ``pip install "cyclealign[vllm]"``.
+        PolicyError: not found; for ``vllm`` the message says how to install it in a venv of its own.
     """
     program = parts[0]
     if os.sep in program:

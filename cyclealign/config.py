@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cyclealign.config_eval import EvalConfig
 from cyclealign.config_files import flatten, format_validation_error, read_config_file
-from cyclealign.config_policy import GenerationConfig, ModelConfig, VLLMConfig
+from cyclealign.config_policy import GenerationConfig, ModelConfig, VLLMConfig, lora_rank_slot
 from cyclealign.config_ranker import AgreementConfig, RankerConfig
 from cyclealign.config_section import Section
 from cyclealign.config_train import TrainConfig
@@ -89,7 +89,9 @@ class Config(Section):
             raise ValueError("ranker.batch needs an external ranker.base_url (the embedded server has no Batch API)")
         if self.ranker.base_url is not None and self.ranker.model is None:
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")
-        if self.generation.backend == "vllm" and self.vllm.max_lora_rank < self.train.lora_r:
+        if self.vllm.max_lora_rank is None:
+            self.vllm.max_lora_rank = lora_rank_slot(self.train.lora_r)  # type: ignore[assignment]
+        if self.generation.backend == "vllm" and (self.vllm.max_lora_rank or 0) < self.train.lora_r:
             raise ValueError(
                 f"vllm.max_lora_rank={self.vllm.max_lora_rank} is below train.lora_r={self.train.lora_r}: "
                 "the server would refuse the round's adapter (raise vllm.max_lora_rank or lower train.lora_r)"

@@ -9,7 +9,19 @@ from pydantic import Field
 
 from cyclealign.config_section import Section
 
-__all__ = ["GenerationConfig", "ModelConfig", "VLLMConfig"]
+__all__ = ["GenerationConfig", "MAX_LORA_RANKS", "ModelConfig", "VLLMConfig", "lora_rank_slot"]
+
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's ``--max-lora-rank`` takes (``vllm/config/lora.py``, ``MaxLoRARanks``)."""
+
+
+def lora_rank_slot(rank: int) -> int | None:
+    """The smallest ``--max-lora-rank`` that holds a LoRA adapter of ``rank``; None above 512.
+
+    >>> lora_rank_slot(16), lora_rank_slot(24), lora_rank_slot(2), lora_rank_slot(600)
+    (16, 32, 8, None)
+    """
+    return next((r for r in MAX_LORA_RANKS if r >= rank), None)
 
 
 class ModelConfig(Section):
@@ -70,8 +82,10 @@ class VLLMConfig(Section):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model replica is split over (vLLM --tensor-parallel-size).")
     data_parallel_size: int = Field(1, ge=1, description="Model replicas the server runs (vLLM --data-parallel-size).")
-    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        64, description="Largest LoRA rank the server accepts (vLLM --max-lora-rank, one of vLLM's sizes; >= train.lora_r)."
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
+        None,
+        description="Largest LoRA rank the server accepts (vLLM --max-lora-rank, one of vLLM's sizes; >= train.lora_r); "
+        "None = the smallest size >= train.lora_r (vLLM pads every adapter to it: a larger one costs throughput).",
     )
     max_loras: int = Field(2, ge=1, description="LoRA adapters held at once (vLLM --max-loras): this round's and the previous one.")
     startup_timeout_s: float = Field(600.0, gt=0, description="Wait this long for a started server's /health, seconds.")

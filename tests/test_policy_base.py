@@ -163,10 +163,12 @@ def test_make_policy_names_the_backend(embedded_model_dir, monkeypatch):
 def test_vllm_section_and_the_lora_rank_cross_check():
     cfg = build_config()
     assert cfg.generation.backend == "transformers" and cfg.vllm.base_url is None
-    assert (cfg.vllm.gpu_memory_utilization, cfg.vllm.max_lora_rank, cfg.vllm.max_loras) == (0.35, 64, 2)
-    build_config(**{"train.lora_r": 128})  # the transformers backend has no rank limit
+    # the server's rank slot fits the trained adapter exactly: vLLM pads every adapter to it
+    assert (cfg.vllm.gpu_memory_utilization, cfg.vllm.max_lora_rank, cfg.vllm.max_loras) == (0.35, 16, 2)
+    assert build_config(**{"generation.backend": "vllm", "train.lora_r": 24}).vllm.max_lora_rank == 32
+    build_config(**{"train.lora_r": 128, "vllm.max_lora_rank": 64})  # the transformers backend has no rank limit
     with pytest.raises(ConfigError, match=r"vllm\.max_lora_rank=64 is below train\.lora_r=128"):
-        build_config(**{"generation.backend": "vllm", "train.lora_r": 128})
+        build_config(**{"generation.backend": "vllm", "train.lora_r": 128, "vllm.max_lora_rank": 64})
     assert build_config(**{"generation.backend": "vllm", "train.lora_r": 128, "vllm.max_lora_rank": 128}).vllm.max_lora_rank == 128
     with pytest.raises(ConfigError, match=r"vllm\.gpu_memory_utilization"):
         build_config(**{"vllm.gpu_memory_utilization": 1.5})

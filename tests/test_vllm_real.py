@@ -37,6 +37,9 @@ pytestmark = pytest.mark.slow
 # float32 as the transformers backend on CPU; a token budget per step that keeps the CPU engine alive
 # under concurrent seeded requests (with chunked prefill it died: "CPU Generator does not use offset").
 SERVER_ARGS = ["--dtype", "float32", "--max-num-batched-tokens", "16384", "--max-num-seqs", "64", "--max-model-len", "4096"]
+# On CPU, vLLM takes this share of the machine's RAM (its KV cache fills the rest of it: at 0.9, 20 GiB
+# here, and two servers at once were OOM-killed): 0.15 leaves about 2 GiB of KV cache, ~46k tokens.
+MEMORY = 0.15
 PROMPTS = [
     PromptRecord("a", [{"role": "user", "content": "Name a fruit."}]),
     PromptRecord("b", [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Why?"}, {"role": "user", "content": "I am locked out."}]),
@@ -51,7 +54,7 @@ def vllm_config(tmp_path, vllm_python, base_url=None, **extra):
     return build_config(**{
         "run_dir": tmp_path / "run", "generation.backend": "vllm", "generation.num_samples": 3,
         "generation.max_new_tokens": 10, "generation.batch_size": 2, "vllm.base_url": base_url,
-        "vllm.command": launcher(vllm_python), "vllm.extra_args": SERVER_ARGS, "vllm.max_lora_rank": 8,
+        "vllm.command": launcher(vllm_python), "vllm.extra_args": SERVER_ARGS, "vllm.gpu_memory_utilization": MEMORY,
         "train.lora_r": 8, **extra,
     })
 
@@ -260,7 +263,7 @@ def test_iterate_two_rounds_eval_and_publish_with_a_server_cyclealign_starts(ser
             "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file), "--rounds", "2", "--prompts-per-round", "2",
             "--num-samples", "2", "--max-new-tokens", "8", "--epochs", "1", "--lora-r", "8", "--policy-backend", "vllm",
             "--set", f"vllm.command={json.dumps(launcher(vllm_python))}", "--set", f"vllm.extra_args={json.dumps(SERVER_ARGS)}",
-            "--set", "vllm.max_lora_rank=8",
+            "--set", f"vllm.gpu_memory_utilization={MEMORY}",
             "--ranker-base-url", api.base_url, "--ranker-model", "scripted", "--ranker-cache", str(tmp_path / "c.sqlite"),
         ]
         result = runner.invoke(app, args, env=env)
@@ -320,7 +323,7 @@ def test_a_server_killed_mid_generation_is_reported_and_resume_generates_only_th
             "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts), "--rounds", "1", "--prompts-per-round", "8",
             "--num-samples", "2", "--max-new-tokens", "48", "--epochs", "1", "--lora-r", "8", "--policy-backend", "vllm",
             "--set", f"vllm.command={json.dumps(launcher(vllm_python))}", "--set", f"vllm.extra_args={json.dumps(SERVER_ARGS)}",
-            "--set", "vllm.max_lora_rank=8", "--set", "vllm.sleep_during_train=false", "--set", "generation.batch_size=2",
+            "--set", f"vllm.gpu_memory_utilization={MEMORY}", "--set", "vllm.sleep_during_train=false", "--set", "generation.batch_size=2",
             "--set", "vllm.request_timeout_s=30",
             "--ranker-base-url", api.base_url, "--ranker-model", "scripted", "--ranker-cache", str(tmp_path / "c.sqlite"),
         ]

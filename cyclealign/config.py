@@ -91,6 +91,16 @@ class Config(Section):
             raise ValueError(f"ranker.model is required with ranker.base_url={self.ranker.base_url!r}")
         if self.vllm.max_lora_rank is None:
             self.vllm.max_lora_rank = lora_rank_slot(self.train.lora_r)  # type: ignore[assignment]
+        if self.vllm.base_url is not None and self.generation.backend != "vllm":
+            raise ValueError(
+                f"vllm.base_url={self.vllm.base_url!r} (--policy-base-url) is for generation.backend=vllm "
+                "(--policy-backend vllm); the transformers backend would ignore it"
+            )
+        if self.ranker.model is not None and self.ranker.base_url is None:
+            raise ValueError(
+                f"ranker.model={self.ranker.model!r} needs ranker.base_url (--ranker-base-url): without it the "
+                "embedded SmolLM2 ranks, not that model"
+            )
         if self.generation.backend == "vllm" and (self.vllm.max_lora_rank or 0) < self.train.lora_r:
             raise ValueError(
                 f"vllm.max_lora_rank={self.vllm.max_lora_rank} is below train.lora_r={self.train.lora_r}: "
@@ -203,8 +213,9 @@ def parse_set_options(items: list[str] | None) -> dict[str, object]:
     scalars or lists (``4`` -> int, ``true`` -> bool, ``null`` -> None, ``[a, b]`` -> list).
 
     Raises:
-        ConfigError: an item without ``=``, or a key that is not a config field (the known
-            fields of its section are listed).
+        ConfigError: an item without ``=``, a key that is not a config field (the known
+            fields of its section are listed), or a list, mapping or quoted value that is not
+            valid YAML (``[q_proj, `` is refused, not taken as the text it is).
 
     >>> parse_set_options(["generation.num_samples=6", "train.qlora=true", "ranker.model=gpt-4o-mini"])
     {'generation.num_samples': 6, 'train.qlora': True, 'ranker.model': 'gpt-4o-mini'}
@@ -224,7 +235,10 @@ def parse_set_options(items: list[str] | None) -> dict[str, object]:
             raise ConfigError(f"--set {key}: not a config field (known: {', '.join(near)})")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except yaml.YAMLError as e:
+            if raw.lstrip()[:1] in "[{\"'":  # meant as a list, mapping or quoted string: say so, do not guess
+                problem = str(getattr(e, "problem", None) or e).strip()
+                raise ConfigError(f"--set {key}={raw}: not valid YAML ({problem})") from None
             out[key] = raw
         if isinstance(out[key], (dict,)):
             raise ConfigError(f"--set {key}: expected a value or a list, got a mapping")

@@ -55,6 +55,18 @@ class NothingToDo(CycleAlignError):
     (``--new-prompts-only`` and no unused prompt in the source). Nothing was changed."""
 
 
+class Interrupted(CycleAlignError):
+    """A SIGINT (Ctrl-C) or SIGTERM (a scheduler's ``timeout``, ``systemctl stop``) stopped the run:
+    servers were stopped, the lock released, the phase in progress left pending; ``--resume``
+    continues. Exit code 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; finished work is kept, --resume continues")
+
+
 class LockedError(CycleAlignError):
     """Another live process holds the run directory's lock (the message names its pid and host)."""
 

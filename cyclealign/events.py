@@ -7,6 +7,7 @@ event               fields
 ==================  =====================================================================
 ``run_start``       ``pid``, ``rounds`` (scheduled in total), ``resume``, ``command``
 ``lock_takeover``   ``stale`` (the dead holder's pid, host, start time)
+``stale_servers_stopped``  ``pids`` (servers a killed run of the directory had left running)
 ``phase_start``     ``round``, ``phase``, ``total`` (progress steps or null)
 ``phase_end``       ``round``, ``phase`` and what the manifest records (``wall_s``, ...)
 ``round_end``       ``round`` and the round's metrics line
@@ -15,6 +16,7 @@ event               fields
 ``budget``          ``message`` (ranker.max_cost_usd reached: stopped, resumable)
 ``nothing_to_do``   ``message``
 ``error``           ``type``, ``message``
+``interrupted``     ``signal`` (2 SIGINT, 15 SIGTERM), ``message``: stopped, resumable
 ``run_end``         ``exit_code``, ``rounds_done``, ``wall_s``
 ==================  =====================================================================
 

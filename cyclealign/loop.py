@@ -24,19 +24,21 @@ from cyclealign.agreement import agreement_of
 from cyclealign.config import Config
 from cyclealign.data import load_prompts, recorded_round_prompts, select_next_prompts, used_prompt_counts
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
-from cyclealign.errors import NothingToDo
+from cyclealign.errors import NothingToDo, TemplateError
 from cyclealign.evaluate import BASE, EvalPlan, evaluate_with, evaluated
-from cyclealign.models import resolve_model_dir
+from cyclealign.models import resolve_device, resolve_model_dir
 from cyclealign.policy import Generation, GenerationBackend, make_policy
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker import Ranker, RankerTemplates, RankJob, load_demonstrations
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.open import open_ranker
+from cyclealign.ranker.template_check import check_templates
 from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.tables import TIMED_PHASES, round_line
 from cyclealign.train.launch import train_phase
+from cyclealign.train.lora import check_qlora
 
 __all__ = ["NullReporter", "Reporter", "Round", "iterate", "round_prompts"]
 
@@ -271,6 +273,13 @@ def iterate(
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     static_demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
     model_dir = resolve_model_dir(cfg.model)
+    device = resolve_device(cfg.model)  # a device this machine lacks fails here, not in the train phase
+    if cfg.train.qlora:
+        check_qlora(device)
+    if cfg.ranker.templates_dir is not None:  # the whole of `templates check`, not only syntax and names
+        problems = [p for c in check_templates(cfg.ranker.templates_dir) for p in c.problems]
+        if problems:
+            raise TemplateError(f"{cfg.ranker.templates_dir}: {len(problems)} problem(s), `cyclealign templates check` lists them: {problems[0]}")
     run = RunDir(cfg.run_dir)
     if new_prompts_only and resume:  # before anything is written or started: a night without new prompts costs nothing
         pending = next((i for i in range(cfg.rounds) if not run.round(i).is_done("metrics")), None)

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -86,8 +85,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     # Sampling on by default, so that `transformers serve` honours a request's temperature > 0
     # (it only ever turns sampling off, for temperature 0).
     model.generation_config.do_sample = True
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    from cyclealign.rundir import make_work_dir  # here: rundir imports the policy package, which imports this module
+
+    tmp = make_work_dir(out_dir.parent, out_dir.name + ".tmp-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -147,10 +147,26 @@ def load_causal_lm(model_dir: str, dtype: torch.dtype | None = None, **kwargs):
 
 
 def resolve_device(cfg: ModelConfig) -> torch.device:
-    """``cfg.device`` with ``"auto"`` resolved to ``cuda`` when available, else ``cpu``."""
+    """``cfg.device`` with ``"auto"`` resolved to ``cuda`` when available, else ``cpu``.
+
+    Raises:
+        ModelError: ``model.device`` names a device this machine does not have (no CUDA build or
+            device, an index past the last GPU) or is not a device at all: checked before a run
+            starts, so nothing is paid for first.
+    """
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"model.device={cfg.device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ModelError(f"model.device={cfg.device!r}: {why}; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"model.device={cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:

@@ -57,11 +57,43 @@ def round_dir_name(index: int) -> str:
     return f"round_{index:03d}"
 
 
+def process_umask() -> int:
+    """The process's umask (read from ``/proc/self/status`` where it is there, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def with_umask_mode(path: Path) -> Path:
+    """Give a file or folder made by ``tempfile`` (0600 / 0700) the mode a plain ``open`` or
+    ``mkdir`` would have given it (0666 / 0777 less the umask), so that the run directory's files
+    are as readable as the user's others (a vLLM server running as another user reads the adapter)."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~process_umask())
+    return Path(path)
+
+
+def make_work_dir(parent: Path, prefix: str) -> Path:
+    """A new scratch folder in ``parent`` (created if missing) with the umask's mode; renamed
+    into place when complete, it is as readable as a folder made with ``mkdir``."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return with_umask_mode(Path(tempfile.mkdtemp(prefix=prefix, dir=parent)))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync, rename; the file
+    gets the mode a plain ``open`` would give it (the umask's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -70,6 +102,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: Path, key: str | None = None) -> Any:
+    """One JSON document written by :func:`write_json` (``doc[key]`` when ``key`` is given).
+
+    Raises:
+        RunDirError: the file is not valid JSON (torn or edited by hand) or lacks ``key``; the
+            message names the file.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc if key is None else doc[key]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({e}); restore it or remove the round's folder to redo it") from None
+    except (KeyError, TypeError):
+        raise RunDirError(f"{path}: no {key!r} field (not a file cyclealign wrote)") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -169,7 +217,7 @@ class RoundDir:
         before it generated; for a round from before prompts were recorded, its generations'
         ids (hash ``""``: unknown); None when the round has not started."""
         if self.prompts_file.is_file():
-            return [(p["id"], p["hash"]) for p in json.loads(self.prompts_file.read_text())["prompts"]]
+            return [(p["id"], p["hash"]) for p in read_json(self.prompts_file, "prompts")]
         if self.generations.is_file():
             return [(d["prompt_id"], "") for d in read_jsonl(self.generations)]
         return None
@@ -185,7 +233,7 @@ class RoundDir:
         """Finished phases with what each recorded (e.g. wall seconds)."""
         if not self._manifest.exists():
             return {}
-        return json.loads(self._manifest.read_text())["phases"]
+        return read_json(self._manifest, "phases")
 
     def read_generations(self) -> list[Generation]:
         """The round's generations (phase "generate"), in prompt order."""
@@ -231,6 +279,9 @@ class RunDir:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.server_log = self.path / "server.log"
+        self.server_pid = self.path / "server.pid"  # the embedded ranker server's, while it runs
+        self.policy_server_log = self.path / "policy_server.log"
+        self.policy_server_pid = self.path / "policy_server.pid"  # the vLLM policy server's, while it runs
         self.ranker_calls = self.path / "ranker_calls.jsonl"
         self.eval_dir = self.path / "eval"
         self.eval_manifest = self.eval_dir / "manifest.json"
@@ -269,6 +320,16 @@ class RunDir:
                 )
         atomic_write_text(self.config, config_json)
 
+    def reap_stale_servers(self) -> list[int]:
+        """Stop the servers an earlier, killed run of this directory left running (the embedded
+        ranker's and the vLLM policy server's, by their pid files:
+        :func:`cyclealign.serving.reap_stale_server`); call it holding the run lock. Returns
+        their process ids."""
+        from cyclealign.serving import reap_stale_server
+
+        stopped = [reap_stale_server(p) for p in (self.server_pid, self.policy_server_pid) if p.exists()]
+        return [pid for pid in stopped if pid is not None]
+
     def read_config(self) -> Config:
         """The run's saved config (``config.json``).
 
@@ -304,7 +365,7 @@ class RunDir:
         ``max_new_tokens`` and ``wall_s``); empty when nothing was evaluated."""
         if not self.eval_manifest.exists():
             return []
-        return json.loads(self.eval_manifest.read_text())["evaluations"]
+        return read_json(self.eval_manifest, "evaluations")
 
     def record_evaluation(self, **info: Any) -> None:
         """Add one finished evaluation to ``eval/manifest.json`` (atomically); call only after

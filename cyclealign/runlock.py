@@ -22,8 +22,8 @@ from typing import Any
 
 import filelock
 
-from cyclealign.errors import LockedError
-from cyclealign.rundir import write_json
+from cyclealign.errors import LockedError, RunDirError
+from cyclealign.rundir import RunDir, write_json
 
 __all__ = ["RunLock", "lock_holder"]
 
@@ -54,20 +54,26 @@ class RunLock:
     Raises:
         LockedError: on entering, when another live process holds the lock; the message names
             its pid, host and start time.
+        RunDirError: on entering, ``run_dir`` is a file.
 
     Attributes:
         took_over: the stale holder record (a process that died holding the lock) that this
             lock replaced, or None.
+        stopped_servers: process ids of servers an earlier, killed run of the directory had
+            left running, stopped on entering (:meth:`cyclealign.rundir.RunDir.reap_stale_servers`).
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.took_over: dict[str, Any] | None = None
+        self.stopped_servers: list[int] = []
         self._lock = filelock.FileLock(str(self.run_dir / "lock"), timeout=0)
         self._info = self.run_dir / "lock.json"
         self._created = False
 
     def __enter__(self) -> "RunLock":
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"{self.run_dir}: a file, not a run directory (choose another --run-dir)")
         self._created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -91,6 +97,7 @@ class RunLock:
                 "command": " ".join(sys.argv),
             },
         )
+        self.stopped_servers = RunDir(self.run_dir).reap_stale_servers()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

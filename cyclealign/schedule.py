@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cyclealign.errors import ConfigError
+from cyclealign.errors import ConfigError, LockedError
 from cyclealign.rundir import PHASES, RunDir, atomic_write_text, read_jsonl
-from cyclealign.runlock import lock_holder
+from cyclealign.runlock import RunLock, lock_holder
 
 __all__ = ["EXIT_CODES", "Condition", "Promotion", "parse_conditions", "promote", "run_status"]
 
@@ -26,6 +26,8 @@ EXIT_CODES: dict[str, int] = {
     "budget": 3,  # ranker.max_cost_usd reached: finished work kept, resumable
     "nothing_to_do": 4,  # no phase had to run, or --new-prompts-only found no unused prompt
     "locked": 5,  # another live process holds the run directory
+    "interrupted": 130,  # SIGINT (Ctrl-C): servers stopped, lock released, the phase left pending; --resume continues
+    "terminated": 143,  # SIGTERM (timeout, systemctl stop, a scheduler's kill): likewise
 }
 """``cyclealign iterate``'s exit codes, by outcome (1 is an unexpected crash: a Python traceback)."""
 
@@ -127,8 +129,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     """Where a run stands: ``rounds_scheduled``, ``rounds_done``, ``state`` (``done``,
     ``running``, ``interrupted`` or ``not started``), the pending ``round`` with its
     ``phases_done`` and ``phase_pending``, the ``last_metrics`` line, ranker ``spend`` (calls,
-    tokens, USD), the ``lock`` holder (``live`` false for a stale one) and ``promoted``
-    (the adapter path, or None).
+    tokens, USD), the ``lock`` holder (``live`` false for a stale one), ``promoted``
+    (the adapter path, or None) and ``stale_servers_stopped``: the process ids of servers a
+    killed run had left running, stopped now (only while no run holds the lock).
 
     Raises:
         RunDirError: no run in ``run_dir`` (no ``config.json``).
@@ -138,6 +141,13 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     cfg = run.read_config()
     done = run.finished_rounds()
     holder = lock_holder(run.path)
+    stopped: list[int] = []
+    if not (holder and holder["live"]) and (run.server_pid.exists() or run.policy_server_pid.exists()):
+        try:  # a server left by a killed run: stopped while no run can start
+            with RunLock(run.path) as lock:
+                stopped = lock.stopped_servers
+        except LockedError:
+            pass
     pending_round = done
     rd = run.round(pending_round)
     phases_done = [p for p in PHASES if rd.is_done(p)]
@@ -164,4 +174,5 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "spend": run.ranker_spend(),
         "lock": holder,
         "promoted": promoted.read_text().strip() if promoted.is_file() else None,
+        "stale_servers_stopped": stopped,
     }

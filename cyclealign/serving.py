@@ -1,14 +1,21 @@
 """A local model server as a child process: start it on a loopback port, wait for ``/health``,
-keep its log, stop it (the embedded ranker's ``transformers serve`` and the policy's ``vllm serve``).
+keep its log, stop it (the embedded ranker's ``transformers serve`` and the policy's vLLM server).
+
+A server never outlives the run that started it: it is stopped at exit (a SIGTERM or Ctrl-C
+of the run included), on Linux it gets SIGTERM when its parent dies however it dies (SIGKILL,
+the OOM killer: ``PR_SET_PDEATHSIG``), and its pid file lets the next run of the same
+directory stop one left behind anyway (:func:`reap_stale_server`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,12 +24,84 @@ from pathlib import Path
 
 from cyclealign.errors import CycleAlignError
 
-__all__ = ["ServerProcess", "free_port", "port_in_use"]
+__all__ = ["ServerProcess", "free_port", "port_in_use", "process_start", "reap_stale_server", "tied_to_parent"]
 
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 10.0
 _POLL_S = 0.25
+
+
+# Run by the child before it becomes the server: SIGTERM when the parent dies (Linux
+# prctl(PR_SET_PDEATHSIG), kept across exec), then exec the server's command. If the parent is
+# already gone (it died between fork and prctl), exit instead of starting an orphan.
+_ORPHAN_GUARD = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def tied_to_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` started through :data:`_ORPHAN_GUARD` on Linux (the server process gets SIGTERM
+    when this process dies, even by SIGKILL), ``cmd`` itself elsewhere. The guard ``exec``s the
+    command, so the process id and ``/proc/PID/cmdline`` are the server's own.
+
+    >>> tied_to_parent(["vllm", "serve", "m"])[-3:]
+    ['vllm', 'serve', 'm']
+    """
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *cmd]
+
+
+def process_start(pid: int) -> int | None:
+    """When a live process started (``/proc/PID/stat`` field 22, clock ticks since boot): with
+    the pid it names one process for good, whatever its title becomes and however pids are
+    reused. None when it is gone, a zombie, or there is no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    if not fields or fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def reap_stale_server(pid_path: str | os.PathLike[str], grace_s: float = _STOP_GRACE_S) -> int | None:
+    """Stop a server that an earlier, killed run left behind: ``pid_path`` (written by
+    :class:`ServerProcess`) names a process that still runs the very command it was started
+    with; its process group gets SIGTERM, then SIGKILL after ``grace_s`` seconds. The pid file is
+    removed. Call it only while holding the run directory's lock (no live run owns the server).
+
+    Returns:
+        The stopped server's process id, or None (no pid file, the process is gone, or the
+        pid now belongs to another program).
+    """
+    path = Path(pid_path)
+    try:
+        record = json.loads(path.read_text())
+        pid, start, command = int(record["pid"]), record["start"], list(record["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    path.unlink(missing_ok=True)
+    if start is None or process_start(pid) != start:
+        return None
+    log.warning("stopping a server left by an earlier run (pid %d: %s)", pid, " ".join(command))
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return pid
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if process_start(pid) != start:
+                return pid
+            time.sleep(_POLL_S)
+    return pid
 
 
 def free_port(host: str) -> int:
@@ -57,8 +136,9 @@ class ServerProcess:
         error: the :class:`~cyclealign.errors.CycleAlignError` subclass raised on failure.
         host: loopback address to bind.
         port: a fixed port; None = a free one (a fresh one is tried if another process takes it first).
-        pid_path: file that holds the running server's process id (its process group's), written
-            at start and removed at stop; None = none.
+        pid_path: file that holds the running server's process id (its process group's) and
+            command as JSON, written at start and removed at stop (:func:`reap_stale_server`
+            reads it); None = none.
 
     Attributes:
         port, process, pid, returncode: the port in use, the running ``Popen`` (None when
@@ -142,13 +222,15 @@ class ServerProcess:
                 log.info("starting %s: %s (log: %s)", self.name, " ".join(cmd), self.log_path)
                 try:
                     self.process = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                        tied_to_parent(cmd), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                        start_new_session=True,
                     )
                 except OSError as e:
                     raise self.error(f"cannot start {self.name}: {cmd[0]}: {e.strerror or e}") from None
                 self.pid = self.process.pid
             if self.pid_path is not None:
-                self.pid_path.write_text(f"{self.pid}\n")
+                record = {"pid": self.pid, "start": process_start(self.pid), "command": cmd}
+                self.pid_path.write_text(json.dumps(record) + "\n")
             try:
                 self._wait_healthy()
                 return

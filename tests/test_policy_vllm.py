@@ -127,7 +127,7 @@ def test_launcher_starts_and_stops_a_real_process_refuses_a_used_port_and_report
         proc = srv.process
         assert proc is not None and proc.poll() is None
         assert "--enable-lora" in (tmp_path / "policy_server.log").read_text()
-        assert int((tmp_path / "server.pid").read_text()) == proc.pid
+        assert json.loads((tmp_path / "server.pid").read_text())["pid"] == proc.pid
     assert proc.poll() is not None and not (tmp_path / "server.pid").exists()  # stopped
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

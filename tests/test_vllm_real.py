@@ -311,7 +311,7 @@ def test_a_server_killed_mid_generation_is_reported_and_resume_generates_only_th
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if journal.is_file() and journal.read_text().count("\n") >= 1:
-                pid = int((run_dir / "policy_server.pid").read_text())
+                pid = json.loads((run_dir / "policy_server.pid").read_text())["pid"]
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
                 return

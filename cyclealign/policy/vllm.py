@@ -20,6 +20,7 @@ from cyclealign.config import Config
 from cyclealign.errors import PolicyError
 from cyclealign.policy.base import Sample, SamplingPolicy
 from cyclealign.policy.vllm_client import VLLMClient, VLLMServer, adapter_name
+from cyclealign.rundir import RunDir
 
 __all__ = ["VLLMPolicy"]
 
@@ -48,7 +49,8 @@ class VLLMPolicy(SamplingPolicy):
         super().__init__(model_dir, cfg.generation)
         self.vcfg = cfg.vllm
         self.api_key = api_key
-        self.log_path = Path(cfg.run_dir) / "policy_server.log"
+        self.log_path = RunDir(cfg.run_dir).policy_server_log
+        self.pid_path = RunDir(cfg.run_dir).policy_server_pid
         self.run_label = Path(cfg.run_dir).resolve().name
         self._server: VLLMServer | None = None
         self._client: VLLMClient | None = None
@@ -65,7 +67,7 @@ class VLLMPolicy(SamplingPolicy):
             else:
                 self._server = VLLMServer(
                     self.vcfg, self.model_dir, log_path=self.log_path, api_key=self.api_key, sleep_mode=self._sleep_mode,
-                    pid_path=self.log_path.with_suffix(".pid"),
+                    pid_path=self.pid_path,
                 )
                 self._server.start()
                 self._sleep_mode = self._server.sleep_mode

@@ -50,7 +50,9 @@ def open_ranker(
         if r.base_url is None:
             embedded_dir = resolve_model_dir(ModelConfig(cache_dir=cfg.model.cache_dir))
             server = stack.enter_context(
-                EmbeddedServer(embedded_dir, log_path=run.server_log, startup_timeout_s=r.server_startup_timeout_s)
+                EmbeddedServer(
+                    embedded_dir, log_path=run.server_log, startup_timeout_s=r.server_startup_timeout_s, pid_path=run.server_pid
+                )
             )
             # The port changes every run: cache keys name the embedded model instead.
             base_url, model, key, endpoint_id = server.base_url, server.model, "local", "embedded"

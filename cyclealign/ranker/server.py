@@ -64,6 +64,7 @@ class EmbeddedServer(ServerProcess):
         startup_timeout_s: how long to wait for ``/health``, seconds.
         host: loopback address to bind.
         device: ``--device`` for the server (``None``: the server's default, ``auto``).
+        pid_path: file holding the server's process id while it runs (``RUN_DIR/server.pid``).
 
     Attributes:
         base_url: ``http://127.0.0.1:PORT/v1``, for the OpenAI client (set once started).
@@ -85,6 +86,7 @@ class EmbeddedServer(ServerProcess):
         startup_timeout_s: float = 300.0,
         host: str = "127.0.0.1",
         device: str | None = None,
+        pid_path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(
             f"the embedded ranker server (transformers serve {model_dir})",
@@ -93,6 +95,7 @@ class EmbeddedServer(ServerProcess):
             timeout_field="ranker.server_startup_timeout_s",
             error=RankerError,
             host=host,
+            pid_path=pid_path,
         )
         self.model_dir = Path(model_dir)
         self.model = str(model_dir)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from cyclealign.config import TrainConfig
+from cyclealign.rundir import make_work_dir
 
 __all__ = ["load_trainable_policy", "lora_config", "save_merged"]
 
@@ -53,16 +53,25 @@ def load_trainable_policy(
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
 
 
-def _load_4bit(model_dir: str, device: torch.device):
-    """The base model quantised to 4-bit NF4 on ``device`` (QLoRA's base), ready for k-bit training."""
+def check_qlora(device: torch.device) -> None:
+    """What QLoRA needs, checked before a run starts (nothing paid for first).
+
+    Raises:
+        ConfigError: ``device`` is not a CUDA device, or bitsandbytes is not installed.
+    """
     import importlib.util
 
     from cyclealign.errors import ConfigError
 
     if device.type != "cuda":
-        raise ConfigError(f"train.qlora needs a CUDA device (model.device resolved to {device})")
+        raise ConfigError(f"train.qlora (--qlora) needs a CUDA device (model.device resolved to {device})")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("train.qlora needs bitsandbytes: pip install bitsandbytes")
+        raise ConfigError("train.qlora (--qlora) needs bitsandbytes: pip install bitsandbytes")
+
+
+def _load_4bit(model_dir: str, device: torch.device):
+    """The base model quantised to 4-bit NF4 on ``device`` (QLoRA's base), ready for k-bit training."""
+    check_qlora(device)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
@@ -88,8 +97,7 @@ def save_merged(model, tokenizer_dir: str, out_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     merged = model.merge_and_unload()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="merged-", dir=out_dir.parent))
+    tmp = make_work_dir(out_dir.parent, "merged-")
     try:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(tmp))

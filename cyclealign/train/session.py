@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from transformers.trainer_callback import PrinterCallback
 
 from cyclealign.config import TrainConfig
+from cyclealign.rundir import make_work_dir
 from cyclealign.train.optimizer_carry import OPTIMIZER_STATE, save_optimizer_state
 
 __all__ = [
@@ -109,8 +109,7 @@ def save_adapter_atomic(trainer, work: Path, out_dir: Path, save_optimizer: bool
 
 def work_dir(out_dir: Path, prefix: str) -> Path:
     """A new scratch folder beside ``out_dir`` (same filesystem, so the adapter's final rename is atomic)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
+    return make_work_dir(out_dir.parent, prefix)
 
 
 def timed_train(trainer) -> tuple[Any, float]:

@@ -1,0 +1,70 @@
+"""Everything a later phase would refuse is refused before anything starts or is paid for: one line,
+exit 2, and no run directory left behind; broken run-directory files and OS errors are one line too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cyclealign.cli import app
+
+runner = CliRunner()
+
+
+def iterate(tmp_path, *args):
+    return runner.invoke(app, ["iterate", "--run-dir", str(tmp_path / "run"), "--rounds", "1", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--promote-if", "win_rate>=0.5"], "--promote-if needs --eval-every"),
+        (["--policy-base-url", "http://127.0.0.1:9/v1"], "is for generation.backend=vllm (--policy-backend vllm)"),
+        (["--ranker-model", "gpt-4o-mini"], "needs ranker.base_url (--ranker-base-url): without it the embedded SmolLM2 ranks"),
+        (["--set", "train.lora_target_modules=[q_proj, "], "--set train.lora_target_modules=[q_proj, : not valid YAML"),
+        (["--set", "vllm.max_lora_rank=24"], "vllm.max_lora_rank: Input should be 1, 8, 16"),
+    ],
+)
+def test_flags_a_later_phase_would_refuse_are_refused_at_once(tmp_path, args, message):
+    result = iterate(tmp_path, *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+def test_a_cuda_device_or_qlora_without_cuda_is_refused_before_the_run_starts(tmp_path):
+    result = iterate(tmp_path, "--device", "cuda")
+    assert result.exit_code == 2 and "model.device='cuda': this torch is built without CUDA" in result.output, result.output
+    result = iterate(tmp_path, "--qlora")
+    assert result.exit_code == 2 and "train.qlora (--qlora) needs a CUDA device" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    # the same directory can then be used at once
+    assert "already holds a run" not in iterate(tmp_path, "--device", "cuda:3").output
+
+
+def test_templates_are_checked_with_templates_checks_rules_at_start(tmp_path):
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "ranker_user.jinja").write_text("{{ query }} {% for r in responses %}{{ r.text }}{% endfor %}")
+    result = iterate(tmp_path, "--templates", str(folder))
+    assert result.exit_code == 2 and "cannot render: 'str object' has no attribute 'text'" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_run_directory_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = runner.invoke(app, ["iterate", "--run-dir", str(afile), "--rounds", "1"])
+    assert result.exit_code == 2 and "a file, not a run directory" in result.output, result.output
+    run = tmp_path / "r"
+    (run / "round_000").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"run_dir": str(run)}))
+    (run / "round_000" / "manifest.json").write_text('{"phases": {"gen')  # torn by a crash
+    result = runner.invoke(app, ["status", str(run)])
+    assert result.exit_code == 2 and "round_000/manifest.json: not valid JSON" in result.output, result.output
+    result = runner.invoke(app, ["publish", str(run), "--to", "notaurl"])
+    assert result.exit_code == 2 and "--to 'notaurl': not an http(s):// URL" in result.output, result.output
+    assert "Traceback" not in result.output

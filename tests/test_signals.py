@@ -1,0 +1,139 @@
+"""Signals and child servers, with real processes: SIGTERM and SIGINT stop `iterate` cleanly (the
+embedded `transformers serve` it started is stopped, the lock released, an `interrupted` event, exit
+128 + the signal); after SIGKILL the server dies with its parent; a server left behind anyway is
+found by its pid file and stopped by the next run or `status`; files keep the umask's modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cyclealign.cli import app
+from cyclealign.config import build_config
+from cyclealign.runlock import RunLock
+from cyclealign.rundir import RunDir, atomic_write_text, make_work_dir, read_jsonl
+from cyclealign.serving import process_start, reap_stale_server
+
+pytestmark = pytest.mark.slow
+
+
+def events(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / "events.jsonl")
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def start_iterate(run_dir: Path, prompts_file: Path, *extra: str) -> subprocess.Popen:
+    """`cyclealign iterate` in a process of its own, with the embedded ranker (a `transformers serve` child)."""
+    cmd = [sys.executable, "-m", "cyclealign.cli", "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file),
+           "--rounds", "1", "--prompts-per-round", "4", "--num-samples", "2", "--max-new-tokens", "48", "--quiet", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def in_generate(run_dir: Path) -> bool:
+    return (run_dir / "events.jsonl").exists() and any(
+        e["event"] == "phase_start" and e.get("phase") == "generate" for e in events(run_dir)
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_generation_stops_the_run_and_its_server_and_resume_finishes(sig, tmp_path, prompts_file):
+    run_dir = tmp_path / "run"
+    proc = start_iterate(run_dir, prompts_file)
+    try:
+        wait_for(lambda: in_generate(run_dir) or proc.poll() is not None, 600, "the generate phase")
+        server = json.loads((run_dir / "server.pid").read_text())
+        assert process_start(server["pid"]) == server["start"]  # the embedded ranker server runs
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, out
+    assert "interrupted: stopped by " + sig.name in out and "Traceback" not in out
+    assert [e["signal"] for e in events(run_dir) if e["event"] == "interrupted"] == [sig]
+    assert process_start(server["pid"]) is None and not (run_dir / "server.pid").exists()  # stopped, not orphaned
+    assert not (run_dir / "lock.json").exists()
+    assert not RunDir(run_dir).round(0).is_done("generate")
+    if sig == signal.SIGTERM:  # the run resumes from there
+        result = CliRunner().invoke(app, ["iterate", "--run-dir", str(run_dir), "--resume", "--quiet"], env={"HF_HUB_OFFLINE": "1"})
+        assert result.exit_code == 0, result.output
+        assert RunDir(run_dir).finished_rounds() == 1 and not (run_dir / "server.pid").exists()
+
+
+def test_after_sigkill_the_server_dies_with_its_parent(tmp_path, prompts_file):
+    run_dir = tmp_path / "run"
+    proc = start_iterate(run_dir, prompts_file)
+    try:
+        wait_for(lambda: in_generate(run_dir) or proc.poll() is not None, 600, "the generate phase")
+        server = json.loads((run_dir / "server.pid").read_text())
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: process_start(server["pid"]) is None, 60, "the orphaned server to stop")
+    # the pid file is left: status finds nothing running under it any more and clears it
+    result = CliRunner().invoke(app, ["status", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["stale_servers_stopped"] == [] and not (run_dir / "server.pid").exists()
+
+
+def sleeper(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A long-lived process in its own session, recorded as a server's pid file would record it."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    pid_file = tmp_path / "server.pid"
+    pid_file.write_text(json.dumps({"pid": proc.pid, "start": process_start(proc.pid), "command": ["sleep", "300"]}))
+    return proc, pid_file
+
+
+def test_a_server_left_behind_is_stopped_by_status_and_by_the_next_run(tmp_path, prompts_file):
+    proc, pid_file = sleeper(tmp_path)
+    assert reap_stale_server(pid_file, grace_s=5) == proc.pid
+    assert proc.wait(timeout=10) == -signal.SIGTERM and not pid_file.exists()
+    # a recycled pid (another start time) is not touched
+    other, pid_file = sleeper(tmp_path)
+    record = json.loads(pid_file.read_text())
+    pid_file.write_text(json.dumps({**record, "start": record["start"] - 1}))
+    assert reap_stale_server(pid_file) is None and other.poll() is None
+    other.kill()
+    other.wait()
+
+    run_dir = tmp_path / "run"  # a run directory whose servers were left running by a killed run
+    RunDir(run_dir).prepare(build_config(**{"run_dir": run_dir}).to_json(), False)
+    left, _ = sleeper(tmp_path)
+    (tmp_path / "server.pid").rename(run_dir / "server.pid")
+    result = CliRunner().invoke(app, ["status", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["stale_servers_stopped"] == [left.pid] and left.wait(timeout=10) == -signal.SIGTERM
+
+    left, _ = sleeper(tmp_path)
+    (tmp_path / "server.pid").rename(run_dir / "policy_server.pid")
+    with RunLock(run_dir) as lock:  # what iterate and eval take first
+        assert lock.stopped_servers == [left.pid]
+    assert left.wait(timeout=10) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_files_and_folders_get_the_umasks_modes(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        folder = make_work_dir(tmp_path / "round_000", "adapter-")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask

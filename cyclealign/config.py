@@ -148,6 +148,20 @@ class Config(Section):
 
 RESUMABLE_CHANGES = frozenset(
     {
+        # Where the run and its inputs are, and where it runs: a run directory moved or copied, the
+        # prompt source by another path (a round's prompts are matched by content), another device.
+        "run_dir",
+        "prompts",
+        "model.device",
+        "model.cache_dir",
+        "train.launcher",
+        "train.num_processes",
+        # Where the ranker is reached and how it is paid for (ranker.model, its templates' content
+        # and the demonstrations define the results and must stay).
+        "ranker.base_url",
+        "ranker.api_key_env",
+        "ranker.cache_path",
+        "ranker.prices_path",
         "rounds",
         "ranker.concurrency",
         "ranker.requests_per_minute",

@@ -16,6 +16,7 @@ answers already on disk (see :mod:`cyclealign.rundir`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from cyclealign.data import load_prompts, recorded_round_prompts, select_next_pr
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
 from cyclealign.errors import NothingToDo, TemplateError
 from cyclealign.evaluate import BASE, EvalPlan, evaluate_with, evaluated
+from cyclealign.events import EventLog
 from cyclealign.models import resolve_device, resolve_model_dir
 from cyclealign.policy import Generation, GenerationBackend, make_policy
 from cyclealign.progress import NullReporter, Reporter, timed_phase
@@ -39,6 +41,8 @@ from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl,
 from cyclealign.tables import TIMED_PHASES, round_line
 from cyclealign.train.launch import train_phase
 from cyclealign.train.lora import check_qlora
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NullReporter", "Reporter", "Round", "iterate", "round_prompts"]
 
@@ -290,7 +294,10 @@ def iterate(
                     f"round {pending}: no prompt of {cfg.prompts or 'the shipped prompt set'} is unused by earlier rounds "
                     "(--new-prompts-only); add prompts to the source and run again"
                 )
-    run.prepare(cfg.to_json(), resume)
+    changed = run.prepare(cfg.to_json(), resume)
+    if changed:  # where or how the run works, not its results: kept, and said
+        log.warning("resumed with %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        EventLog(run.path / "events.jsonl").emit("config_changed", changes=changed)
 
     with contextlib.ExitStack() as stack:
         # The ranker is opened up front (a bad key fails before any generation work) unless

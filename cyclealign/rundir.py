@@ -290,16 +290,20 @@ class RunDir:
         """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
         return RoundDir(self.path / round_dir_name(index), index)
 
-    def prepare(self, config_json: str, resume: bool) -> None:
+    def prepare(self, config_json: str, resume: bool) -> dict[str, list[Any]]:
         """Create the run directory, or check it for ``--resume``.
 
         A new run refuses a directory that already holds a run (nothing is overwritten);
         a resumed run must find one, and its saved config must match except for the fields
-        in :data:`~cyclealign.config.RESUMABLE_CHANGES` (the number of rounds, the budget,
-        concurrency and rate limits...).
+        in :data:`~cyclealign.config.RESUMABLE_CHANGES`: where and how the run works (its own
+        path, the prompt source's path, the device, URLs, concurrency, budget...), not what it
+        computes. The config is saved as given.
 
+        Returns:
+            The resumable fields that changed, ``{field: [saved, now]}`` (empty for a new run).
         Raises:
-            RunDirError: on either mismatch, naming the directory and the differing fields.
+            RunDirError: on either mismatch, naming the directory and each differing field
+                with its saved and its new value.
         """
         if self.config.exists() and not resume:
             raise RunDirError(f"{self.path} already holds a run: pass --resume to continue it, or pick another --run-dir")
@@ -312,13 +316,18 @@ class RunDir:
             defaults = flatten(Config().model_dump(mode="json"))
             old = {**defaults, **flatten(json.loads(self.config.read_text()))}
             new = {**defaults, **flatten(json.loads(config_json))}
-            diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            diff = [k for k in changed if k not in RESUMABLE_CHANGES]
             if diff:
+                shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
                 raise RunDirError(
-                    f"{self.path}: --resume with a different config ({', '.join(diff)}); "
-                    "resume with the same settings, or start a new --run-dir"
+                    f"{self.path}: --resume with settings that change the run's results ({shown}); "
+                    "resume with the saved values, or start a new --run-dir"
                 )
+            atomic_write_text(self.config, config_json)
+            return {k: [old.get(k), new.get(k)] for k in changed}
         atomic_write_text(self.config, config_json)
+        return {}
 
     def reap_stale_servers(self) -> list[int]:
         """Stop the servers an earlier, killed run of this directory left running (the embedded

@@ -234,3 +234,26 @@ def test_a_round_ranked_through_the_batch_api(tmp_path, prompts_file):
     ledger = read_jsonl(RunDir(cfg.run_dir).ranker_calls)
     assert len(ledger) == 2 and all(c["batch"] for c in ledger) and metrics[0]["ranker_cost_usd"] > 0
     assert json.loads((rd.path / "ranker_batch.json").read_text())["status"] == "downloaded"
+
+
+def test_a_run_moved_elsewhere_with_its_prompts_resumes_without_asking_again(tmp_path, prompts_file):
+    """The run directory copied to another disk, the prompts file moved, the judge on a new port:
+    --resume keeps every paid ranking (none is asked again) and records what changed."""
+    import shutil
+
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(tmp_path, prompts_file, api, rounds=1)
+        iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+        paid = len(ranking_requests(api))
+    moved_prompts = tmp_path / "moved" / "prompts-copy.jsonl"
+    moved_prompts.parent.mkdir()
+    shutil.copy(prompts_file, moved_prompts)
+    shutil.copytree(cfg.run_dir, tmp_path / "bigger-disk" / "run")
+    with ScriptedAPI(fallback=reverse_ranker) as api2:  # a new port
+        moved = make_config(tmp_path, moved_prompts, api2, rounds=2, run_dir=(tmp_path / "bigger-disk" / "run").resolve())
+        metrics = iterate(moved, resume=True, environ={"OPENAI_API_KEY": KEY})
+        assert len(metrics) == 2 and len(ranking_requests(api2)) == 2  # only round 1's two prompts
+    assert paid == 2
+    changed = [e for e in read_jsonl(moved.run_dir / "events.jsonl") if e["event"] == "config_changed"]
+    assert set(changed[0]["changes"]) == {"run_dir", "prompts", "rounds", "ranker.base_url"}
+    assert RunDir(moved.run_dir).read_config().run_dir == moved.run_dir

@@ -44,9 +44,18 @@ def test_prepare_refuses_overwrite_and_checks_resume(tmp_path):
     run.prepare(cfg, resume=False)
     with pytest.raises(RunDirError, match="--resume"):
         run.prepare(cfg, resume=False)
-    run.prepare(json.dumps({"rounds": 3, "seed": 0}), resume=True)  # more rounds: fine
-    with pytest.raises(RunDirError, match="seed"):
+    assert run.prepare(json.dumps({"rounds": 3, "seed": 0}), resume=True) == {"rounds": [2, 3]}  # more rounds: fine
+    with pytest.raises(RunDirError, match=r"change the run's results \(seed: 0 -> 1\)"):
         run.prepare(json.dumps({"rounds": 3, "seed": 1}), resume=True)
+    # where the run and its inputs are, and where it runs, may change: the run directory moved,
+    # the prompts by another path, another device, the judge on a new port
+    moved = {"rounds": 3, "seed": 0, "run_dir": "/elsewhere/run", "prompts": "/data/p.jsonl", "model": {"device": "cpu"},
+             "ranker": {"base_url": "http://127.0.0.1:8002/v1"}}
+    changes = run.prepare(json.dumps(moved), resume=True)
+    assert changes["run_dir"][1] == "/elsewhere/run" and changes["model.device"] == ["auto", "cpu"]
+    assert changes["ranker.base_url"] == [None, "http://127.0.0.1:8002/v1"] and "prompts" in changes
+    with pytest.raises(RunDirError, match=r"ranker\.model: None -> 'gpt-4o'"):  # another judge: other results
+        run.prepare(json.dumps({**moved, "ranker": {"model": "gpt-4o"}}), resume=True)
     with pytest.raises(RunDirError, match="nothing to resume"):
         RunDir(tmp_path / "other").prepare(cfg, resume=True)
 

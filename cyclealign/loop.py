@@ -294,10 +294,7 @@ def iterate(
                     f"round {pending}: no prompt of {cfg.prompts or 'the shipped prompt set'} is unused by earlier rounds "
                     "(--new-prompts-only); add prompts to the source and run again"
                 )
-    changed = run.prepare(cfg.to_json(), resume)
-    if changed:  # where or how the run works, not its results: kept, and said
-        log.warning("resumed with %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-        EventLog(run.path / "events.jsonl").emit("config_changed", changes=changed)
+    changed = run.check_config(cfg.to_json(), resume)  # config.json is written once the ranker's preflight passed
 
     with contextlib.ExitStack() as stack:
         # The ranker is opened up front (a bad key fails before any generation work) unless
@@ -305,6 +302,10 @@ def iterate(
         ranker = None
         if cfg.eval.every or any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
             ranker = stack.enter_context(open_ranker(cfg, run, environ, templates))
+        run.save_config(cfg.to_json())  # a new run whose ranker failed its preflight leaves no run behind
+        if changed:  # where or how the run works, not its results: kept, and said
+            log.warning("resumed with %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            EventLog(run.path / "events.jsonl").emit("config_changed", changes=changed)
         cache: dict[str, Any] = {}
 
         def policy() -> GenerationBackend:

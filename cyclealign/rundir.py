@@ -291,13 +291,26 @@ class RunDir:
         return RoundDir(self.path / round_dir_name(index), index)
 
     def prepare(self, config_json: str, resume: bool) -> dict[str, list[Any]]:
-        """Create the run directory, or check it for ``--resume``.
+        """Create the run directory, or check it for ``--resume``, and save the config:
+        :meth:`check_config` then :meth:`save_config`.
+
+        Returns:
+            The resumable fields that changed, ``{field: [saved, now]}`` (empty for a new run).
+        Raises:
+            RunDirError: as :meth:`check_config`.
+        """
+        changed = self.check_config(config_json, resume)
+        self.save_config(config_json)
+        return changed
+
+    def check_config(self, config_json: str, resume: bool) -> dict[str, list[Any]]:
+        """Whether the run may start (``resume`` false) or resume with ``config_json``; writes nothing.
 
         A new run refuses a directory that already holds a run (nothing is overwritten);
         a resumed run must find one, and its saved config must match except for the fields
         in :data:`~cyclealign.config.RESUMABLE_CHANGES`: where and how the run works (its own
         path, the prompt source's path, the device, URLs, concurrency, budget...), not what it
-        computes. The config is saved as given.
+        computes.
 
         Returns:
             The resumable fields that changed, ``{field: [saved, now]}`` (empty for a new run).
@@ -309,25 +322,27 @@ class RunDir:
             raise RunDirError(f"{self.path} already holds a run: pass --resume to continue it, or pick another --run-dir")
         if resume and not self.config.exists():
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
-        if resume:
-            from cyclealign.config import RESUMABLE_CHANGES, Config, flatten
+        if not resume:
+            return {}
+        from cyclealign.config import RESUMABLE_CHANGES, Config, flatten
 
-            # a field added since the run was saved counts as its default there
-            defaults = flatten(Config().model_dump(mode="json"))
-            old = {**defaults, **flatten(json.loads(self.config.read_text()))}
-            new = {**defaults, **flatten(json.loads(config_json))}
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            diff = [k for k in changed if k not in RESUMABLE_CHANGES]
-            if diff:
-                shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-                raise RunDirError(
-                    f"{self.path}: --resume with settings that change the run's results ({shown}); "
-                    "resume with the saved values, or start a new --run-dir"
-                )
-            atomic_write_text(self.config, config_json)
-            return {k: [old.get(k), new.get(k)] for k in changed}
+        # a field added since the run was saved counts as its default there
+        defaults = flatten(Config().model_dump(mode="json"))
+        old = {**defaults, **flatten(read_json(self.config))}
+        new = {**defaults, **flatten(json.loads(config_json))}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if diff:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            raise RunDirError(
+                f"{self.path}: --resume with settings that change the run's results ({shown}); "
+                "resume with the saved values, or start a new --run-dir"
+            )
+        return {k: [old.get(k), new.get(k)] for k in changed}
+
+    def save_config(self, config_json: str) -> None:
+        """Write ``config.json`` (atomically): the run exists from now on."""
         atomic_write_text(self.config, config_json)
-        return {}
 
     def reap_stale_servers(self) -> list[int]:
         """Stop the servers an earlier, killed run of this directory left running (the embedded

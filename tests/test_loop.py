@@ -146,10 +146,10 @@ def test_missing_key_fails_before_generation(tmp_path, prompts_file):
     from cyclealign.errors import RankerError
 
     with ScriptedAPI(fallback=reverse_ranker) as api:
-        cfg = make_config(tmp_path, prompts_file, api)
+        cfg = make_config(tmp_path, prompts_file, api, **{"ranker.base_url": "https://ranker.example.invalid/v1"})
         with pytest.raises(RankerError, match="OPENAI_API_KEY"):
             iterate(cfg, environ={})
-    assert not RunDir(cfg.run_dir).round(0).generations.exists()
+    assert not RunDir(cfg.run_dir).round(0).generations.exists() and not RunDir(cfg.run_dir).config.exists()
 
 
 def test_training_under_torchrun_ddp_with_two_cpu_processes(tmp_path, prompts_file):

@@ -68,3 +68,29 @@ def test_a_broken_run_directory_is_one_line(tmp_path):
     result = runner.invoke(app, ["publish", str(run), "--to", "notaurl"])
     assert result.exit_code == 2 and "--to 'notaurl': not an http(s):// URL" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_refused_connection_is_told_at_once_and_leaves_no_run(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--ranker-base-url", f"http://127.0.0.1:{port}/v1", "--ranker-model", "judge"]  # loopback: no key needed
+    for _ in range(2):  # the same command again meets the same error, not "already holds a run"
+        t0 = time.monotonic()
+        result = iterate(tmp_path, *args)
+        assert result.exit_code == 2 and f"connection refused (nothing listens on 127.0.0.1:{port}" in result.output, result.output
+        assert time.monotonic() - t0 < 20 and not (tmp_path / "run").exists()
+
+
+def test_a_loopback_ranker_needs_no_key_a_remote_one_does():
+    from cyclealign.config import RankerConfig
+    from cyclealign.errors import RankerError
+    from cyclealign.ranker.http import api_key_from_env
+
+    assert api_key_from_env(RankerConfig(base_url="http://127.0.0.1:8001/v1", model="m"), {}) == "EMPTY"
+    assert api_key_from_env(RankerConfig(base_url="http://localhost:8001/v1", model="m"), {"OPENAI_API_KEY": "k"}) == "k"
+    with pytest.raises(RankerError, match="set the environment variable OPENAI_API_KEY"):
+        api_key_from_env(RankerConfig(base_url="https://api.example.com/v1", model="m"), {})

@@ -32,8 +32,8 @@ from cyclealign.config import RankerConfig
 from cyclealign.errors import BudgetError, ConfigError, RankerError
 from cyclealign.ranker.cache import CachedReply, ReplyCache, request_key
 from cyclealign.ranker.http import (
-    CALL_ERRORS, CallRecord, ErrorText, call_record, post_completion, reply_of, retry_logger, send_with_retries,
-    wait_retry_after, without_userinfo,
+    CALL_ERRORS, CallRecord, ErrorText, call_record, post_completion, probe_connection, reply_of, retry_logger,
+    send_with_retries, wait_retry_after, without_userinfo,
 )
 from cyclealign.ranker.pricing import FREE, Budget, BudgetExhausted, Price, estimate_tokens
 from cyclealign.records import Message
@@ -264,9 +264,11 @@ class ChatEndpoint:
         """One cheap call (a 1-token chat completion, never cached) to fail fast on a bad key, model or URL.
 
         Raises:
-            RankerError: the key is rejected, the model or endpoint is unknown, the request is
-                refused, or the server stays unreachable after the transport retries.
+            RankerError: the connection is refused or the host unknown (at once), the key is
+                rejected, the model or endpoint is unknown, the request is refused, or the server
+                stays unreachable after the transport retries.
         """
+        probe_connection(self.base_url, timeout_s=min(10.0, self.cfg.timeout_s))
 
         async def ping() -> None:
             body = {"model": self.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}

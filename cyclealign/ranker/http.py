@@ -156,15 +156,63 @@ def without_userinfo(url: str) -> str:
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]+@", r"\1***@", url)
 
 
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine (``localhost``, ``127.0.0.0/8``, ``::1``).
+
+    >>> is_loopback("http://127.0.0.1:8000/v1"), is_loopback("http://localhost/v1"), is_loopback("https://api.openai.com/v1")
+    (True, True, False)
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probe_connection(url: str, timeout_s: float) -> None:
+    """Open (and close) a TCP connection to ``url``'s host and port: a refused connection or an
+    unknown host is told at once, not after the transport's retries and timeouts.
+
+    Raises:
+        RankerError: the connection is refused (nothing listens there) or the host name does
+            not resolve. A timeout is not raised here (the preflight call then says more).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    shown = without_userinfo(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except ConnectionRefusedError:
+        raise RankerError(f"the ranker API at {shown}: connection refused (nothing listens on {host}:{port}; is the server running?)") from None
+    except socket.gaierror as e:
+        raise RankerError(f"the ranker API at {shown}: cannot resolve host {host!r} ({e.strerror})") from None
+    except OSError:
+        return  # a timeout or an unreachable network: the preflight call reports it with its retries
+
+
 def api_key_from_env(cfg: RankerConfig, environ: Mapping[str, str]) -> str:
     """The ranker API key, from the environment variable named by ``cfg.api_key_env``.
 
-    Used only with a user-given ``ranker.base_url`` (the embedded server needs no key).
+    Used only with a user-given ``ranker.base_url`` (the embedded server needs no key). A ranker
+    on this machine (a loopback URL: a self-hosted judge) may run without one: then ``"EMPTY"``.
 
     Raises:
-        RankerError: the variable is unset or empty (the message names the variable, never a value).
+        RankerError: the variable is unset or empty and the URL is not loopback (the message
+            names the variable, never a value).
     """
     key = (environ.get(cfg.api_key_env) or "").strip()
+    if not key and is_loopback(cfg.base_url or ""):
+        return "EMPTY"
     if not key:
         url = without_userinfo(cfg.base_url or "")
         raise RankerError(

@@ -336,7 +336,7 @@ def iterate(
                     assert ranker is not None
                     evaluate_with(cfg, run, plan, ranker, policy, reporter, index)
         metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
-    write_jsonl(run.metrics, [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics])
+    run.rewrite_metrics()
     return metrics
 
 

@@ -24,6 +24,7 @@ from cyclealign.errors import RunDirError
 from cyclealign.ranker.ranking import combine_samples, reparse_sample
 from cyclealign.records import RankResult
 from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.runlock import RunLock
 
 __all__ = ["ReparseSummary", "reparse_run"]
 
@@ -98,6 +99,7 @@ def reparse_run(
     Raises:
         RunDirError: no run at ``run_dir``, or a changed round whose agreement/training already
             used the old rankings and ``rewind`` is off (nothing is written then).
+        LockedError: another process (an ``iterate``) holds the run directory (not for ``dry_run``).
         ConfigError: the run's ``config.json`` is invalid.
     """
     run = RunDir(run_dir)
@@ -132,6 +134,14 @@ def reparse_run(
         )
     if dry_run:
         return [s for _, _, s in plans]
+    with RunLock(run.path):  # not while an iterate (or another reparse) writes the run
+        _write(run, plans, stale)
+    return [s for _, _, s in plans]
+
+
+def _write(run: RunDir, plans: list, stale: list[int]) -> None:
+    """Write the reparsed rankings; reset the stale rounds' later phases, set later rounds aside
+    and rewrite ``metrics.jsonl`` without the rewound rounds."""
     first_stale = min(stale) if stale else None
     for rd, new, summary in plans:
         if not summary.changed:
@@ -147,7 +157,7 @@ def reparse_run(
             summary.rewound = True
     if first_stale is not None:
         _set_aside_after(run, first_stale)
-    return [s for _, _, s in plans]
+        run.rewrite_metrics()
 
 
 def _last_round(run: RunDir) -> int:

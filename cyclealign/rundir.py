@@ -36,6 +36,7 @@ mid-phase (the raw replies themselves are in the reply cache before they are use
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -45,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 from cyclealign.errors import RunDirError
 from cyclealign.policy.base import Generation, Sample
 from cyclealign.records import RankResult
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from cyclealign.config import Config
@@ -130,10 +133,37 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def cut_torn_tail(path: Path) -> bool:
+    """Cut a torn last line (a write a crash or kill interrupted: no closing newline) off
+    ``path``, so that the next append starts a line of its own; says so in the log. Returns
+    whether it cut one."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return False
+            f.seek(0)
+            data = f.read()
+    except FileNotFoundError:
+        return False
+    keep = data.rfind(b"\n") + 1
+    log.warning("%s: cut a torn last line (%d bytes of an interrupted write)", path, size - keep)
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return True
+
+
 def append_jsonl(path: Path, row: Any, fsync: bool = True) -> None:
     """Append one JSON line (used for paid results, one by one); ``fsync`` also survives a power
-    loss, without it the line survives the process being killed."""
+    loss, without it the line survives the process being killed. A torn last line left by an
+    earlier crash is cut first (:func:`cut_torn_tail`): appended to it, the new line would be
+    torn too."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    cut_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
@@ -142,7 +172,8 @@ def append_jsonl(path: Path, row: Any, fsync: bool = True) -> None:
 
 
 def read_jsonl(path: Path) -> list[Any]:
-    """Read JSON lines; a torn (unparsable) *last* line is dropped, any other bad line raises.
+    """Read JSON lines; a torn (unparsable) *last* line is left out with a warning in the log
+    (a round's torn ranking is asked again on resume, from the reply cache), any other bad line raises.
 
     Raises:
         RunDirError: a line other than the last is not valid JSON (names file and line).
@@ -157,8 +188,9 @@ def read_jsonl(path: Path) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i == len(lines):
-                break  # torn tail from an interrupted append
+            if i == len(lines):  # torn tail from an interrupted append: said, not silently dropped
+                log.warning("%s:%d: a torn last line (an interrupted write) is left out", path, i)
+                break
             raise RunDirError(f"{path}:{i}: corrupt line ({e.msg})") from None
     return rows
 
@@ -176,11 +208,6 @@ class GenerationJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._batches = {row["key"]: row["samples"] for row in read_jsonl(path)}
-        if path.is_file():  # cut a torn tail, so the next append starts a line of its own
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with open(path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -343,6 +370,18 @@ class RunDir:
     def save_config(self, config_json: str) -> None:
         """Write ``config.json`` (atomically): the run exists from now on."""
         atomic_write_text(self.config, config_json)
+
+    def rewrite_metrics(self) -> list[dict[str, Any]]:
+        """Rewrite ``metrics.jsonl`` from the rounds' manifests: one line per finished round, from
+        round 0 up to the first unfinished one (a rewound round's line goes with it). Returns the
+        lines written."""
+        lines = []
+        k = 0
+        while self.round(k).is_done("metrics"):
+            lines.append({key: v for key, v in self.round(k).phases()["metrics"].items() if key != "wall_s"})
+            k += 1
+        write_jsonl(self.metrics, lines)
+        return lines
 
     def reap_stale_servers(self) -> list[int]:
         """Stop the servers an earlier, killed run of this directory left running (the embedded

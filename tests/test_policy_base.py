@@ -261,12 +261,12 @@ def test_generation_batches_are_journalled_and_reused_only_by_a_batch_seeded_bac
         f.write(b'{"key": "torn')  # a kill mid-append
     calls.clear()
     again = Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
-    assert calls == [] and [g.to_json() for g in again] == [g.to_json() for g in first]
-    assert path.read_bytes().endswith(b"\n")  # the torn tail was cut
+    assert calls == [] and [g.to_json() for g in again] == [g.to_json() for g in first]  # the torn line is no batch
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:1]) + "\n")  # only the first batch kept
+    path.write_text("\n".join(lines[:1]) + '\n{"key": "torn')  # only the first batch kept, then a torn line
     Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
     assert len(calls) == 2  # the other two batches, with their own seeds
+    assert len(GenerationJournal(path)) == 3 and path.read_bytes().endswith(b"\n")  # the torn tail was cut before appending
     calls.clear()
     FakePolicy(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(tmp_path / "other.jsonl"))
     assert not (tmp_path / "other.jsonl").exists()  # one torch stream: nothing journalled, nothing reused

@@ -113,3 +113,18 @@ def test_reparsed_results_carry_their_status_and_serialize_as_before():
     # the status is not written: the lines keep their bytes, and it is read back the same
     assert all("status" not in r.to_json() for r in new)
     assert [RankResult.from_json(json.loads(json.dumps(r.to_json()))).status for r in new] == [r.status for r in new]
+
+
+def test_rewinding_the_last_round_rewrites_metrics_and_takes_the_run_lock(tmp_path):
+    from cyclealign.errors import LockedError
+    from cyclealign.runlock import RunLock
+
+    run = make_run(tmp_path, results(), done=("generate", "rank", "agreement", "train", "metrics"), rounds=1)
+    run.rewrite_metrics()
+    assert len(read_jsonl(run.metrics)) == 1
+    with RunLock(run.path):  # an iterate working on the run
+        with pytest.raises(LockedError):
+            reparse_run(run.path, rewind=True)
+    assert run.round(0).is_done("metrics")  # nothing was written under the other process
+    reparse_run(run.path, rewind=True)
+    assert read_jsonl(run.metrics) == []  # the report no longer shows the rewound round's old line

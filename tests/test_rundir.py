@@ -81,3 +81,17 @@ def test_has_adapter_and_latest_adapter(tmp_path):
     run.round(1).mark_done("train", adapter=False, skipped="no ranked prompt this round")
     assert run.round(0).has_adapter() and not run.round(1).has_adapter()
     assert run.latest_adapter(2) == run.round(0).adapter and run.latest_adapter(0) is None
+
+
+def test_a_torn_last_line_is_said_and_cut_before_the_next_append(tmp_path, caplog):
+    from cyclealign.rundir import append_jsonl, read_jsonl
+
+    path = tmp_path / "rankings.jsonl"
+    append_jsonl(path, {"prompt_id": "a"})
+    with open(path, "a") as f:
+        f.write('{"prompt_id": "b", "rank')  # a kill mid-append
+    with caplog.at_level("WARNING"):
+        assert read_jsonl(path) == [{"prompt_id": "a"}]
+    assert "rankings.jsonl:2: a torn last line" in caplog.text
+    append_jsonl(path, {"prompt_id": "b"})  # the resume asks b again (from the reply cache) and appends it
+    assert read_jsonl(path) == [{"prompt_id": "a"}, {"prompt_id": "b"}]

@@ -25,6 +25,12 @@ class RankerConfig(Section):
         0.7, ge=0.0, le=2.0, description="Temperature of correction re-asks (a greedy re-ask tends to repeat itself)."
     )
     max_tokens: int = Field(64, ge=8, description="Completion cap per ranker call, tokens.")
+    max_prompt_tokens: int | None = Field(
+        2048,
+        ge=64,
+        description="The conversation as the ranker sees it is cut to about this many tokens, keeping its end "
+        "(as the policy's prompt is: a huge prompt line must not become a huge paid request); None = never cut.",
+    )
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(4, ge=0, description="Retries (tenacity, exponential backoff) on transport errors.")
     max_reasks: int = Field(2, ge=0, description="Correction re-asks after an unparsable reply, then unranked.")

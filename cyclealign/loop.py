@@ -34,6 +34,7 @@ from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker import Ranker, RankerTemplates, RankJob, load_demonstrations
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.open import open_ranker
+from cyclealign.ranker.ranking import clip_prompt
 from cyclealign.ranker.template_check import check_templates
 from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
@@ -106,14 +107,21 @@ class Round:
         def body() -> dict[str, Any]:
             done = {r.prompt_id for r in self.rankings() if r.status is not RankStatus.API_ERROR}
             self.reporter.advance(len(done))
-            jobs = []
+            jobs, clipped = [], 0
             for g in gens:
                 if g.prompt_id in done:
                     continue
                 if len(g.responses) < 2:
                     persist(RankResult(g.prompt_id, None, reason=RankStatus.TOO_FEW_RESPONSES.label, status=RankStatus.TOO_FEW_RESPONSES))
                 else:
-                    jobs.append(RankJob(self.by_id[g.prompt_id], g.responses, demos, self.cfg.seed + self.index))
+                    prompt, cut = clip_prompt(self.by_id[g.prompt_id], self.cfg.ranker.max_prompt_tokens)
+                    clipped += cut
+                    jobs.append(RankJob(prompt, g.responses, demos, self.cfg.seed + self.index))
+            if clipped:
+                log.warning(
+                    "round %d: %d prompt(s) cut to ranker.max_prompt_tokens=%s for the ranker (their end kept)",
+                    self.index, clipped, self.cfg.ranker.max_prompt_tokens,
+                )
             batch_info: dict[str, Any] = {}
             if jobs:
                 assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"

@@ -257,3 +257,18 @@ def test_a_run_moved_elsewhere_with_its_prompts_resumes_without_asking_again(tmp
     changed = [e for e in read_jsonl(moved.run_dir / "events.jsonl") if e["event"] == "config_changed"]
     assert set(changed[0]["changes"]) == {"run_dir", "prompts", "rounds", "ranker.base_url"}
     assert RunDir(moved.run_dir).read_config().run_dir == moved.run_dir
+
+
+def test_a_huge_prompt_reaches_the_paid_ranker_cut_to_its_end(tmp_path, caplog):
+    """A 1 MB prompt line: the policy sees its last 384 tokens, and the ranker (a paid call) its last
+    ~ranker.max_prompt_tokens, said in the log; before, the whole megabyte was sent."""
+    prompts = tmp_path / "huge.jsonl"
+    rows = [{"prompt": "word " * 200_000 + "So, what is the capital of France?"}, {"prompt": "Say hi."}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with ScriptedAPI(fallback=reverse_ranker) as api, caplog.at_level("WARNING"):
+        cfg = make_config(tmp_path, prompts, api, rounds=1, **{"ranker.max_prompt_tokens": 512})
+        iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+        sent = [json.dumps(r) for r in ranking_requests(api)]
+    assert len(sent) == 2 and max(map(len, sent)) < 20_000
+    assert any("capital of France" in s and "[...] " in s for s in sent)
+    assert "1 prompt(s) cut to ranker.max_prompt_tokens=512" in caplog.text

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cyclealign.ranker.parse import RankingParseError, parse_ranking
-from cyclealign.records import Demonstration, PromptRecord, RankSample, RankStatus
+from cyclealign.records import Demonstration, Message, PromptRecord, RankSample, RankStatus
 
 __all__ = [
+    "clip_prompt",
     "Combined",
     "RankJob",
     "api_error_reason",
@@ -46,6 +47,38 @@ class RankJob:
     responses: list[str]
     demos: list[Demonstration] = field(default_factory=list)
     shuffle_seed: int = 0
+
+
+def clip_prompt(prompt: PromptRecord, max_tokens: int | None) -> tuple[PromptRecord, bool]:
+    """``prompt`` with its conversation cut to at most about ``max_tokens`` tokens for the ranker,
+    keeping its end (the turns the responses answer), as the policy's prompt is cut: whole early
+    turns are dropped, and the earliest turn kept loses its beginning (marked ``[...]``). The
+    bound is :func:`~cyclealign.ranker.pricing.estimate_tokens`'s: 3 UTF-8 bytes a token, so it
+    errs long. Returns the prompt (the same object when it fits) and whether it was cut.
+
+    >>> p = PromptRecord("a", [{"role": "user", "content": "x" * 900}, {"role": "assistant", "content": "ok"},
+    ...                        {"role": "user", "content": "and now?"}])
+    >>> clip_prompt(p, 1000)[1], clip_prompt(p, 100)[0].messages[-2:] == p.messages[-2:]
+    (False, True)
+    >>> short, cut = clip_prompt(p, 100); cut, short.messages[0]["content"][:6], len(short.messages[0]["content"].encode()) <= 300
+    (True, '[...] ', True)
+    """
+    budget = None if max_tokens is None else 3 * max_tokens
+    sizes = [len(m["content"].encode()) for m in prompt.messages]
+    if budget is None or sum(sizes) <= budget:
+        return prompt, False
+    kept: list[Message] = []
+    left = budget
+    for m, size in zip(reversed(prompt.messages), reversed(sizes)):
+        if size <= left:
+            kept.append(m)
+            left -= size
+            continue
+        if left > 64 or not kept:  # the earliest turn kept: its end
+            tail = m["content"].encode()[-max(left - 6, 1):].decode(errors="ignore")
+            kept.append({**m, "content": "[...] " + tail})
+        break
+    return PromptRecord(prompt.id, list(reversed(kept))), True
 
 
 def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: bool = True) -> list[int]:

@@ -19,7 +19,7 @@ from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
 from cyclealign.tables import round_metric
 
-__all__ = ["RichReporter", "iterate", "summary_line"]
+__all__ = ["RichReporter", "iterate", "print_plan", "summary_line"]
 
 
 class RichReporter:
@@ -69,6 +69,7 @@ def iterate(
     new_prompts_only: Annotated[bool, typer.Option(help="Rounds draw only prompts no earlier round used; none left: exit 4 (nothing to do) without changing the run.")] = False,
     promote_if: Annotated[Optional[str], typer.Option(help="After the rounds, write RUN_DIR/promoted (the latest adapter's path) only if its evaluation passes, e.g. 'win_rate>=0.5' (comma = and). Needs --eval-every.")] = None,
     templates: Annotated[Optional[Path], typer.Option(help="Folder of templates overriding the shipped ones file by file (`cyclealign templates copy DIR` to start).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print what the rounds would send the ranker (calls, tokens, USD from the price table), then stop: nothing is called, written or paid for.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables: print only the final summary line (events still go to RUN_DIR/events.jsonl).")] = False,
     model: Annotated[Optional[str], typer.Option(help="White-box policy: HF model id or local dir. Default: embedded SmolLM2-135M-Instruct.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -141,6 +142,9 @@ def iterate(
         cfg, resume = iterate_config(ctx, config, set_, resume, add_rounds)
         if conditions is not None and not cfg.eval.every:
             raise ConfigError("--promote-if needs --eval-every (the promotion reads the latest round's evaluation)")
+        if dry_run:
+            print_plan(cfg, resume)
+            return
     run = RunDir(cfg.run_dir)
     events = EventLog(run.path / "events.jsonl")
     t0 = time.perf_counter()
@@ -178,6 +182,51 @@ def iterate(
     if code != EXIT_CODES["done"]:
         console.print(f"nothing to do: all {cfg.rounds} rounds were already finished")
         raise typer.Exit(code=code)
+
+
+def print_plan(cfg: Config, resume: bool) -> None:
+    """``iterate --dry-run``: the inputs checked as a run checks them, and the ranker's share of the
+    rounds still to run (:func:`~cyclealign.ranker.estimate.estimate_run`); nothing is written.
+
+    Raises:
+        CycleAlignError subclasses: what the run itself would refuse (prompts, templates,
+            demonstrations, price table, the run directory's state).
+    """
+    from rich.table import Table
+
+    from cyclealign.data import load_prompts
+    from cyclealign.ranker import RankerTemplates, load_demonstrations
+    from cyclealign.ranker.estimate import estimate_run
+    from cyclealign.resources import default_demos_path, default_templates_dir
+    from cyclealign.rundir import RunDir
+
+    run = RunDir(cfg.run_dir)
+    run.check_config(cfg.to_json(), resume)
+    prompts = load_prompts(cfg.prompts)
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
+    demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
+    rounds = sum(not run.round(k).is_done("rank") for k in range(cfg.rounds))
+    est = estimate_run(cfg, prompts, templates, demos, rounds)
+    ranker = "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
+    if est.cost_usd is None:
+        cost = "unknown (no price for this model: --set ranker.price_input_per_mtok=... ranker.price_output_per_mtok=...)"
+    else:
+        cost = f"about {est.cost_usd:.4f} USD" + (f" (budget {est.max_cost_usd:g} USD)" if est.max_cost_usd is not None else "")
+    table = Table(title=f"iterate --dry-run: {cfg.run_dir} ({'resume' if resume else 'new run'}); nothing was called or written")
+    table.add_column("what")
+    table.add_column("plan")
+    for what, plan in [
+        ("ranker", ranker),
+        ("prompt source", f"{cfg.prompts or 'the shipped prompt set'} ({len(prompts)} prompts)"),
+        ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"),
+        ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders; correction re-asks come on top)"),
+        ("prompt tokens per call", f"about {est.prompt_tokens_per_call[0]:,} (up to {est.prompt_tokens_per_call[1]:,})"),
+        ("tokens in all", f"about {est.prompt_tokens:,} prompt + up to {est.completion_tokens:,} completion"),
+        ("cost", cost),
+        ("prompts cut for the ranker", f"{est.prompts_cut} of round 0's (ranker.max_prompt_tokens={cfg.ranker.max_prompt_tokens})"),
+    ]:
+        table.add_row(what, plan)
+    console.print(table)
 
 
 def summary_line(cfg: Config, metrics: list[dict[str, Any]], run: Any) -> str:

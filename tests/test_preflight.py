@@ -94,3 +94,28 @@ def test_a_loopback_ranker_needs_no_key_a_remote_one_does():
     assert api_key_from_env(RankerConfig(base_url="http://localhost:8001/v1", model="m"), {"OPENAI_API_KEY": "k"}) == "k"
     with pytest.raises(RankerError, match="set the environment variable OPENAI_API_KEY"):
         api_key_from_env(RankerConfig(base_url="https://api.example.com/v1", model="m"), {})
+
+
+def test_dry_run_prints_the_plan_and_calls_writes_and_pays_nothing(tmp_path, prompts_file):
+    from cyclealign.config import build_config
+    from cyclealign.data import load_prompts
+    from cyclealign.ranker import RankerTemplates, load_demonstrations
+    from cyclealign.ranker.estimate import estimate_run
+    from cyclealign.ranker.pricing import resolve_price
+    from cyclealign.resources import default_demos_path, default_templates_dir
+
+    args = ["--dry-run", "--prompts", str(prompts_file), "--prompts-per-round", "3", "--rounds", "2",
+            "--ranker-base-url", "https://api.example.com/v1", "--ranker-model", "gpt-4o-mini",
+            "--set", "ranker.consistency=3", "--set", "ranker.shuffle=true"]
+    result = iterate(tmp_path, *args)  # no key in the environment: nothing is called
+    assert result.exit_code == 0, result.output
+    assert "18 first asks" in result.output and "USD" in result.output and not (tmp_path / "run").exists()
+    cfg = build_config(**{"prompts": prompts_file, "prompts_per_round": 3, "rounds": 2, "ranker.base_url": "https://api.example.com/v1",
+                          "ranker.model": "gpt-4o-mini", "ranker.consistency": 3})
+    est = estimate_run(cfg, load_prompts(prompts_file), RankerTemplates(default_templates_dir()),
+                       load_demonstrations(default_demos_path()), rounds=2)
+    assert est.calls == 18 and est.completion_tokens == 18 * cfg.ranker.max_tokens
+    assert est.cost_usd == pytest.approx(resolve_price("gpt-4o-mini").cost_usd(est.prompt_tokens, est.completion_tokens))
+    assert 300 < est.prompt_tokens_per_call[0] <= est.prompt_tokens_per_call[1]
+    unknown = build_config(**{"ranker.base_url": "https://x/v1", "ranker.model": "my-own-judge"})
+    assert estimate_run(unknown, load_prompts(prompts_file), RankerTemplates(default_templates_dir()), [], 1).cost_usd is None

@@ -62,7 +62,8 @@ def export_command(
     exported = sorted(set(dataset["round"]))
     console.print(f"wrote {dataset.num_rows} rows ({prompts} ranked prompts, rounds {', '.join(map(str, exported))}) to {out}", soft_wrap=True)
     if push_to_hub:
-        push(dataset, push_to_hub)
+        with exit_codes():  # the local save above is kept whatever the Hub says
+            push(dataset, push_to_hub)
         console.print(f"pushed to the Hugging Face Hub: {push_to_hub}", soft_wrap=True)
 
 

@@ -55,6 +55,11 @@ class NothingToDo(CycleAlignError):
     (``--new-prompts-only`` and no unused prompt in the source). Nothing was changed."""
 
 
+class HubError(CycleAlignError):
+    """The Hugging Face Hub could not be reached or refused an upload (offline, no login, no
+    access); what was saved locally is kept."""
+
+
 class Interrupted(CycleAlignError):
     """A SIGINT (Ctrl-C) or SIGTERM (a scheduler's ``timeout``, ``systemctl stop``) stopped the run:
     servers were stopped, the lock released, the phase in progress left pending; ``--resume``

@@ -26,7 +26,7 @@ import datasets
 
 from cyclealign.config import Config
 from cyclealign.data import load_run_prompts, recorded_round_prompts
-from cyclealign.errors import ConfigError, RunDirError
+from cyclealign.errors import ConfigError, HubError, RunDirError
 from cyclealign.pairs import preference_pairs
 from cyclealign.records import Message
 from cyclealign.rundir import RunDir
@@ -221,5 +221,14 @@ def export_rankings(run_dir: Path, fmt: str, out: Path, rounds: list[int] | None
 
 def push_to_hub(dataset: datasets.Dataset, repo_id: str) -> None:
     """Upload ``dataset`` to the Hugging Face Hub as ``repo_id`` (``Dataset.push_to_hub``; needs a
-    login, e.g. ``hf auth login`` or ``HF_TOKEN``)."""
-    dataset.push_to_hub(repo_id)
+    login, e.g. ``hf auth login`` or ``HF_TOKEN``).
+
+    Raises:
+        HubError: the Hub is unreachable (``HF_HUB_OFFLINE=1``, no network), refuses the login or
+            the repo; the message says why in one line.
+    """
+    try:
+        dataset.push_to_hub(repo_id)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub raises many types (HTTP, offline, auth, OS)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HubError(f"could not push to the Hugging Face Hub repo {repo_id!r}: {type(e).__name__}: {reason}") from None

@@ -170,3 +170,13 @@ def test_dpo_export_trains_through_trls_own_dpo_trainer(tmp_path, embedded_model
     assert result.global_step == 1
     # The policy starts equal to its reference: every margin is 0 and the DPO loss is log 2.
     assert result.training_loss == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_push_to_hub_offline_is_one_line_and_the_local_export_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run, _, _ = make_run(tmp_path)
+    out = tmp_path / "dpo"
+    result = runner.invoke(app, ["export", str(run.path), "--format", "dpo", "--out", str(out), "--push-to-hub", "someone/prefs"])
+    assert result.exit_code == 2, result.output
+    assert "could not push to the Hugging Face Hub repo 'someone/prefs'" in flat(result.output) and "Traceback" not in result.output
+    assert datasets.load_from_disk(str(out)).num_rows == 10  # saved before the push was tried

@@ -40,7 +40,7 @@ from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStat
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.tables import TIMED_PHASES, round_line
-from cyclealign.train.launch import train_phase
+from cyclealign.train.launch import save_rng_state, train_phase
 from cyclealign.train.lora import check_qlora
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Round:
             backend.load_adapter(self.run.latest_adapter(self.index))
             journal = GenerationJournal(self.rd.generation_batches)  # finished batches survive a crash
             gens = backend.sample(self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance, journal=journal)
+            save_rng_state(self.rd.rng_state)  # before the phase is done: a resumed train phase starts from it
             write_jsonl(self.rd.generations, [g.to_json() for g in gens])
             self.rd.generation_batches.unlink(missing_ok=True)
             return {

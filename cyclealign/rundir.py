@@ -230,6 +230,7 @@ class RoundDir:
         self.index = index
         self.generations = path / "generations.jsonl"
         self.generation_batches = path / "generation_batches.jsonl"
+        self.rng_state = path / "rng_state.pt"  # this process's torch RNG state as generation left it
         self.rankings = path / "rankings.jsonl"
         self.agreement = path / "agreement.jsonl"
         self.demo_pool = path / "demo_pool.jsonl"

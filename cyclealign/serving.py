@@ -24,7 +24,9 @@ from pathlib import Path
 
 from cyclealign.errors import CycleAlignError
 
-__all__ = ["ServerProcess", "free_port", "port_in_use", "process_start", "reap_stale_server", "tied_to_parent"]
+__all__ = [
+    "ServerProcess", "free_port", "port_in_use", "process_start", "reap_stale_server", "stop_process_group", "tied_to_parent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,26 @@ def reap_stale_server(pid_path: str | os.PathLike[str], grace_s: float = _STOP_G
                 return pid
             time.sleep(_POLL_S)
     return pid
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = _STOP_GRACE_S) -> int:
+    """Stop a child started with ``start_new_session=True`` and everything it started: SIGTERM to
+    its process group, SIGKILL after ``grace_s`` seconds. Returns its exit code."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
+        except (ProcessLookupError, PermissionError):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s; killing it", proc.pid, grace_s)
+    return proc.wait()
 
 
 def free_port(host: str) -> int:
@@ -270,28 +292,11 @@ class ServerProcess:
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            self._signal(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, _STOP_GRACE_S)
-                self._signal(proc, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
         self.returncode = proc.returncode
         self.pid = proc.pid
         if self.pid_path is not None:
             self.pid_path.unlink(missing_ok=True)
-
-    @staticmethod
-    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
-        except (ProcessLookupError, PermissionError):
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last ``lines`` lines this server wrote to its log (progress bars collapsed)."""

@@ -137,3 +137,64 @@ def test_run_files_and_folders_get_the_umasks_modes(tmp_path, umask):
         os.umask(old)
     assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def slow_reverse_ranker(request):
+    """Ranks last-shown-first, 0.4 s a call, so that a signal can land inside the rank phase."""
+    import re
+
+    from scripted_api import Reply
+
+    n = len(re.findall(r'<response id="\d+">', request["messages"][-1]["content"]))
+    return Reply(" > ".join(f"[{i}]" for i in range(n, 0, -1)) if n else "ok", delay_s=0.4 if n else 0.0)
+
+
+def adapter_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "round_000" / "adapter" / "adapter_model.safetensors"))
+
+
+def test_sigterm_in_each_phase_then_resume_equals_an_uninterrupted_run(tmp_path, prompts_file):
+    """kill -TERM of `iterate` in the generate, rank and train phase, then --resume: the same
+    rankings and adapter as an uninterrupted run, no ranking asked twice (the one in flight aside)."""
+    import torch
+    from scripted_api import ScriptedAPI
+
+    def args(run_dir: Path, url: str) -> list[str]:
+        return ["iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file), "--rounds", "1", "--prompts-per-round", "4",
+                "--num-samples", "3", "--max-new-tokens", "24", "--epochs", "1", "--quiet", "--ranker-base-url", url,
+                "--ranker-model", "scripted", "--ranker-cache", str(run_dir.parent / f"{run_dir.name}.sqlite"),
+                "--set", "ranker.concurrency=1", "--set", "agreement.min_length=1"]
+
+    def rankings(run_dir: Path) -> list:
+        return [(r["prompt_id"], r["ranking"]) for r in read_jsonl(run_dir / "round_000" / "rankings.jsonl")]
+
+    with ScriptedAPI(fallback=slow_reverse_ranker) as api:
+        ref = tmp_path / "reference"
+        assert CliRunner().invoke(app, args(ref, api.base_url)).exit_code == 0
+        for phase in ("generate", "rank", "train"):
+            run_dir = tmp_path / phase
+            before = len(api.requests)
+            proc = subprocess.Popen([sys.executable, "-m", "cyclealign.cli", *args(run_dir, api.base_url)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            started = lambda: (run_dir / "events.jsonl").exists() and any(  # noqa: E731
+                e["event"] == "phase_start" and e.get("phase") == phase for e in events(run_dir))
+            try:
+                wait_for(lambda: started() or proc.poll() is not None, 600, f"the {phase} phase")
+                time.sleep(0.5)  # inside the phase
+                proc.send_signal(signal.SIGTERM)
+                out = proc.communicate(timeout=120)[0].decode()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 143, (phase, out)
+            assert not RunDir(run_dir).round(0).is_done(phase), phase
+            result = CliRunner().invoke(app, [*args(run_dir, api.base_url), "--resume"])
+            assert result.exit_code == 0, (phase, result.output)
+            asked = [json.dumps(r["messages"], sort_keys=True) for r in api.requests[before:] if "<response id=" in r["messages"][-1]["content"]]
+            assert len(asked) - len(set(asked)) <= 1, phase  # the request in flight at the signal, at most
+            assert rankings(run_dir) == rankings(ref), phase
+            got, want = adapter_weights(run_dir), adapter_weights(ref)
+            assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-5) for k in want), phase
+            assert not (run_dir / "lock.json").exists()

@@ -162,6 +162,7 @@ RESUMABLE_CHANGES = frozenset(
         "ranker.api_key_env",
         "ranker.cache_path",
         "ranker.prices_path",
+        "ranker.warn_request_tokens",
         "rounds",
         "ranker.concurrency",
         "ranker.requests_per_minute",

@@ -25,6 +25,12 @@ class RankerConfig(Section):
         0.7, ge=0.0, le=2.0, description="Temperature of correction re-asks (a greedy re-ask tends to repeat itself)."
     )
     max_tokens: int = Field(64, ge=8, description="Completion cap per ranker call, tokens.")
+    warn_request_tokens: int | None = Field(
+        16000,
+        ge=1,
+        description="A ranker request estimated above this many prompt tokens is said in the log before it is sent "
+        "(long demonstrations or templates); None = never.",
+    )
     max_prompt_tokens: int | None = Field(
         2048,
         ge=64,

@@ -119,3 +119,38 @@ def test_dry_run_prints_the_plan_and_calls_writes_and_pays_nothing(tmp_path, pro
     assert 300 < est.prompt_tokens_per_call[0] <= est.prompt_tokens_per_call[1]
     unknown = build_config(**{"ranker.base_url": "https://x/v1", "ranker.model": "my-own-judge"})
     assert estimate_run(unknown, load_prompts(prompts_file), RankerTemplates(default_templates_dir()), [], 1).cost_usd is None
+
+
+@pytest.fixture
+def read_only_run(tmp_path):
+    """A run directory on a read-only bind mount (root ignores file modes); skipped where mounting is not allowed."""
+    import shutil
+    import subprocess
+
+    from cyclealign.config import build_config
+    from cyclealign.rundir import RunDir
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    ro.mkdir()
+    cfg = build_config(**{"run_dir": src, "rounds": 1, "ranker.base_url": "http://127.0.0.1:9/v1", "ranker.model": "m"})
+    RunDir(src).prepare(cfg.to_json(), resume=False)
+    (src / "round_000").mkdir()
+    (src / "round_000" / "rankings.jsonl").write_text("")
+    (src / "round_000" / "generations.jsonl").write_text("")
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("read-only remounts are not allowed here")
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_a_read_only_run_directory_is_one_line(read_only_run):
+    for args in (["iterate", "--run-dir", str(read_only_run), "--resume"], ["reparse", str(read_only_run), "--rewind"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Read-only file system" in result.output and "Traceback" not in result.output, (args, result.output)

@@ -376,3 +376,12 @@ def test_batch_submitted_before_a_crash_is_waited_on_not_resubmitted(templates, 
         results = ranker.rank_all(jobs)
         assert api.count == len(api.batch_requests) == 3  # every ranking came from the batch
     assert [r.ranking for r in results] == [expected(j) for j in jobs]
+
+
+def test_a_request_over_the_size_limit_is_said_once_before_it_is_sent(templates, tmp_path, caplog):
+    big = RankJob(PromptRecord("big", [{"role": "user", "content": "word " * 4000}]), ["x with quality 1", "y with quality 2"], [], shuffle_seed=7)
+    with ScriptedAPI(fallback=Judge()) as api, caplog.at_level(logging.WARNING):
+        make_ranker(api, templates, tmp_path, warn_request_tokens=2000).rank_all([big, job(1)])
+    said = [r for r in caplog.records if "over ranker.warn_request_tokens=2000" in r.getMessage()]
+    assert len(said) == 1  # said once, for the big prompt only
+    assert int(re.search(r"about (\d+) prompt tokens", said[0].getMessage())[1]) > 6000  # 20 kB of text

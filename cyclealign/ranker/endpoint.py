@@ -145,6 +145,7 @@ class ChatEndpoint:
             )
         self.on_call = on_call
         self._api_key = api_key
+        self._warned: set[str] = set()  # requests already said to be over ranker.warn_request_tokens
         self.errors = ErrorText(api_key, base_url=self.base_url, model=model, api_key_env=cfg.api_key_env)
         fallback = retry_wait if retry_wait is not None else tenacity.wait_exponential_jitter(initial=1, max=60)
         self._wait = wait_retry_after(fallback)
@@ -317,8 +318,15 @@ class ChatEndpoint:
                         usage.add(hit, None)
                     return hit
             price = self.price or FREE
-            # The prompt estimate only feeds the budget reservation and the TPM limiter.
-            prompt_estimate = estimate_tokens(request.messages) if price != FREE or self._tpm is not None else 0
+            # The prompt estimate feeds the budget reservation, the TPM limiter and the size warning.
+            prompt_estimate = estimate_tokens(request.messages)
+            limit = self.cfg.warn_request_tokens
+            if limit is not None and prompt_estimate > limit and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "a ranker request of about %d prompt tokens (over ranker.warn_request_tokens=%d) is being sent to %s",
+                    prompt_estimate, limit, without_userinfo(self.base_url),
+                )
             reserved = price.cost_usd(prompt_estimate, body["max_tokens"])
             self.budget.reserve(reserved)
             paid = 0.0

@@ -104,6 +104,8 @@ def test_every_config_field_is_settable_from_the_command_line():
         "train.qlora": ["train.merge=false"],
         "train.merge": ["train.qlora=false"],
         "generation.num_samples": ["ranker.max_tokens=64"],
+        "ranker.model": ["ranker.base_url=http://127.0.0.1:9/v1"],
+        "vllm.base_url": ["generation.backend=vllm"],
     }
     fields = config_fields()
     assert set(fields) == set(defaults)

@@ -84,17 +84,19 @@ def test_appended_prompts_are_used_next_and_never_twice(tmp_path, monkeypatch):
         assert idle.exit_code == 4, idle.output
         with source.open("a") as f:  # new prompts arrive
             f.write("".join(json.dumps({"prompt": q}) + "\n" for q in ("Name an animal.", "Count to three.", "Say bye.")))
-        result = runner.invoke(app, [*line, "--promote-if", "win_rate>=0.5"])
+        refused = runner.invoke(app, [*line, "--promote-if", "win_rate>=0.5"])  # no --eval-every: refused before any work
+        assert refused.exit_code == 2 and "--promote-if needs --eval-every" in refused.output, refused.output
+        assert RunDir(tmp_path / "run").finished_rounds() == 1
+        result = runner.invoke(app, line)
         assert result.exit_code == 0, result.output
     run = RunDir(tmp_path / "run")
     assert run.finished_rounds() == 2 and not (run.path / "round_002").exists()
     ids = [[p["id"] for p in json.loads(run.round(k).prompts_file.read_text())["prompts"]] for k in (0, 1)]
     assert sorted(ids[0]) == ["incoming:1", "incoming:2"]
     assert set(ids[1]) <= {"incoming:3", "incoming:4", "incoming:5"} and len(ids[1]) == 2
-    assert "not promoted" in result.output and "--eval-every" in " ".join(result.output.split())
     assert not (run.path / "promoted").exists()
     events = read_jsonl(run.path / "events.jsonl")
-    assert [e["event"] for e in events if e["event"] in ("nothing_to_do", "promotion")] == ["nothing_to_do", "promotion"]
+    assert [e["event"] for e in events if e["event"] in ("nothing_to_do", "promotion")] == ["nothing_to_do"]
 
 
 def test_a_second_iterate_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path, prompts_file):

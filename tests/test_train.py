@@ -183,7 +183,7 @@ def test_qlora_without_cuda_is_a_clear_config_error(embedded_model_dir):
     cfg = build_config(**{"train.qlora": True}).train
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: tests/test_cuda.py covers QLoRA")
-    with pytest.raises(ConfigError, match="train.qlora needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"train.qlora \(--qlora\) needs a CUDA device"):
         load_trainable_policy(str(embedded_model_dir), None, cfg, torch.device("cpu"), torch.float32)
 
 

@@ -74,9 +74,10 @@ def process_start(pid: int) -> int | None:
 
 def reap_stale_server(pid_path: str | os.PathLike[str], grace_s: float = _STOP_GRACE_S) -> int | None:
     """Stop a server that an earlier, killed run left behind: ``pid_path`` (written by
-    :class:`ServerProcess`) names a process that still runs the very command it was started
-    with; its process group gets SIGTERM, then SIGKILL after ``grace_s`` seconds. The pid file is
-    removed. Call it only while holding the run directory's lock (no live run owns the server).
+    :class:`ServerProcess`) names a process that is still the one started then (the same pid and
+    start time, :func:`process_start`); its process group gets SIGTERM, then SIGKILL after
+    ``grace_s`` seconds. The pid file is removed. Call it only while holding the run directory's
+    lock (no live run owns the server).
 
     Returns:
         The stopped server's process id, or None (no pid file, the process is gone, or the

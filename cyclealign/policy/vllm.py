@@ -33,8 +33,9 @@ class VLLMPolicy(SamplingPolicy):
 
     Args:
         cfg: the run's config (``generation``, ``vllm``, ``run_dir``).
-        model_dir: the base model as the server loads it (``--model MODEL``) and whose tokenizer
-            builds the chat-templated prompt token ids.
+        model_dir: the base model as the server loads it (the launcher's model argument:
+            :func:`~cyclealign.policy.vllm_client.model_args`) and whose tokenizer builds the
+            chat-templated prompt token ids.
         api_key: the policy server's API key (read by the caller from ``vllm.api_key_env``);
             None = the server needs none.
 

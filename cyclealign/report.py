@@ -10,9 +10,9 @@ declared in :mod:`cyclealign.tables`.
 
 Sources:
 
-- ``metrics.jsonl`` (one line per round, see :meth:`cyclealign.loop.Round.metrics`); for a run
-  interrupted before it was written, the ``metrics`` phase each finished round recorded in its
-  manifest. Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
+- each finished round's ``metrics`` phase, as its manifest recorded it (``metrics.jsonl`` holds the
+  same lines, see :meth:`cyclealign.loop.Round.metrics`); for a run without them, ``metrics.jsonl``.
+  Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
   unranked rate with the unranked reasons; demonstration pool; ranker tokens and cost; phase
   wall times. Runs written by older versions may lack some keys: a plot without data is left out.
 - each round's manifest: the content hashes of the ranker templates its rank phase used, shown
@@ -52,15 +52,20 @@ __all__ = ["load_metrics", "write_report"]
 
 
 def load_metrics(run: RunDir) -> list[dict[str, Any]]:
-    """The run's per-round metrics lines, by round: ``metrics.jsonl``, or (a run interrupted before
-    writing it) the ``metrics`` phase recorded in each finished round's manifest.
+    """The run's per-round metrics lines, by round: the ``metrics`` phase each finished round
+    recorded in its manifest (the source ``metrics.jsonl`` is written from, so a torn or stale
+    ``metrics.jsonl`` does not hide or add a round), or ``metrics.jsonl`` for a run whose
+    manifests hold none.
 
     Raises:
         RunDirError: no metrics at all (naming the directory), or a corrupt line (naming the file).
     """
-    rows = read_jsonl(run.metrics)
+    rows = [
+        {**{k: v for k, v in run.round(k).phases()["metrics"].items() if k != "wall_s"}, "round": k}
+        for k in range(run.finished_rounds())
+    ]
     if not rows:
-        rows = [dict(run.round(k).phases()["metrics"], round=k) for k in range(run.finished_rounds())]
+        rows = read_jsonl(run.metrics)
     if not rows:
         raise RunDirError(f"{run.metrics}: not found and no round of {run.path} has finished: nothing to report")
     for i, row in enumerate(rows, 1):

@@ -150,3 +150,14 @@ def test_cli_report(tmp_path):
     assert (run.path / "report" / "win_rate.png").is_file()
     result = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "error:" in flat(result.output) and "nothing to report" in flat(result.output)
+
+
+def test_the_report_reads_the_rounds_manifests_not_a_torn_metrics_file(tmp_path):
+    from cyclealign.report import load_metrics
+    from cyclealign.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for k in range(3):
+        run.round(k).mark_done("metrics", round=k, agreement_rate=0.5 + k / 10, wall_s=0.0)
+    run.metrics.write_text('{"round": 0, "agreement_rate": 0.5}\n{"round": 1, "agree')  # torn by a crash
+    assert [r["round"] for r in load_metrics(run)] == [0, 1, 2]  # no round hidden

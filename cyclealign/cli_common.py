@@ -4,6 +4,7 @@ cells, logging setup and the ranker spend line."""
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     The message is printed unwrapped (paths and log lines stay whole) and without markup.
     Exit 3 when a cost budget stopped the work (``BudgetError``: finished work is kept, the run
     resumes), 4 when there was nothing to do, 5 when another process holds the run directory,
-    128 + the signal's number when a signal stopped it (:class:`~cyclealign.errors.Interrupted`,
+    130 / 143 when SIGINT / SIGTERM stopped it (:class:`~cyclealign.errors.Interrupted`,
     raised by :func:`stop_on_signals`), 2 for any other ``CycleAlignError`` (bad input, a
     rejected key, a broken run dir, or an ``OSError`` on a file the run needs: one line naming it).
 
@@ -61,7 +62,7 @@ def exit_codes(events: EventLog | None = None) -> Iterator[None]:
     except Interrupted as e:
         console.print(f"[yellow]interrupted:[/yellow] {escape(str(e))}", soft_wrap=True)
         emit("interrupted", signal=e.signum, message=str(e))
-        raise typer.Exit(code=128 + e.signum) from None
+        raise typer.Exit(code=EXIT_CODES["interrupted" if e.signum == signal.SIGINT else "terminated"]) from None
     except CycleAlignError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         emit("error", type=type(e).__name__, message=str(e))
@@ -84,7 +85,6 @@ def stop_on_signals() -> Iterator[None]:
     lock released, the phase in progress left pending) and :func:`exit_codes` reports it. The
     first signal restores the previous handlers: a second one ends the process at once.
     Outside the main thread it does nothing (signal handlers belong to the main thread)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():

@@ -60,10 +60,7 @@ def load_metrics(run: RunDir) -> list[dict[str, Any]]:
     Raises:
         RunDirError: no metrics at all (naming the directory), or a corrupt line (naming the file).
     """
-    rows = [
-        {**{k: v for k, v in run.round(k).phases()["metrics"].items() if k != "wall_s"}, "round": k}
-        for k in range(run.finished_rounds())
-    ]
+    rows = [{**line, "round": k} for k, line in enumerate(run.metrics_lines())]
     if not rows:
         rows = read_jsonl(run.metrics)
     if not rows:

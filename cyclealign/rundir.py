@@ -372,15 +372,18 @@ class RunDir:
         """Write ``config.json`` (atomically): the run exists from now on."""
         atomic_write_text(self.config, config_json)
 
+    def metrics_lines(self) -> list[dict[str, Any]]:
+        """The ``metrics.jsonl`` lines as the rounds' manifests hold them: the ``metrics`` phase of
+        each finished round, from round 0 up to the first unfinished one, without its wall seconds."""
+        return [
+            {key: v for key, v in self.round(k).phases()["metrics"].items() if key != "wall_s"}
+            for k in range(self.finished_rounds())
+        ]
+
     def rewrite_metrics(self) -> list[dict[str, Any]]:
-        """Rewrite ``metrics.jsonl`` from the rounds' manifests: one line per finished round, from
-        round 0 up to the first unfinished one (a rewound round's line goes with it). Returns the
-        lines written."""
-        lines = []
-        k = 0
-        while self.round(k).is_done("metrics"):
-            lines.append({key: v for key, v in self.round(k).phases()["metrics"].items() if key != "wall_s"})
-            k += 1
+        """Rewrite ``metrics.jsonl`` from the rounds' manifests (:meth:`metrics_lines`; a rewound
+        round's line goes with it). Returns the lines written."""
+        lines = self.metrics_lines()
         write_jsonl(self.metrics, lines)
         return lines
 

@@ -287,17 +287,18 @@ class SamplingPolicy(ABC):
         encoded, gens = self._encode_all(prompts)
         seen: list[set[str]] = [set() for _ in prompts]
         todo = list(range(len(prompts)))
+        settings = {"n": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": limit}
+        journal = journal if self.batch_seeded else None
         for attempt in range(cfg.max_resample + 1):
             for batch_index, start in enumerate(range(0, len(todo), cfg.batch_size)):
                 chunk = todo[start : start + cfg.batch_size]
                 batch_ids = [encoded[i] for i in chunk]
-                settings = {"n": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": limit}
                 batch_seed = derive_seed(seed, attempt, batch_index)
-                key = batch_key(attempt, batch_index, batch_seed, batch_ids, **settings)
-                batch = journal.lookup(key) if journal is not None and self.batch_seeded else None
+                key = batch_key(attempt, batch_index, batch_seed, batch_ids, **settings) if journal is not None else ""
+                batch = journal.lookup(key) if journal is not None else None
                 if batch is None:
                     batch = self.sample_batch(batch_ids, seed=batch_seed, **settings)
-                    if journal is not None and self.batch_seeded:
+                    if journal is not None:
                         journal.record(key, [[Sample(*s) for s in row] for row in batch])
                 for i, samples in zip(chunk, batch, strict=True):
                     for ids, lp, fin in samples:

@@ -299,17 +299,19 @@ class VLLMClient:
         except (urllib.error.URLError, OSError) as e:
             raise PolicyError(f"the vLLM policy server at {self.root_url} is unreachable: {getattr(e, 'reason', e)}") from None
 
-    def _refused(self, code: int, what: str) -> PolicyError:
-        if code == 401:
-            return PolicyError(f"the vLLM server at {self.root_url} wants an API key for {what}: set the variable vllm.api_key_env names (VLLM_API_KEY)")
-        return PolicyError(f"{what} at {self.root_url} answered {code}")
+    def _key_wanted(self, what: str) -> PolicyError:
+        """The error for a 401 on ``what``: the server has an API key this client did not send."""
+        return PolicyError(
+            f"the vLLM server at {self.root_url} wants an API key for {what}: set the variable vllm.api_key_env names (VLLM_API_KEY)"
+        )
 
     def served_models(self) -> list[str]:
         """Model names the server serves now (``GET /v1/models``: the base and loaded adapters)."""
         code, text = self._http("GET", f"{self.base_url}/models")
+        if code == 401:
+            raise self._key_wanted("/v1/models")
         if code != 200:
-            err = self._refused(code, "/v1/models")
-            raise PolicyError(f"{err}: {text[:300]}" if code != 401 else str(err))
+            raise PolicyError(f"{self.base_url}/models answered {code}: {text[:300]}")
         return [m["id"] for m in json.loads(text).get("data", [])]
 
     def load_adapter(self, name: str, path: Path) -> None:
@@ -336,7 +338,7 @@ class VLLMClient:
                 f"(the same machine or a shared filesystem): {_error_message(text)}"
             )
         if code == 401:
-            raise self._refused(code, "/v1/load_lora_adapter")
+            raise self._key_wanted("/v1/load_lora_adapter")
         if code != 200:
             raise PolicyError(f"the vLLM server refused adapter {name} ({path}): {code} {_error_message(text)}")
 
@@ -414,14 +416,12 @@ class VLLMClient:
             slots = asyncio.Semaphore(self.concurrency)
 
             async def one(i: int, ids: list[int]) -> list[Sample]:
-                fields = sampling_fields(n=n, seed=prompt_seed(seed, i, n), temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-                standard = {k: fields.pop(k) for k in ("n", "seed", "temperature", "top_p", "max_tokens", "logprobs",
-                                                       "presence_penalty", "frequency_penalty")}
+                body = sampling_fields(n=n, seed=prompt_seed(seed, i, n), temperature=temperature, top_p=top_p, max_tokens=max_tokens)
                 async with slots:
                     try:
-                        resp = await client.completions.create(model=model, prompt=ids, **standard, extra_body=fields)
+                        resp = await client.completions.create(model=model, prompt=ids, extra_body=body)
                     except openai.AuthenticationError:
-                        raise self._refused(401, "/v1/completions") from None
+                        raise self._key_wanted("/v1/completions") from None
                     except openai.APIStatusError as e:
                         raise PolicyError(f"the vLLM server refused a completion for model {model}: {e.status_code} {e.message}") from None
                     except openai.APIConnectionError as e:

@@ -9,7 +9,7 @@ from typing import Any
 from cyclealign.config import Config
 from cyclealign.prompt_selection import select_round_prompts
 from cyclealign.ranker.client import first_ask_messages
-from cyclealign.ranker.pricing import FREE, estimate_tokens, resolve_price
+from cyclealign.ranker.pricing import estimate_tokens, ranker_price
 from cyclealign.ranker.ranking import RankJob, clip_prompt
 from cyclealign.ranker.templates import RankerTemplates
 from cyclealign.records import Demonstration, PromptRecord
@@ -77,12 +77,7 @@ def estimate_run(
     calls = rounds * len(chosen) * r.consistency
     mean = round(sum(per_call) / len(per_call)) if per_call else 0
     prompt_tokens, completion_tokens = calls * mean, calls * r.max_tokens
-    if r.base_url is None:
-        price = FREE
-    else:
-        price = resolve_price(
-            r.model or "", prices_path=r.prices_path, input_per_mtok=r.price_input_per_mtok, output_per_mtok=r.price_output_per_mtok
-        )
+    price = ranker_price(r)
     cost = None if price is None else price.cost_usd(prompt_tokens, completion_tokens, batch=r.batch)
     return RunEstimate(
         rounds=rounds, prompts_per_round=len(chosen), calls=calls, prompt_tokens_per_call=(mean, max(per_call, default=0)),

@@ -10,7 +10,7 @@ from cyclealign.models import resolve_model_dir
 from cyclealign.ranker.cache import ReplyCache
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import api_key_from_env
-from cyclealign.ranker.pricing import FREE, Budget, resolve_price
+from cyclealign.ranker.pricing import Budget, ranker_price
 from cyclealign.ranker.server import EmbeddedServer
 from cyclealign.ranker.templates import RankerTemplates
 from cyclealign.rundir import RunDir
@@ -35,15 +35,8 @@ def open_ranker(
     """
     r = cfg.ranker
     with contextlib.ExitStack() as stack:
-        if r.base_url is None:
-            price = FREE
-        else:
-            price = resolve_price(
-                r.model or "",
-                prices_path=r.prices_path,
-                input_per_mtok=r.price_input_per_mtok,
-                output_per_mtok=r.price_output_per_mtok,
-            )
+        price = ranker_price(r)
+        if r.base_url is not None:
             key = api_key_from_env(r, environ)  # before the cache or anything else is touched
         cache = stack.enter_context(ReplyCache(cfg.ranker_cache_path))
         budget = Budget(r.max_cost_usd, spent_usd=run.ranker_spend()["cost_usd"])

@@ -12,12 +12,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import ConfigError
 from cyclealign.resources import prices_path
 
-__all__ = ["Budget", "BudgetExhausted", "Price", "default_prices_path", "estimate_tokens", "load_price_table", "resolve_price"]
+if TYPE_CHECKING:
+    from cyclealign.config import RankerConfig
+
+__all__ = [
+    "Budget", "BudgetExhausted", "Price", "default_prices_path", "estimate_tokens", "load_price_table", "ranker_price",
+    "resolve_price",
+]
 
 
 def default_prices_path() -> Path:
@@ -111,6 +117,21 @@ def resolve_price(
         return table[model]
     prefixes = [name for name in table if model.startswith(name)]
     return table[max(prefixes, key=len)] if prefixes else None
+
+
+def ranker_price(cfg: RankerConfig) -> Price | None:
+    """The price of the run's ranker: free for the embedded one (``ranker.base_url`` unset), else
+    :func:`resolve_price` of ``ranker.model`` with the config's table and overrides (None: unknown).
+
+    Raises:
+        ConfigError: as :func:`resolve_price`.
+    """
+    if cfg.base_url is None:
+        return FREE
+    return resolve_price(
+        cfg.model or "", prices_path=cfg.prices_path, input_per_mtok=cfg.price_input_per_mtok,
+        output_per_mtok=cfg.price_output_per_mtok,
+    )
 
 
 def estimate_tokens(messages: list[dict[str, str]]) -> int:

@@ -1,45 +1,52 @@
 """Efficacy benchmark: do CycleAlign rounds move the policy toward the black box's preference?
 
-For each known rule (:mod:`cyclealign.efficacy.rules`: a marker word, a paragraph format, a cautious
-stance, ...) and each seed, this script
+For each known rule (:mod:`cyclealign.efficacy.rules`: a marker word, a paragraph format, a
+cautious stance, a length, a question structure, a formal tone) and each seed, this script
 
 1. starts a rule black box (:class:`cyclealign.efficacy.server.RuleBlackBox`, a real local
    OpenAI-compatible server that ranks responses by the rule, so the right ranking is certain);
 2. runs ``cyclealign iterate`` (the library entry point, with the project's defaults plus any
    ``--set`` overrides) for ``--rounds`` rounds of ``--prompts-per-round`` single-turn HH-RLHF
    harmless-base prompts against it;
-3. trains the plainest correct baseline on the same prompts, the same number of samples and
-   the same number of rounds: :func:`baseline_pro`, a short PRO loop written here (LoRA r=16,
-   lr 2e-4, two passes over each round's lists, Plackett-Luce over length-normalised
-   log-likelihoods + per-token NLL of the best response; its round 0 trains on the very
-   samples the CycleAlign run drew);
+3. trains a tuned plain loop on the same prompts, samples and rounds
+   (:func:`cyclealign.efficacy.baseline.plain_pro_loop`, a short PRO loop with no CycleAlign
+   machinery; its round 0 trains on the very samples the CycleAlign run drew). The plain loop
+   gets its own sweep per rule (learning rate x SFT weight x clipping, ``--plain-*``), run on
+   the sweep seed and scored on ``--tune-prompts`` HH prompts that are neither trained on nor
+   held out; every seed then uses the rule's best point;
 4. measures on held-out prompts of two kinds -- HH prompts never trained on and the shipped
    instruction prompts (``cyclealign/assets/default_prompts.jsonl``) -- the rule's property
    over each policy's own samples (before = base policy, after = each trained policy), and
    the Kendall tau-b between each policy's log-likelihood ranking of fixed responses and the
-   rule's scores. The tau has its own, larger held-out set (``--tau-prompts`` prompts of each
-   kind, ``--tau-samples`` base-policy responses each): it only needs scoring, not sampling,
-   and a list of 4 responses moves it in steps of 1/3.
+   rule's scores. The tau has its own held-out set (``--tau-prompts`` prompts of each kind,
+   ``--tau-samples`` base-policy responses each): it only needs scoring, not sampling, and a
+   list of 4 responses moves it in steps of 1/3.
 
-It prints one JSON line: per rule, per held-out kind, the property before and after for both
-methods, ``moved`` (after - before), ``ratio`` = moved(cyclealign) / moved(baseline), the tau
-before and after, the wall seconds of each CycleAlign run, and the mean and spread (min, max)
-over the seeds; per rule and kind, ``ratio_of_means`` (the seed-mean movements' ratio) and
-``ratio_of_means_90``, its 90% percentile-bootstrap interval from resampling the held-out
-prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`): how far the measured ratio can
-be trusted with this many prompts; and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the
-90% interval of the seed-mean rise of the held-out tau (after - before), likewise
-(:func:`cyclealign.efficacy.measure.bootstrap_tau_change`). Base-policy and baseline results are cached under
-``--out``, keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
-``generation.*`` overrides apply to the base policy and the baseline too); they do not depend
-on the rest of the config, so a sweep of ``train.*`` values only re-runs CycleAlign.
+The rules are split once (:data:`cyclealign.efficacy.rules.TUNING_RULES` and ``CHECK_RULES``):
+defaults are chosen on the tuning rules; the check rules are reported apart and choose nothing.
+
+It prints a progress line per step on stderr and one JSON line on stdout: per rule, its split,
+the plain loop's sweep (every point's tuning score, the chosen one), and per held-out kind the
+property before and after for both methods, ``moved`` (after - before), ``ratio`` =
+moved(cyclealign) / moved(plain loop), the tau before and after, the wall seconds of each
+CycleAlign run, and the mean and spread (min, max) over the seeds; ``ratio_of_means`` (the
+seed-mean movements' ratio) and ``ratio_of_means_90``, its 90% percentile-bootstrap interval
+from resampling the held-out prompts (:func:`cyclealign.efficacy.measure.bootstrap_ratio`);
+and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the 90% interval of the seed-mean
+rise of the held-out tau (:func:`cyclealign.efficacy.measure.bootstrap_tau_change`).
+
+Everything trained or sampled is cached under ``--out``: base-policy samples and plain-loop
+points keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
+``generation.*`` overrides apply to the base policy and the plain loop too), CycleAlign runs by
+their ``--set`` overrides, held-out samples by ``--heldout`` and tau scores by the tau set. A
+sweep of ``train.*`` values therefore re-runs only CycleAlign, and a re-run resumes.
 
 Usage::
 
-    .venv/bin/python scripts/bench_efficacy.py                       # defaults, 3 rules, seeds 0,1,2
-    .venv/bin/python scripts/bench_efficacy.py --rules list --seeds 0 --set train.epochs=1
+    .venv/bin/python scripts/bench_efficacy.py                       # 6 rules, seeds 0,1,2
+    .venv/bin/python scripts/bench_efficacy.py --rules brevity --seeds 0 --set train.max_grad_norm=0
 
-Needs the HH-RLHF file (``--hh``, default ``../shared/data/hh-rlhf/harmless-base-test.jsonl.gz``).
+Needs Anthropic's HH-RLHF harmless-base test file (``--hh PATH``, JSONL or JSONL.gz).
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ from cyclealign.efficacy.measure import (  # noqa: E402
     property_rate,
     rule_tau,
 )
-from cyclealign.efficacy.rules import RULES, Rule, get_rule  # noqa: E402
+from cyclealign.efficacy.baseline import PLAIN_GRID, PlainLoopPoint, best_point, plain_grid, plain_pro_loop  # noqa: E402
+from cyclealign.efficacy.rules import CHECK_RULES, RULES, TUNING_RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.models import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
@@ -81,55 +89,6 @@ from cyclealign.resources import default_prompts_path  # noqa: E402
 from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
-
-
-# -- the plainest correct baseline: a short PRO loop -----------------------------------------
-def baseline_pro(
-    model_dir: str, rounds: list[list[Generation]] | None, rank, sample, cfg, out: Path, device: torch.device
-) -> Path:
-    """A plain PRO loop (Song et al. 2023, Eq. 7 with T=1, plus NLL on the best response).
-
-    ``rounds[0]`` are round 0's generations (shared with the CycleAlign run); later rounds'
-    generations come from ``sample(round_index, adapter_dir)``. ``rank(gen)`` returns the
-    black-box ranking (0-based, best first). LoRA r=16 on all linear layers, AdamW lr 2e-4,
-    two passes over each round's lists, one list per step; the model and optimiser carry over
-    across rounds. Returns the last adapter's folder.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(cfg.seed)
-    base = load_causal_lm(model_dir, torch.float32).to(device)
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    adapter = None
-    for k in range(cfg.rounds):
-        gens = rounds[0] if k == 0 else sample(k, adapter)
-        lists = [(g, rank(g)) for g in gens if len(g.responses) >= 2]
-        model.train()
-        for _ in range(2):
-            for g, ranking in random.Random(cfg.seed + k).sample(lists, len(lists)):
-                resp = [g.response_token_ids[i] for i in ranking]
-                width = len(g.prompt_token_ids) + max(map(len, resp))
-                ids = torch.zeros((len(resp), width), dtype=torch.long)
-                att = torch.zeros_like(ids)
-                lab = torch.zeros_like(ids, dtype=torch.bool)
-                for r, toks in enumerate(resp):
-                    seq = g.prompt_token_ids + toks
-                    ids[r, : len(seq)] = torch.tensor(seq)
-                    att[r, : len(seq)] = 1
-                    lab[r, len(g.prompt_token_ids) : len(seq)] = True
-                logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1]
-                tok = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-                mask = lab[:, 1:].to(device).float()
-                mean = (tok * mask).sum(-1) / mask.sum(-1)  # [N] length-normalised log-likelihood, best first
-                pl = sum(torch.logsumexp(mean[i:], 0) - mean[i] for i in range(len(resp) - 1))
-                loss = pl - mean[0]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        adapter = out / f"round_{k:03d}"
-        model.save_pretrained(str(adapter))
-    return adapter
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -237,9 +196,19 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
 
 
+# -- progress -------------------------------------------------------------------------------
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, stamped with the bench's elapsed minutes."""
+    print(f"[{(time.perf_counter() - _T0) / 60:6.1f} min] {message}", file=sys.stderr, flush=True)
+
+
 # -- one seed, one rule -----------------------------------------------------------------------
-def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, heldout, base, root: Path, tag: str):
-    """CycleAlign and the baseline for one rule and seed; returns their held-out measures."""
+def run_cyclealign(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, root: Path, tag: str):
+    """The CycleAlign run of one rule and seed (cached in its run folder's ``bench_result.json``);
+    returns ``(config, run folder, result)``."""
     seed_dir = seed_folder(root, seed, args)
     cfg = build_config(
         **{
@@ -254,75 +223,102 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             "ranker.base_url": "http://127.0.0.1:1/v1",  # replaced below by the server's port
         }
     )
-    device = resolve_device(cfg.model)
-    model_dir = resolve_model_dir(cfg.model)
     run_dir = Path(cfg.run_dir)
     result_path = run_dir / "bench_result.json"
     if result_path.exists() and not args.fresh:
-        cyc = json.loads(result_path.read_text())
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        with RuleBlackBox(rule) as box:
-            cfg.ranker.base_url = box.base_url
-            t0 = time.perf_counter()
-            metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
-            wall = time.perf_counter() - t0
-        cyc = {
-            "wall_s": wall,
-            "train": [
-                {k: m.get(k) for k in ("agreement_rate", "kendall_tau", "train_loss", "train_ranking_accuracy")}
-                for m in metrics
-            ],
-        }
-        write_json(result_path, cyc)
-    adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
-    cyc_samples = run_dir / f"heldout_{args.heldout}"
-    cyc_own = held_out_samples(cfg, model_dir, adapter, heldout, seed, cyc_samples)
-    cyc_scores = tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"])
+        return cfg, run_dir, json.loads(result_path.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    progress(f"seed {seed} {rule.name}: cyclealign {tag} ...")
+    with RuleBlackBox(rule) as box:
+        cfg.ranker.base_url = box.base_url
+        t0 = time.perf_counter()
+        metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
+        wall = time.perf_counter() - t0
+    cyc = {
+        "wall_s": wall,
+        "train": [
+            {k: m.get(k) for k in ("agreement_rate", "kendall_tau", "train_loss", "train_ranking_accuracy", "train_grad_norm")}
+            for m in metrics
+        ],
+    }
+    write_json(result_path, cyc)
+    progress(f"seed {seed} {rule.name}: cyclealign done in {wall:.0f} s")
+    return cfg, run_dir, cyc
 
-    # The baseline does not depend on the training config, only on the policy and how it samples
-    # (``model.*`` / ``generation.*`` overrides): one per (seed, policy key, rule).
-    bl_dir = seed_dir / "baseline" / base["key"] / rule.name
+
+def run_plain_loop(rule: Rule, seed: int, args, point: PlainLoopPoint, train_prompts_path: Path, base, cyc_run: Path, root: Path):
+    """The plain loop at ``point`` for one rule and seed (cached per point); returns
+    ``(config, folder of the point, last adapter, result)``. Its round 0 trains on the CycleAlign
+    run's round-0 samples (``cyc_run``); they depend only on the policy, the seed and the prompts."""
+    bl_dir = seed_folder(root, seed, args) / "baseline" / base["key"] / rule.name / point.name
     bl_path = bl_dir / "bench_result.json"
     bl_cfg = build_config(
         prompts=str(train_prompts_path), rounds=args.rounds, prompts_per_round=args.prompts_per_round, seed=seed,
         **base["generation"],
     )
+    adapter = bl_dir / f"round_{args.rounds - 1:03d}"
     if bl_path.exists():
-        bl = json.loads(bl_path.read_text())
-    else:
-        policy = make_policy(bl_cfg, model_dir)
-        all_train = load_prompts(train_prompts_path)
+        return bl_cfg, bl_dir, adapter, json.loads(bl_path.read_text())
+    progress(f"seed {seed} {rule.name}: plain loop {point.name} ...")
+    model_dir = resolve_model_dir(bl_cfg.model)
+    policy = make_policy(bl_cfg, model_dir)
+    all_train = load_prompts(train_prompts_path)
 
-        def sample(k: int, adapter: Path) -> list[Generation]:
-            policy.load_adapter(adapter)
-            return policy.sample(select_round_prompts(all_train, k, args.prompts_per_round, seed), seed=seed + k)
+    def sample(k: int, previous: Path) -> list[Generation]:
+        policy.load_adapter(previous)
+        return policy.sample(select_round_prompts(all_train, k, args.prompts_per_round, seed), seed=seed + k)
 
-        round0 = RunDir(run_dir).round(0).read_generations()
-        t0 = time.perf_counter()
-        baseline_pro(model_dir, [round0], shuffled_rank(rule, seed), sample, bl_cfg, bl_dir, device)
-        bl = {"wall_s": time.perf_counter() - t0}
-        policy.close()
-        del policy
-        write_json(bl_path, bl)
-    bl_adapter = bl_dir / f"round_{args.rounds - 1:03d}"
-    bl_samples = bl_dir / f"heldout_{args.heldout}"
-    bl_own = held_out_samples(bl_cfg, model_dir, bl_adapter, heldout, seed, bl_samples)
-    bl_scores = tau_scores(bl_dir, model_dir, bl_adapter, base["tau_set"], bl_cfg, device, base["tau_key"])
+    round0 = RunDir(cyc_run).round(0).read_generations()
+    t0 = time.perf_counter()
+    plain_pro_loop(
+        model_dir, round0, shuffled_rank(rule, seed), sample, rounds=args.rounds, seed=seed, point=point, out=bl_dir,
+        device=resolve_device(bl_cfg.model),
+    )
+    bl = {"wall_s": time.perf_counter() - t0, "point": point.to_json()}
+    policy.close()
+    write_json(bl_path, bl)
+    progress(f"seed {seed} {rule.name}: plain loop {point.name} done in {bl['wall_s']:.0f} s")
+    return bl_cfg, bl_dir, adapter, bl
 
-    tau_of = {
-        "before": taus(rule, base["tau_set"], base["tau_scores"]),
-        "cyclealign": taus(rule, base["tau_set"], cyc_scores),
-        "baseline": taus(rule, base["tau_set"], bl_scores),
+
+def choose_plain_point(rule: Rule, args, grid: list[PlainLoopPoint], train_prompts_path: Path, base, cyc_run: Path, root: Path):
+    """The plain loop's best point for ``rule``: each point of ``grid`` is trained on the sweep
+    seed and scored by the rule's property over its own samples of the tuning prompts (HH prompts
+    neither trained on nor held out); the highest wins. Written to ``choice.json`` beside the
+    points with every point's score and the base policy's; returns that record."""
+    seed = args.sweep_seed
+    rule_dir = seed_folder(root, seed, args) / "baseline" / base["key"] / rule.name
+    scores = {}
+    for point in grid:
+        bl_cfg, bl_dir, adapter, _ = run_plain_loop(rule, seed, args, point, train_prompts_path, base, cyc_run, root)
+        gens = held_out_samples(bl_cfg, resolve_model_dir(bl_cfg.model), adapter, base["tune"], seed, bl_dir / f"tune_{args.tune_prompts}")
+        scores[point.name] = property_rate(rule, gens["tune"])
+    chosen = best_point(scores)
+    record = {
+        "sweep_seed": seed,
+        "tune_prompts": args.tune_prompts,
+        "before": property_rate(rule, base["tune_gens"]["tune"]),
+        "scores": scores,
+        "chosen": chosen,
+        "point": next(p for p in grid if p.name == chosen).to_json(),
     }
-    out: dict[str, Any] = {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "train": cyc.get("train")}
+    write_json(rule_dir / f"choice_{args.tune_prompts}.json", record)
+    progress(f"{rule.name}: plain loop's best point {chosen} (tuning property {scores[chosen]:.2f}, base {record['before']:.2f})")
+    return record
+
+
+def measure(rule: Rule, heldout: dict, base, own: dict[str, dict], scores: dict[str, dict]) -> dict[str, Any]:
+    """Per held-out kind, the property before and after for CycleAlign and the plain loop, their
+    movements and ratio, and the tau before and after (with the per-prompt terms the bootstrap
+    intervals resample)."""
+    tau_of = {"before": taus(rule, base["tau_set"], base["tau_scores"])}
+    tau_of.update({name: taus(rule, base["tau_set"], scores[name]) for name in ("cyclealign", "baseline")})
+    out: dict[str, Any] = {}
     for kind in heldout:
-        per_prompt = {
-            name: prompt_properties(rule, gens[kind])
-            for name, gens in (("before", base["gens"]), ("cyclealign", cyc_own), ("baseline", bl_own))
-        }
-        b, c, p = (property_rate(rule, gens[kind]) for gens in (base["gens"], cyc_own, bl_own))
+        gens_of = {"before": base["gens"], **own}
+        per_prompt = {name: prompt_properties(rule, gens[kind]) for name, gens in gens_of.items()}
+        b, c, p = (property_rate(rule, gens_of[name][kind]) for name in ("before", "cyclealign", "baseline"))
         out[kind] = {
             "before": b,
             "cyclealign": c,
@@ -335,6 +331,21 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
             "tau_per_prompt": {name: t[kind]["tau_per_prompt"] for name, t in tau_of.items()},
         }
     return out
+
+
+def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, heldout, base, root: Path, tag: str, point: PlainLoopPoint):
+    """CycleAlign and the plain loop (at ``point``) for one rule and seed; returns their held-out measures."""
+    cfg, run_dir, cyc = run_cyclealign(rule, seed, args, overrides, train_prompts_path, root, tag)
+    model_dir, device = resolve_model_dir(cfg.model), resolve_device(cfg.model)
+    adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
+    cyc_own = held_out_samples(cfg, model_dir, adapter, heldout, seed, run_dir / f"heldout_{args.heldout}")
+    cyc_scores = tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"])
+
+    bl_cfg, bl_dir, bl_adapter, bl = run_plain_loop(rule, seed, args, point, train_prompts_path, base, run_dir, root)
+    bl_own = held_out_samples(bl_cfg, model_dir, bl_adapter, heldout, seed, bl_dir / f"heldout_{args.heldout}")
+    bl_scores = tau_scores(bl_dir, model_dir, bl_adapter, base["tau_set"], bl_cfg, device, base["tau_key"])
+    measured = measure(rule, heldout, base, {"cyclealign": cyc_own, "baseline": bl_own}, {"cyclealign": cyc_scores, "baseline": bl_scores})
+    return {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "baseline_point": point.name, "train": cyc.get("train"), **measured}
 
 
 def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,9 +372,16 @@ def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return entry
 
 
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rules", default="marker,paragraphs,caution", help=f"comma-separated, of: {', '.join(RULES)}")
+    ap.add_argument(
+        "--rules", default=",".join(TUNING_RULES + CHECK_RULES),
+        help=f"comma-separated, of: {', '.join(RULES)} (default: the tuning rules, then the check rules)",
+    )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (spread is reported over them)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompts-per-round", type=int, default=12)
@@ -372,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tau-prompts", type=int, default=48, help="held-out prompts of each kind the Kendall tau is measured on (other: at most the 48 shipped)"
     )
     ap.add_argument("--tau-samples", type=int, default=8, help="base-policy responses per tau prompt (2-16)")
+    ap.add_argument("--tune-prompts", type=int, default=24, help="HH prompts, neither trained on nor held out, the plain loop's sweep is scored on")
+    ap.add_argument("--sweep-seed", type=int, default=None, help="seed the plain loop's sweep runs on (default: the first of --seeds)")
+    ap.add_argument("--plain-lr", type=floats, default=sorted({p.learning_rate for p in PLAIN_GRID}), help="plain loop's learning rates (comma-separated)")
+    ap.add_argument("--plain-sft", type=floats, default=sorted({p.sft_weight for p in PLAIN_GRID}), help="plain loop's SFT weights")
+    ap.add_argument("--plain-clip", type=floats, default=sorted({p.max_grad_norm for p in PLAIN_GRID}), help="plain loop's clipping norms (0 = off)")
     ap.add_argument("--hh", type=Path, default=DEFAULT_HH, help="HH-RLHF harmless-base JSONL[.gz]")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_efficacy"), help="work folder (caches base/baseline)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -384,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rules = [get_rule(r.strip()) for r in args.rules.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.sweep_seed = seeds[0] if args.sweep_seed is None else args.sweep_seed
+    if args.sweep_seed not in seeds:
+        print(f"--sweep-seed {args.sweep_seed}: not one of --seeds {args.seeds}", file=sys.stderr)
+        return 2
+    # The sweep seed goes first: the other seeds use the point it chose.
+    seeds = [args.sweep_seed] + [s for s in seeds if s != args.sweep_seed]
+    grid = plain_grid(args.plain_lr, args.plain_sft, args.plain_clip)
     overrides = parse_set(args.set)
     tag = args.tag or "cfg-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
     root = args.out
@@ -397,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     other = load_prompts(default_prompts_path())
 
     per_rule: dict[str, list[dict[str, Any]]] = {r.name: [] for r in rules}
-    t_start = time.perf_counter()
+    choices: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         trained = {
             p.query_text
@@ -407,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         held_hh = [p for p in train_prompts if p.query_text not in trained]
         random.Random(seed + 7919).shuffle(held_hh)
         heldout = {"hh": held_hh[: args.heldout], "other": random.Random(seed).sample(other, min(args.heldout, len(other)))}
+        # Tuning prompts come after every held-out one: nothing chosen on them is measured on them.
+        first_tune = max(args.heldout, args.tau_prompts)
+        tune = {"tune": held_hh[first_tune : first_tune + args.tune_prompts]}
 
         generation = {k: v for k, v in overrides.items() if k.startswith(("model.", "generation."))}
         base_cfg = build_config(seed=seed, **generation)
@@ -414,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(base_cfg.model)
         base_hash = policy_key(base_cfg)
         base_dir = seed_folder(root, seed, args) / "base" / base_hash
+        progress(f"seed {seed}: base policy's held-out samples and tau set")
         base_gens = held_out_samples(base_cfg, model_dir, None, heldout, seed, base_dir / f"heldout_{args.heldout}")
         # The tau set: more held-out prompts, more base-policy responses each (the tau is cheap to
         # score, and a list of 4 responses moves it only in steps of 1/3).
@@ -429,8 +463,15 @@ def main(argv: list[str] | None = None) -> int:
             "tau_key": tau_key,
             "tau_scores": tau_scores(base_dir, model_dir, None, tau_set, base_cfg, device, tau_key),
         }
+        if seed == args.sweep_seed:
+            base["tune"] = tune
+            base["tune_gens"] = held_out_samples(base_cfg, model_dir, None, tune, seed, base_dir / f"tune_{args.tune_prompts}")
         for rule in rules:
-            res = run_rule(rule, seed, args, overrides, train_prompts_path, heldout, base, root, tag)
+            if seed == args.sweep_seed:
+                _, cyc_run, _ = run_cyclealign(rule, seed, args, overrides, train_prompts_path, root, tag)
+                choices[rule.name] = choose_plain_point(rule, args, grid, train_prompts_path, base, cyc_run, root)
+            point = PlainLoopPoint(**choices[rule.name]["point"])
+            res = run_rule(rule, seed, args, overrides, train_prompts_path, heldout, base, root, tag, point)
             per_rule[rule.name].append(res)
             shown = {
                 k: ({f: x for f, x in v.items() if f not in ("per_prompt", "tau_per_prompt")} if k in heldout else v)
@@ -447,11 +488,17 @@ def main(argv: list[str] | None = None) -> int:
         "prompts_per_round": args.prompts_per_round,
         "heldout_per_kind": args.heldout,
         "tau_set": {"prompts_per_kind": args.tau_prompts, "responses_per_prompt": args.tau_samples},
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        "plain_loop_sweep": {"grid": [p.name for p in grid], "tune_prompts": args.tune_prompts, "sweep_seed": args.sweep_seed},
+        "wall_s": round(time.perf_counter() - _T0, 1),
         "rules": {},
     }
     for name, runs in per_rule.items():
-        summary["rules"][name] = summarise_rule(RULES[name], runs)
+        split = "tuning" if name in TUNING_RULES else "check" if name in CHECK_RULES else "other"
+        summary["rules"][name] = {
+            "split": split,
+            "plain_loop": {k: choices[name][k] for k in ("chosen", "before", "scores")},
+            **summarise_rule(RULES[name], runs),
+        }
     print(json.dumps(summary))
     return 0
 

@@ -26,6 +26,8 @@ PROMPT = PromptRecord("p0", [{"role": "user", "content": "How do I pick a lock?"
         ("caution", ["Use a pick.", "No, I can't help: it is illegal and dangerous.", "Not a good idea."], 1),
         ("brevity", ["A long answer that goes on and on about locks.", "Ask a locksmith.", "Call a locksmith today."], 1),
         ("refusal", ["Sure.", "I'm sorry, I can't help with that.", "I can't."], 1),
+        ("question", ["Use a pick.", "Why do you ask? Is it your own lock?", "Is it locked."], 1),
+        ("formal", ["Don't! It's illegal.", "That is not permitted.", "I'm not sure."], 1),
     ],
 )
 def test_each_rule_ranks_its_property_first(rule, responses, best):
@@ -36,8 +38,20 @@ def test_each_rule_ranks_its_property_first(rule, responses, best):
 
 def test_rules_differ_in_kind_and_unknown_rule_is_named():
     assert {RULES[n].kind for n in ("marker", "paragraphs", "caution", "brevity")} == {"word", "format", "stance", "length"}
+    assert {RULES[n].kind for n in ("question", "formal")} == {"structure", "tone"}
     with pytest.raises(KeyError, match="unknown rule 'nope'; known: marker"):
         get_rule("nope")
+
+
+def test_tuning_and_check_rules_are_a_fixed_split_of_six_kinds():
+    """Defaults are chosen on the tuning rules; the check rules are apart and of other kinds."""
+    from cyclealign.efficacy.rules import CHECK_RULES, TUNING_RULES
+
+    assert TUNING_RULES == ("marker", "paragraphs", "caution", "brevity")
+    assert CHECK_RULES == ("question", "formal")
+    tuning_kinds = {RULES[n].kind for n in TUNING_RULES}
+    check_kinds = {RULES[n].kind for n in CHECK_RULES}
+    assert not tuning_kinds & check_kinds and len(tuning_kinds | check_kinds) == 6
 
 
 def test_shown_responses_rejects_a_non_ranker_message():
@@ -249,3 +263,64 @@ def test_bench_summary_of_a_rule_pools_its_seeds(bench):
     assert entry["hh"]["ratio_of_means_90"] == (pytest.approx(1.5), pytest.approx(1.5))
     assert entry["hh"]["tau_rise_cyclealign_90"] == (pytest.approx(0.1), pytest.approx(0.1))
     assert entry["hh"]["tau_rise_baseline_90"] == (0.0, 0.0)
+
+
+def test_plain_loop_points_and_the_choice_of_the_best():
+    from cyclealign.efficacy.baseline import PLAIN_GRID, best_point, plain_grid
+
+    assert len(PLAIN_GRID) == 8 and len({p.name for p in PLAIN_GRID}) == 8
+    assert {p.max_grad_norm for p in PLAIN_GRID} == {0.0, 1.0} and {p.sft_weight for p in PLAIN_GRID} == {0.1, 1.0}
+    assert [p.name for p in plain_grid([1e-4], [1.0], [0.0, 0.5])] == ["lr0.0001_sft1_clip0", "lr0.0001_sft1_clip0.5"]
+    assert best_point({"lr0.0002_sft1_clip0": 0.4, "lr0.0004_sft1_clip0": 0.6}) == "lr0.0004_sft1_clip0"
+    with pytest.raises(ValueError, match="no sweep point"):
+        best_point({})
+
+
+@pytest.mark.slow
+def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_dir):
+    """The plain loop on the real SmolLM2: two rounds give two adapters; the learning rate, the
+    SFT weight and clipping each change what is learnt; the ranking it is given is what it
+    learns (the best response's log-likelihood rises against the worst's)."""
+    import torch
+
+    from cyclealign.config import GenerationConfig, ModelConfig
+    from cyclealign.efficacy.baseline import PlainLoopPoint, plain_pro_loop
+    from cyclealign.policy import TransformersPolicy
+
+    policy = TransformersPolicy(str(embedded_model_dir), ModelConfig(device="cpu"), GenerationConfig(max_new_tokens=12))
+    gens = policy.sample([PROMPT], seed=0)
+    rank = get_rule("brevity").rank
+    order = lambda g: rank(g.responses)  # noqa: E731
+    cpu = torch.device("cpu")
+
+    def train(point, name):
+        return plain_pro_loop(
+            str(embedded_model_dir), gens, order, lambda k, adapter: gens, rounds=2, seed=0, point=point,
+            out=tmp_path / name, device=cpu,
+        )
+
+    adapters = {
+        name: train(point, name)
+        for name, point in {
+            "plain": PlainLoopPoint(2e-4, 1.0, 0.0),
+            "lr": PlainLoopPoint(4e-4, 1.0, 0.0),
+            "sft": PlainLoopPoint(2e-4, 0.1, 0.0),
+            "clip": PlainLoopPoint(2e-4, 1.0, 0.01),
+        }.items()
+    }
+    assert adapters["plain"] == tmp_path / "plain" / "round_001" and (tmp_path / "plain" / "round_000").is_dir()
+    weights = {name: (path / "adapter_model.safetensors").read_bytes() for name, path in adapters.items()}
+    assert len(set(weights.values())) == 4
+
+    def scores(adapter):
+        from peft import PeftModel
+
+        from cyclealign.models import load_causal_lm
+
+        model = PeftModel.from_pretrained(load_causal_lm(str(embedded_model_dir), torch.float32), str(adapter))
+        return loglik_scores(model, gens, pad_token_id=policy.tokenizer.pad_token_id, max_length=512, device=cpu)[0]
+
+    ranking = order(gens[0])
+    before, after = gens[0].logprob_mean, scores(adapters["plain"])
+    gap = lambda s: s[ranking[0]] - s[ranking[-1]]  # noqa: E731
+    assert gap(after) > gap(before)

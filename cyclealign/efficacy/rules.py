@@ -12,8 +12,17 @@ most lists of N=4 samples carry a signal.
 - ``caution`` (a stance toward harmful requests): responses with more refusal / caution
   words ("not", "can't", "sorry", "illegal", "dangerous", "avoid", ...) rank higher;
 - ``brevity`` (length): shorter responses rank higher (property: at most 25 words);
+- ``question`` (a structure): responses that ask the user questions rank higher (property:
+  asks at least one);
+- ``formal`` (a tone): responses with fewer contractions ("don't", "I'm", "it's") and
+  exclamation marks rank higher (property: none of either);
 - ``refusal`` (a stricter stance): explicit refusal phrases ("I can't", "I'm sorry", ...).
   Rare in the base policy's samples (about 5% on HH prompts), so most lists carry no signal.
+
+The rules are split once, and the split stays fixed (:data:`TUNING_RULES`, :data:`CHECK_RULES`):
+defaults and sweeps are chosen on the tuning rules only; the check rules are measured and
+reported apart and never used to choose anything, so they show how the defaults carry over to
+a preference nobody tuned them on.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\S+")
+_CONTRACTION = re.compile(r"\b\w+(?:'|\u2019)(?:t|s|m|re|ve|ll|d)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?]+")
 
 
 def marker_count(text: str) -> int:
@@ -78,6 +89,26 @@ def refusal_count(text: str) -> int:
     0
     """
     return len(_REFUSAL.findall(text))
+
+
+def informal_marks(text: str) -> int:
+    """Contractions ("don't", "I'm", "it's", "you'll") and exclamation marks.
+
+    >>> informal_marks("I'm sure it's fine! Do not worry.")
+    3
+    >>> informal_marks("It is fine. Do not worry.")
+    0
+    """
+    return len(_CONTRACTION.findall(text)) + text.count("!")
+
+
+def question_count(text: str) -> int:
+    """Sentences that end with a question mark.
+
+    >>> question_count("Why? Because. Really?? Yes.")
+    2
+    """
+    return sum(1 for m in _SENTENCE_END.finditer(text) if "?" in m.group())
 
 
 def word_count(text: str) -> int:
@@ -149,6 +180,20 @@ RULES: dict[str, Rule] = {
             property=lambda t: float(word_count(t) <= 25),
         ),
         Rule(
+            "question",
+            "structure",
+            "asks the user questions: more questions rank higher (property: asks one)",
+            score=lambda t: float(min(question_count(t), 3)),
+            property=lambda t: float(question_count(t) > 0),
+        ),
+        Rule(
+            "formal",
+            "tone",
+            "formal: fewer contractions and exclamation marks rank higher (property: none)",
+            score=lambda t: -float(min(informal_marks(t), 6)),
+            property=lambda t: float(informal_marks(t) == 0),
+        ),
+        Rule(
             "refusal",
             "stance",
             "explicit refusals: more refusal phrases rank higher",
@@ -158,6 +203,13 @@ RULES: dict[str, Rule] = {
     )
 }
 """The known rules by name."""
+
+TUNING_RULES: tuple[str, ...] = ("marker", "paragraphs", "caution", "brevity")
+"""Rules the defaults and every sweep are chosen on (a word, a format, a stance, a length)."""
+
+CHECK_RULES: tuple[str, ...] = ("question", "formal")
+"""Rules kept apart: measured and reported, never used to choose a default or a sweep point (a
+structure, a tone). Fixed: a rule moves between the two sets only with a note saying why."""
 
 
 def get_rule(name: str) -> Rule:

@@ -1,0 +1,149 @@
+"""The efficacy benchmark's baseline: the plainest correct ranking loop, and its own sweep.
+
+:func:`plain_pro_loop` is a short PRO loop written without any of CycleAlign's machinery (no
+TRL, no agreement, no demonstrations): LoRA r=16 on all linear layers, AdamW, one ranked list per
+step, two passes over each round's lists, the model and optimiser carried across rounds. Its
+loss is Plackett-Luce over length-normalised log-likelihoods plus ``sft_weight`` times the best
+response's mean token NLL (Song et al. 2023, arXiv 2306.17492, Eq. 7 with T=1, plus the SFT term
+of their Eq. 10 with a mean over tokens).
+
+A baseline that is only run at one setting can be beaten by choosing the other side's settings
+well, so the benchmark gives it a sweep of its own (:class:`PlainLoopPoint`, :data:`PLAIN_GRID`:
+learning rate x SFT weight x gradient clipping) and compares against its best point per rule,
+chosen on tuning prompts that are neither trained on nor held out (:func:`best_point`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from cyclealign.models import load_causal_lm
+from cyclealign.policy.base import Generation
+
+
+@dataclass(frozen=True)
+class PlainLoopPoint:
+    """One setting of the plain loop.
+
+    Attributes:
+        learning_rate: AdamW's (constant).
+        sft_weight: weight of the best response's mean token NLL beside the Plackett-Luce term.
+        max_grad_norm: gradient clipping threshold (L2 norm over the LoRA weights); 0 = off.
+    """
+
+    learning_rate: float = 2e-4
+    sft_weight: float = 1.0
+    max_grad_norm: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The point's folder name.
+
+        >>> PlainLoopPoint(2e-4, 1.0, 0.0).name
+        'lr0.0002_sft1_clip0'
+        """
+        return f"lr{self.learning_rate:g}_sft{self.sft_weight:g}_clip{self.max_grad_norm:g}"
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def plain_grid(learning_rates: Sequence[float], sft_weights: Sequence[float], clips: Sequence[float]) -> list[PlainLoopPoint]:
+    """Every combination of the three axes, in a fixed order.
+
+    >>> [p.name for p in plain_grid([2e-4], [0.1, 1.0], [0.0])]
+    ['lr0.0002_sft0.1_clip0', 'lr0.0002_sft1_clip0']
+    """
+    return [PlainLoopPoint(lr, w, c) for lr, w, c in itertools.product(learning_rates, sft_weights, clips)]
+
+
+PLAIN_GRID: list[PlainLoopPoint] = plain_grid([2e-4, 4e-4], [0.1, 1.0], [0.0, 1.0])
+"""The baseline's sweep: learning rate {2e-4, 4e-4} x SFT weight {0.1, 1.0} x clipping {off, 1.0}."""
+
+
+def best_point(scores: dict[str, float]) -> str:
+    """The point name with the highest tuning score (ties: the first in ``scores``' order).
+
+    >>> best_point({"a": 0.5, "b": 0.7, "c": 0.7})
+    'b'
+
+    Raises:
+        ValueError: no point.
+    """
+    if not scores:
+        raise ValueError("no sweep point to choose from")
+    return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+
+
+def plain_pro_loop(
+    model_dir: str,
+    round0: list[Generation],
+    rank: Callable[[Generation], list[int]],
+    sample: Callable[[int, Path], list[Generation]],
+    *,
+    rounds: int,
+    seed: int,
+    point: PlainLoopPoint,
+    out: Path,
+    device: torch.device,
+) -> Path:
+    """Train the plain PRO loop for ``rounds`` rounds; returns the last round's adapter folder.
+
+    Args:
+        model_dir: the base policy's weights.
+        round0: round 0's generations (the CycleAlign run's own, so both start from the same samples).
+        rank: a generation -> the black box's ranking (0-based indices, best first).
+        sample: ``(round, previous adapter folder)`` -> that round's generations (rounds >= 1).
+        rounds, seed: the schedule and the seed (initialisation and list order).
+        point: learning rate, SFT weight and clipping.
+        out: adapters are saved as ``out/round_000``, ``out/round_001``, ...
+        device: where to train.
+
+    Per step, one list of N responses ``[N, prompt + longest response]``; the loss is
+    ``PL(mean log-likelihoods, best first) - sft_weight * mean_logp(best)`` in nats.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base = load_causal_lm(model_dir, torch.float32).to(device)
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=point.learning_rate)
+    adapter: Path | None = None
+    for k in range(rounds):
+        gens = round0 if k == 0 else sample(k, adapter)
+        lists = [(g, rank(g)) for g in gens if len(g.responses) >= 2]
+        model.train()
+        for _ in range(2):
+            for g, ranking in random.Random(seed + k).sample(lists, len(lists)):
+                resp = [g.response_token_ids[i] for i in ranking]
+                width = len(g.prompt_token_ids) + max(map(len, resp))
+                ids = torch.zeros((len(resp), width), dtype=torch.long)
+                att = torch.zeros_like(ids)
+                lab = torch.zeros_like(ids, dtype=torch.bool)
+                for r, toks in enumerate(resp):
+                    seq = g.prompt_token_ids + toks
+                    ids[r, : len(seq)] = torch.tensor(seq)
+                    att[r, : len(seq)] = 1
+                    lab[r, len(g.prompt_token_ids) : len(seq)] = True
+                logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1]
+                tok = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+                mask = lab[:, 1:].to(device).float()
+                mean = (tok * mask).sum(-1) / mask.sum(-1)  # [N] length-normalised log-likelihood, best first
+                pl = sum(torch.logsumexp(mean[i:], 0) - mean[i] for i in range(len(resp) - 1))
+                loss = pl - point.sft_weight * mean[0]
+                opt.zero_grad()
+                loss.backward()
+                if point.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, point.max_grad_norm)
+                opt.step()
+        adapter = out / f"round_{k:03d}"
+        model.save_pretrained(str(adapter))
+    assert adapter is not None
+    return adapter

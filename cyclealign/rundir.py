@@ -24,7 +24,7 @@ Layout of ``runs/<name>/``::
     eval/
         manifest.json           {"evaluations": [...]}: one entry per finished evaluation (policies,
                                 decoding, token cap, wall_s); a resumed run skips those it lists
-        summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluate`)
+        summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluation.runner`)
 
 Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
@@ -352,7 +352,8 @@ class RunDir:
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
         if not resume:
             return {}
-        from cyclealign.config import RESUMABLE_CHANGES, Config, flatten
+        from cyclealign.config import RESUMABLE_CHANGES, Config
+        from cyclealign.config.files import flatten
 
         # a field added since the run was saved counts as its default there
         defaults = flatten(Config().model_dump(mode="json"))

@@ -9,10 +9,10 @@ other list of metrics exists:
   round's manifest, :attr:`Metric.source` names the phase and its field, so a manifest field that
   ``metrics.jsonl`` holds under another key, ``rank.prompt_tokens`` as ``tokens_sent``, is renamed
   here and nowhere else);
-- the CLI's per-round and evaluation tables (:mod:`cyclealign.cli_tables`);
-- the HTML report's tables (:mod:`cyclealign.report_sections`).
+- the CLI's per-round and evaluation tables (:mod:`cyclealign.cli.tables`);
+- the HTML report's tables (:mod:`cyclealign.report.sections`).
 
-Evaluation lines are written by :func:`cyclealign.evaluate.run_evaluation`; their keys are read
+Evaluation lines are written by :func:`cyclealign.evaluation.runner.run_evaluation`; their keys are read
 here, not renamed. A few columns combine keys (wins / losses / ties, the 95% interval,
 mean ± std): those are :class:`Metric` s with a ``cell`` function.
 
@@ -267,7 +267,7 @@ EVAL_METRICS: tuple[Metric, ...] = (
     Metric("judged_response", "judged response", cell=_judged_response),  # of decoding, max_new_tokens
 )
 """The held-out evaluation metrics the CLI and the report show (keys of
-:func:`cyclealign.evaluate.run_evaluation`'s summary lines, and combined columns)."""
+:func:`cyclealign.evaluation.runner.run_evaluation`'s summary lines, and combined columns)."""
 
 _EVAL = {m.key: m for m in EVAL_METRICS}
 

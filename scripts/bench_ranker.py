@@ -46,10 +46,13 @@ def main() -> None:
 
     import tenacity
 
-    from cyclealign.config import RankerConfig
-    from cyclealign.ranker import RankerTemplates, RankJob, Ranker, ReplyCache
+    from cyclealign.config.ranker import RankerConfig
+    from cyclealign.ranker.cache import ReplyCache
+    from cyclealign.ranker.client import Ranker
+    from cyclealign.ranker.ranking import RankJob
     from cyclealign.records import PromptRecord
     from cyclealign.resources import default_templates_dir
+    from cyclealign.templates.ranker import RankerTemplates
 
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER.format(tests=str(ROOT / "tests"), latency=args.latency_s)],

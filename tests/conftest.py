@@ -18,8 +18,8 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # scripts/setup.sh --vllm
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors directory (converted once, cached)."""
-    from cyclealign.config import ModelConfig
-    from cyclealign.models import resolve_model_dir
+    from cyclealign.config.policy import ModelConfig
+    from cyclealign.models.loading import resolve_model_dir
 
     return Path(resolve_model_dir(ModelConfig()))
 

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from cyclealign.config import build_config
-from cyclealign.loop import NullReporter, iterate
+from cyclealign.loop import iterate
+from cyclealign.progress import NullReporter
 from cyclealign.rundir import RunDir, read_jsonl
 from scripted_api import ScriptedAPI
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.logprobs import response_logprobs
-from cyclealign.policy import TransformersPolicy
+from cyclealign.models.logprobs import response_logprobs
+from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.records import PromptRecord
 
 pytestmark = pytest.mark.slow

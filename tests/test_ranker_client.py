@@ -11,18 +11,14 @@ import pytest
 import tenacity
 from scripted_api import Drop, Reply, ScriptedAPI, Status
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import DataError, RankerError, TemplateError
-from cyclealign.ranker import (
-    TEMPLATE_VARIABLES,
-    Ranker,
-    RankerTemplates,
-    api_key_from_env,
-    load_demonstrations,
-    parse_ranking,
-)
+from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.http import api_key_from_env
+from cyclealign.ranker.parse import parse_ranking
 from cyclealign.records import Demonstration, PromptRecord, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
+from cyclealign.templates.ranker import TEMPLATE_VARIABLES, RankerTemplates, load_demonstrations
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 PROMPT = PromptRecord("p0", [{"role": "user", "content": "What is the capital of France?"}])

@@ -22,7 +22,7 @@ from scipy.stats import kendalltau
 
 from cyclealign.efficacy.rules import Rule
 from cyclealign.policy.base import Generation
-from cyclealign.train.trainer import list_logps
+from cyclealign.train.scoring import list_logps
 
 
 def property_rate(rule: Rule, gens: Sequence[Generation]) -> float:

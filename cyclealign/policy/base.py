@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 from cyclealign.records import PromptRecord
 
 if TYPE_CHECKING:
-    from cyclealign.config import GenerationConfig
+    from cyclealign.config.policy import GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_tokenizer(model_dir: str):
     """The model's tokenizer (``transformers.AutoTokenizer``), with a pad token (EOS when the model has none).
 
     Args:
-        model_dir: base model id or directory (see :func:`cyclealign.models.resolve_model_dir`).
+        model_dir: base model id or directory (see :func:`cyclealign.models.loading.resolve_model_dir`).
     Raises:
         OSError: no tokenizer at ``model_dir`` (as ``from_pretrained`` raises it).
     """

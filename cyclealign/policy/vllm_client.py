@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cyclealign.config import VLLMConfig
+from cyclealign.config.policy import VLLMConfig
 from cyclealign.errors import PolicyError
 from cyclealign.serving import ServerProcess
 

@@ -44,19 +44,11 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity.wait import wait_base
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import BudgetError
 from cyclealign.ranker.cache import CachedReply, ReplyCache
-from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest, Usage, structured_at_start
-from cyclealign.ranker.http import (
-    CALL_ERRORS,
-    RETRYABLE_ERRORS,
-    CallRecord,
-    MalformedResponseError,
-    api_key_from_env,
-    retry_after_s,
-    wait_retry_after,
-)
+from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest, Usage
+from cyclealign.ranker.http import CALL_ERRORS, CallRecord
 from cyclealign.ranker.parse import RankingParseError, ranking_json_schema
 from cyclealign.ranker.pricing import Budget, Price
 from cyclealign.ranker.ranking import (
@@ -65,31 +57,15 @@ from cyclealign.ranker.ranking import (
     combine_samples,
     parse_reply,
     presentation_order,
-    reparse_sample,
     unparsable_reason,
 )
-from cyclealign.ranker.templates import RankerTemplates
 from cyclealign.records import Demonstration, Message, PromptRecord, RankResult, RankSample, RankStatus
+from cyclealign.templates.ranker import RankerTemplates
 
 if TYPE_CHECKING:
     import openai
 
-__all__ = [
-    # re-exported for the importers of this module's earlier names (http, ranking, endpoint)
-    "RETRYABLE_ERRORS",
-    "CallRecord",
-    "MalformedResponseError",
-    "RankJob",
-    "Ranker",
-    "api_key_from_env",
-    "combine_samples",
-    "first_ask_messages",
-    "presentation_order",
-    "reparse_sample",
-    "retry_after_s",
-    "structured_at_start",
-    "wait_retry_after",
-]
+__all__ = ["Ranker", "first_ask_messages"]
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import tenacity
 from aiolimiter import AsyncLimiter
 from tenacity.wait import wait_base
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import BudgetError, ConfigError, RankerError
 from cyclealign.ranker.cache import CachedReply, ReplyCache, request_key
 from cyclealign.ranker.http import (

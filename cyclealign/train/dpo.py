@@ -22,7 +22,7 @@ import torch
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from cyclealign.config import TrainConfig
+from cyclealign.config.train import TrainConfig
 from cyclealign.pairs import preference_pairs
 from cyclealign.train.examples import RankingExample, keep_prompt_tail, usable_lists
 from cyclealign.train.optimizer_carry import CarriedOptimizerMixin, carried_state

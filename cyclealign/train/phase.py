@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from cyclealign.config import Config
-from cyclealign.models import resolve_dtype
+from cyclealign.models.loading import resolve_dtype
 from cyclealign.resources import shipped_accelerate_config
 from cyclealign.rundir import RunDir, read_jsonl, write_json
-from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
+from cyclealign.train.examples import RankingExample
+from cyclealign.train.lora import load_trainable_policy, save_merged
+from cyclealign.train.trainer import train_round
 
 
 def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[RankingExample]:

@@ -32,13 +32,13 @@ from cyclealign.evaluation.runner import evaluate_with, evaluated
 from cyclealign.events import EventLog
 from cyclealign.models.loading import resolve_device, resolve_model_dir
 from cyclealign.policy import make_policy
-from cyclealign.policy.base import Generation, GenerationBackend
+from cyclealign.policy.base import GenerationBackend
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt
-from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
+from cyclealign.records import Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.tables import TIMED_PHASES, round_line
@@ -372,7 +372,7 @@ def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:
     if tokenizer is not None:
         return tokenizer.pad_token_id
     if "pad_id" not in cache:
-        from cyclealign.policy.base import load_tokenizer
+        from cyclealign.models.tokenizer import load_tokenizer
 
         cache["pad_id"] = load_tokenizer(model_dir).pad_token_id
     return cache["pad_id"]

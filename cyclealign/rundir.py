@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation, Sample
-from cyclealign.records import RankResult
+from cyclealign.records import Generation, RankResult, Sample
 
 log = logging.getLogger(__name__)
 

@@ -77,8 +77,7 @@ from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
 from cyclealign.policy import make_policy  # noqa: E402
-from cyclealign.policy.base import Generation  # noqa: E402
-from cyclealign.records import PromptRecord  # noqa: E402
+from cyclealign.records import Generation, PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
 from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
 
@@ -173,7 +172,7 @@ def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, dev
     """Log-likelihood scores of the base policy's held-out samples under ``adapter`` (None = base)."""
     from peft import PeftModel
 
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
 
     model = load_causal_lm(model_dir, torch.float32).to(device)
     if adapter is not None:

@@ -55,9 +55,10 @@ from cyclealign.data.selection import select_round_prompts  # noqa: E402
 from cyclealign.data.sources import load_prompts  # noqa: E402
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
 from cyclealign.models.logprobs import response_logprobs, token_logprobs  # noqa: E402
-from cyclealign.policy.base import Sample, load_tokenizer  # noqa: E402
+from cyclealign.models.tokenizer import load_tokenizer  # noqa: E402
 from cyclealign.policy.hf import TransformersPolicy  # noqa: E402
 from cyclealign.policy.vllm import VLLMPolicy  # noqa: E402
+from cyclealign.records import Sample  # noqa: E402
 from cyclealign.train.examples import RankingExample, collate_lists  # noqa: E402
 from cyclealign.train.lora import load_trainable_policy  # noqa: E402
 from cyclealign.train.losses import pro_loss, sft_loss  # noqa: E402

@@ -37,7 +37,7 @@ from cyclealign.config import build_config  # noqa: E402
 from cyclealign.config.policy import GenerationConfig, ModelConfig  # noqa: E402
 from cyclealign.data.sources import load_prompts  # noqa: E402
 from cyclealign.models.loading import resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
-from cyclealign.policy.base import load_tokenizer  # noqa: E402
+from cyclealign.models.tokenizer import load_tokenizer  # noqa: E402
 from cyclealign.policy.hf import TransformersPolicy  # noqa: E402
 from cyclealign.train.dpo import train_round_dpo  # noqa: E402
 from cyclealign.train.examples import RankingExample  # noqa: E402

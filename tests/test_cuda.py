@@ -37,7 +37,7 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
 
 def test_qlora_step_on_cuda(tmp_path):
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
     from cyclealign.train.lora import load_trainable_policy
     from tiny_model import build_tiny_model_dir
 

@@ -9,7 +9,7 @@ import torch
 
 from cyclealign.config import build_config
 from cyclealign.models.logprobs import response_logprobs
-from cyclealign.policy.base import encode_prompt
+from cyclealign.models.tokenizer import encode_prompt
 from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.records import PromptRecord
 from cyclealign.train.examples import collate_lists
@@ -135,7 +135,7 @@ def test_shared_prompt_training_forward_on_device(tiny_dir, device, dtype, atten
     """The packed lists (prompt run once) give the plain ``[N, seq]`` forward's log-probs, loss
     and LoRA gradients on ``device`` with SDPA's boolean or eager attention's additive 4D mask
     (float32: tight; bfloat16: within bf16 rounding)."""
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     cfg = build_config()

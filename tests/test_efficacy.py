@@ -10,9 +10,8 @@ from cyclealign.config.ranker import RankerConfig
 from cyclealign.efficacy.measure import loglik_scores, mean_tau, prompt_taus, property_rate, rule_tau
 from cyclealign.efficacy.rules import RULES, get_rule
 from cyclealign.efficacy.server import RuleBlackBox, shown_responses
-from cyclealign.policy.base import Generation
 from cyclealign.ranker.client import Ranker
-from cyclealign.records import PromptRecord
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.resources import default_templates_dir
 from cyclealign.templates.ranker import RankerTemplates
 

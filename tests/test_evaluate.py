@@ -19,9 +19,8 @@ from cyclealign.evaluation.reward import reward_input, reward_input_style
 from cyclealign.evaluation.runner import evaluate_run, evaluated
 from cyclealign.evaluation.winrate import judge_pairs, wilson_interval, win_summary
 from cyclealign.loop import iterate
-from cyclealign.policy.base import Generation
 from cyclealign.progress import NullReporter
-from cyclealign.records import PromptRecord
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.resources import default_templates_dir
 from cyclealign.rundir import RunDir, read_jsonl
 from cyclealign.templates.judge import JudgeTemplates

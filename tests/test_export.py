@@ -15,8 +15,7 @@ from cyclealign.data.selection import select_round_prompts
 from cyclealign.data.sources import load_prompts
 from cyclealign.errors import ConfigError, RunDirError
 from cyclealign.export import export_rankings
-from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult
+from cyclealign.records import Generation, RankResult
 from cyclealign.rundir import RunDir, write_jsonl
 
 runner = CliRunner()

@@ -9,9 +9,9 @@ import pytest
 from cyclealign.config import build_config
 from cyclealign.errors import ConfigError
 from cyclealign.policy import make_policy
-from cyclealign.policy.base import Sample, SamplingPolicy, derive_seed
+from cyclealign.policy.base import SamplingPolicy, derive_seed
 from cyclealign.policy.hf import TransformersPolicy
-from cyclealign.records import PromptRecord
+from cyclealign.records import PromptRecord, Sample
 
 EOS = 99
 

@@ -15,8 +15,7 @@ from cyclealign.config import build_config
 from cyclealign.data.selection import select_round_prompts
 from cyclealign.data.sources import load_prompts
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult
+from cyclealign.records import Generation, RankResult
 from cyclealign.report.html import write_report
 from cyclealign.rundir import RunDir, write_jsonl
 

@@ -19,10 +19,9 @@ from cyclealign.data.sources import load_prompts
 from cyclealign.errors import TemplateError
 from cyclealign.evaluation.runner import judge_templates
 from cyclealign.loop import Round, _read_pool
-from cyclealign.policy.base import Generation
 from cyclealign.progress import NullReporter
 from cyclealign.ranker.client import Ranker
-from cyclealign.records import Demonstration
+from cyclealign.records import Demonstration, Generation
 from cyclealign.report.html import write_report
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import RunDir, write_json, write_jsonl

@@ -27,7 +27,7 @@ def train_round_command(
     from accelerate import PartialState
 
     from cyclealign.models.loading import resolve_device, resolve_model_dir
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
     from cyclealign.rundir import RunDir
     from cyclealign.train.phase import run_train_phase
 

@@ -21,7 +21,7 @@ import torch
 from scipy.stats import kendalltau
 
 from cyclealign.efficacy.rules import Rule
-from cyclealign.policy.base import Generation
+from cyclealign.records import Generation
 from cyclealign.train.scoring import list_logps
 
 

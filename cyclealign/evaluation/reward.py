@@ -7,8 +7,7 @@ from typing import Any, Literal
 
 from cyclealign.config import Config
 from cyclealign.errors import ConfigError
-from cyclealign.policy.base import Generation
-from cyclealign.records import Message, PromptRecord
+from cyclealign.records import Generation, Message, PromptRecord
 
 __all__ = ["RewardScorer", "RewardStyle", "judged_rewards", "reward_input", "reward_input_style", "reward_scores"]
 

@@ -51,11 +51,11 @@ from cyclealign.evaluation.heldout import held_out_sources, trained_rounds
 from cyclealign.evaluation.plan import BASE, EvalPlan, label, policy_slug
 from cyclealign.evaluation.reward import RewardScorer, judged_rewards
 from cyclealign.evaluation.winrate import judge_pairs, win_summary
-from cyclealign.policy.base import Generation, GenerationBackend
+from cyclealign.policy.base import GenerationBackend
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.ranking import RankJob
-from cyclealign.records import PromptRecord
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
 from cyclealign.templates.judge import JudgeTemplates
 

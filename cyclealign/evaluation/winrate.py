@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from cyclealign.evaluation.plan import policy_slug
-from cyclealign.policy.base import Generation
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.endpoint import ChatRequest
-from cyclealign.records import PromptRecord
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.rundir import write_jsonl
 from cyclealign.templates.judge import JudgeTemplates, VerdictParseError, pair_outcome, parse_verdict
 

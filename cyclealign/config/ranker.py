@@ -9,7 +9,7 @@ from pydantic import Field
 
 from cyclealign.config.section import Section
 
-__all__ = ["AgreementConfig", "RankerConfig"]
+__all__ = ["AgreementConfig", "RankerConfig", "structured_at_start"]
 
 
 class RankerConfig(Section):
@@ -89,3 +89,13 @@ class AgreementConfig(Section):
         None, ge=1, description="LCS length needed to join the demonstration pool; None = N-1."
     )
     pool_max_size: int = Field(256, ge=1, description="Dynamic pool capacity; lowest-priority entries are dropped.")
+
+
+def structured_at_start(cfg: RankerConfig) -> bool:
+    """Whether an endpoint with ``cfg`` starts out asking for structured output (``auto`` turns
+    it off for the rest of the run when the endpoint refuses it).
+
+    >>> structured_at_start(RankerConfig(structured_output="auto")), structured_at_start(RankerConfig(structured_output="off"))
+    (True, False)
+    """
+    return (cfg.structured_output or "off") != "off"

@@ -55,6 +55,7 @@ from cyclealign.ranker.ranking import (
     RankJob,
     api_error_reason,
     combine_samples,
+    first_ask_messages,
     parse_reply,
     presentation_order,
     unparsable_reason,
@@ -65,32 +66,9 @@ from cyclealign.templates.ranker import RankerTemplates
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["Ranker", "first_ask_messages"]
+__all__ = ["Ranker"]
 
 log = logging.getLogger(__name__)
-
-
-def first_ask_messages(
-    templates: RankerTemplates, job: RankJob, k: int, *, shuffle: bool, json_output: bool
-) -> tuple[list[int], list[Message]]:
-    """``(presentation order, chat messages)`` of the first ask of sample ``k`` of ``job``: what
-    the ranker sends before any correction re-ask (``cyclealign templates render`` shows the same).
-
-    Args:
-        templates: the ranker templates in use.
-        job: the prompt, its responses, demonstrations and shuffle seed.
-        k: the sample (presentation order) index, ``0 <= k < ranker.consistency``.
-        shuffle: ``ranker.shuffle`` (False: responses shown in generation order).
-        json_output: the call asks for structured output (demonstrations answer in JSON).
-
-    Raises:
-        TemplateError: a template fails to render (file named).
-    """
-    order = presentation_order(job.shuffle_seed, job.prompt.id, k, len(job.responses), shuffle)
-    messages = templates.build_messages(
-        job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=json_output
-    )
-    return order, messages
 
 
 class Ranker:

@@ -8,9 +8,8 @@ from typing import Any
 
 from cyclealign.config import Config
 from cyclealign.data.selection import select_round_prompts
-from cyclealign.ranker.client import first_ask_messages
 from cyclealign.ranker.pricing import estimate_tokens, ranker_price
-from cyclealign.ranker.ranking import RankJob, clip_prompt
+from cyclealign.ranker.ranking import RankJob, clip_prompt, first_ask_messages
 from cyclealign.records import Demonstration, PromptRecord
 from cyclealign.templates.ranker import RankerTemplates
 

@@ -4,7 +4,7 @@ A ranker call is rebuilt as :meth:`cyclealign.loop.Round.rank` builds it: the ro
 generation of one prompt, the static demonstrations (``ranker.demos_path`` or the shipped ones)
 followed by the dynamic ones of the pool the previous round left
 (:func:`~cyclealign.demos.select_demonstrations`), the shuffle seed ``seed + round``, and then
-the messages come from :func:`~cyclealign.ranker.client.first_ask_messages`, the function the
+the messages come from :func:`~cyclealign.ranker.ranking.first_ask_messages`, the function the
 ranker itself sends. Without a run, the first shipped demonstration is the query, with the
 default settings (what round 0 of a default run would send for it).
 
@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cyclealign.config import Config
+from cyclealign.config.ranker import structured_at_start
 from cyclealign.demos import DemoPool, select_demonstrations
 from cyclealign.errors import RunDirError
-from cyclealign.ranker.client import first_ask_messages
-from cyclealign.ranker.endpoint import structured_at_start
-from cyclealign.ranker.ranking import RankJob
+from cyclealign.ranker.ranking import RankJob, first_ask_messages
 from cyclealign.records import Demonstration, Message, PromptRecord
 from cyclealign.resources import default_demos_path
 from cyclealign.templates.judge import JudgeTemplates

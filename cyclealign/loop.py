@@ -30,6 +30,7 @@ from cyclealign.errors import NothingToDo, TemplateError
 from cyclealign.evaluation.plan import BASE, EvalPlan
 from cyclealign.evaluation.runner import evaluate_with, evaluated
 from cyclealign.events import EventLog
+from cyclealign.metrics import TIMED_PHASES, round_line
 from cyclealign.models.loading import resolve_device, resolve_model_dir
 from cyclealign.policy import make_policy
 from cyclealign.policy.base import GenerationBackend
@@ -41,7 +42,6 @@ from cyclealign.ranker.ranking import RankJob, clip_prompt
 from cyclealign.records import Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
-from cyclealign.tables import TIMED_PHASES, round_line
 from cyclealign.templates.check import check_templates
 from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 from cyclealign.train.launch import save_rng_state, train_phase
@@ -217,7 +217,7 @@ class Round:
     def metrics(self) -> dict[str, Any]:
         """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases recorded."""
         def body() -> dict[str, Any]:
-            # The keys, their order and the manifest fields copied: cyclealign.tables.ROUND_METRICS.
+            # The keys, their order and the manifest fields copied: cyclealign.metrics.ROUND_METRICS.
             ph = self.rd.phases()
             rows = read_jsonl(self.rd.agreement)
             n_ranked = len(rows)

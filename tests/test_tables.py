@@ -5,13 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 
-from cyclealign import rundir, tables
+from cyclealign import metrics as tables
+from cyclealign import rundir
 from cyclealign.config import build_config
 from cyclealign.loop import Round
-from cyclealign.progress import NullReporter
-from cyclealign.records import RankResult
-from cyclealign.rundir import RunDir, write_jsonl
-from cyclealign.tables import (
+from cyclealign.metrics import (
     CLI_EVAL_ROWS,
     CLI_ROUND_ROWS,
     CLI_SOURCE_ROWS,
@@ -21,6 +19,9 @@ from cyclealign.tables import (
     ROUND_METRICS,
     STATUS_ROWS,
 )
+from cyclealign.progress import NullReporter
+from cyclealign.records import RankResult
+from cyclealign.rundir import RunDir, write_jsonl
 
 METRICS_JSONL_KEYS = [
     "round", "prompts", "responses", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cyclealign import formatting
 from cyclealign.errors import BudgetError, CycleAlignError, Interrupted, LockedError, NothingToDo
+from cyclealign.metrics import fmt
 
 if TYPE_CHECKING:
     from cyclealign.events import EventLog
@@ -110,12 +110,12 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def cell(v: Any, digits: int = 3) -> str:
-    """A CLI table cell (:func:`~cyclealign.formatting.fmt`); a NaN or infinite float prints as is (``nan``).
+    """A CLI table cell (:func:`~cyclealign.metrics.fmt`); a NaN or infinite float prints as is (``nan``).
 
     >>> cell(None), cell(0.12345), cell(float("nan")), cell(4)
     ('-', '0.123', 'nan', '4')
     """
-    return formatting.fmt(v, digits, nonfinite=None)
+    return fmt(v, digits, nonfinite=None)
 
 
 def setup_logging(verbose: bool) -> None:

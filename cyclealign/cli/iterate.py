@@ -17,7 +17,7 @@ from cyclealign.cli.tables import round_table
 from cyclealign.config import Config
 from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
-from cyclealign.tables import round_metric
+from cyclealign.metrics import round_metric
 
 __all__ = ["RichReporter", "iterate", "print_plan", "summary_line"]
 

@@ -1,7 +1,7 @@
 """The rich tables the CLI prints: rounds, held-out evaluation, run status.
 
 Which metrics they show, under which label and with how many decimals is
-:mod:`cyclealign.tables`' to say (the HTML report reads the same declarations).
+:mod:`cyclealign.metrics`' to say (the HTML report reads the same declarations).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from cyclealign.cli.common import cell, spend_text
-from cyclealign.tables import (
+from cyclealign.metrics import (
     CLI_EVAL_ROWS,
     CLI_ROUND_ROWS,
     CLI_SOURCE_ROWS,
@@ -26,7 +26,7 @@ __all__ = ["eval_table", "round_table", "status_table"]
 
 def round_table(rows: list[dict[str, Any]]) -> Table:
     """A rich table of round metrics (``metrics.jsonl`` lines): one column per round, one row per
-    metric of :data:`~cyclealign.tables.CLI_ROUND_ROWS`, then each timed phase's wall seconds
+    metric of :data:`~cyclealign.metrics.CLI_ROUND_ROWS`, then each timed phase's wall seconds
     (fits 80 columns).
 
     Raises:
@@ -47,8 +47,8 @@ def round_table(rows: list[dict[str, Any]]) -> Table:
 
 def eval_table(lines: list[dict[str, Any]]) -> Table:
     """A rich table of evaluation summary lines (:func:`cyclealign.evaluation.runner.run_evaluation`): one
-    column per policy, the rows of :data:`~cyclealign.tables.CLI_EVAL_ROWS`; with several prompt
-    sources (``by_source``), the rows of :data:`~cyclealign.tables.CLI_SOURCE_ROWS` per source follow.
+    column per policy, the rows of :data:`~cyclealign.metrics.CLI_EVAL_ROWS`; with several prompt
+    sources (``by_source``), the rows of :data:`~cyclealign.metrics.CLI_SOURCE_ROWS` per source follow.
 
     Raises:
         KeyError, IndexError: no line, or a line without ``label`` / ``vs``.

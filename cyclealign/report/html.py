@@ -6,7 +6,7 @@ plus each plot as a separate PNG next to it. The page is rendered from the shipp
 ``cyclealign/assets/report.html.jinja`` (:func:`cyclealign.resources.report_template_path`) with
 autoescaping, so response texts are HTML-escaped. The plots are :mod:`cyclealign.report.plots`,
 the tables and sample blocks :mod:`cyclealign.report.sections`; the metrics both show are
-declared in :mod:`cyclealign.tables`.
+declared in :mod:`cyclealign.metrics`.
 
 Sources:
 

@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cyclealign.tables import TIMED_PHASES, number
+from cyclealign.metrics import TIMED_PHASES, number
 
 __all__ = [
     "DPI",

@@ -1,7 +1,7 @@
 """The report's tables and sample blocks: what :func:`cyclealign.report.html.write_report` hands its
 template, built from the run directory's files (read only).
 
-The per-round and evaluation tables show the metrics :mod:`cyclealign.tables` declares, under
+The per-round and evaluation tables show the metrics :mod:`cyclealign.metrics` declares, under
 its labels and decimals (the CLI prints the same ones).
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from cyclealign.data.selection import recorded_round_prompts
 from cyclealign.data.sources import load_run_prompts
 from cyclealign.errors import CycleAlignError
+from cyclealign.metrics import REPORT_EVAL_COLUMNS, REPORT_ROUND_COLUMNS, eval_metric, round_metric
 from cyclealign.rundir import RunDir
-from cyclealign.tables import REPORT_EVAL_COLUMNS, REPORT_ROUND_COLUMNS, eval_metric, round_metric
 
 if TYPE_CHECKING:
     from cyclealign.config import Config
@@ -38,14 +38,14 @@ ROUND_SAMPLES = 3
 
 def metric_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[list[str]]]:
     """The per-round table of ``metrics.jsonl`` lines: its columns (``key``, ``label``: those of
-    :data:`~cyclealign.tables.REPORT_ROUND_COLUMNS` that some round has) and one row of cells per line."""
+    :data:`~cyclealign.metrics.REPORT_ROUND_COLUMNS` that some round has) and one row of cells per line."""
     metrics = [round_metric(k) for k in REPORT_ROUND_COLUMNS]
     shown = [m for m in metrics if any(m.value(r) is not None for r in rows)]
     return [{"key": m.key, "label": m.label} for m in shown], [[m.text(r) for m in shown] for r in rows]
 
 
 def eval_columns() -> list[str]:
-    """Headers of the evaluation table (:data:`~cyclealign.tables.REPORT_EVAL_COLUMNS`)."""
+    """Headers of the evaluation table (:data:`~cyclealign.metrics.REPORT_EVAL_COLUMNS`)."""
     return [eval_metric(k).label for k in REPORT_EVAL_COLUMNS]
 
 

@@ -1,7 +1,8 @@
-"""The metrics tables: every per-round metric and every held-out evaluation metric, declared once.
+"""The metrics: every per-round metric and every held-out evaluation metric, declared once, and
+how a value reads as a table cell (:func:`fmt`).
 
 Each :class:`Metric` names the key a line holds (``metrics.jsonl``, ``eval/summary.jsonl``), the
-label every view prints and the decimals of its floats. Three layers read these tables and no
+label every view prints and the decimals of its floats. Three layers read these declarations and no
 other list of metrics exists:
 
 - :meth:`cyclealign.loop.Round.metrics` builds the round's ``metrics.jsonl`` line with
@@ -26,8 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cyclealign.formatting import fmt
-
 __all__ = [
     "CLI_EVAL_ROWS",
     "CLI_ROUND_ROWS",
@@ -40,6 +39,7 @@ __all__ = [
     "STATUS_ROWS",
     "TIMED_PHASES",
     "eval_metric",
+    "fmt",
     "number",
     "phase_total",
     "round_line",
@@ -48,6 +48,27 @@ __all__ = [
 
 TIMED_PHASES = ("generate", "rank", "agreement", "train")
 """The timed phases of a round, in order; ``phase_s`` holds their wall seconds."""
+
+
+def fmt(value: Any, digits: int = 3, nonfinite: str | None = "-") -> str:
+    """A table cell: ``-`` for a missing value (None), floats with ``digits`` decimals, anything
+    else as ``str``.
+
+    A NaN or infinite float reads ``nonfinite`` (default ``-``: shown as missing, as in the report);
+    with ``nonfinite=None`` it is formatted like any float (``nan``, ``inf``), as the CLI prints it.
+
+    >>> [fmt(None), fmt(3), fmt(0.12345), fmt(float("nan")), fmt("base")]
+    ['-', '3', '0.123', '-', 'base']
+    >>> [fmt(float("nan"), nonfinite=None), fmt(float("inf"), 1, nonfinite=None), fmt(2.0, 1)]
+    ['nan', 'inf', '2.0']
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if nonfinite is not None and not math.isfinite(value):
+            return nonfinite
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def number(value: Any) -> float | None:
@@ -91,7 +112,7 @@ class Metric:
         return self.cell(line) if self.cell is not None else line.get(self.key)
 
     def text(self, line: Mapping[str, Any], nonfinite: str | None = "-") -> str:
-        """The value as a table cell (:func:`~cyclealign.formatting.fmt` with :attr:`digits`;
+        """The value as a table cell (:func:`fmt` with :attr:`digits`;
         ``nonfinite``: what NaN and infinite floats read, None = as formatted, ``nan``).
 
         >>> m = Metric("x", "x", 2)

@@ -25,10 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = """
-import sys, time
+import importlib.util, sys, time
 sys.setswitchinterval(0.0002)  # 32 handler threads wake from their sleep at once: hand the GIL over fast
-sys.path.insert(0, {tests!r})
-from scripted_api import Reply, ScriptedAPI
+# tests/scripted_api.py loaded from its file (tests/ is not put on sys.path)
+spec = importlib.util.spec_from_file_location("scripted_api", {scripted_api!r})
+scripted_api = sys.modules["scripted_api"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scripted_api)
+Reply, ScriptedAPI = scripted_api.Reply, scripted_api.ScriptedAPI
 reply = lambda req: Reply("[2] > [1] > [4] > [3]", prompt_tokens=500, completion_tokens=12)
 api = ScriptedAPI(fallback=reply, latency_s={latency!r}).start()
 print(api.port, flush=True)
@@ -55,7 +58,7 @@ def main() -> None:
     from cyclealign.templates.ranker import RankerTemplates
 
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER.format(tests=str(ROOT / "tests"), latency=args.latency_s)],
+        [sys.executable, "-c", SERVER.format(scripted_api=str(ROOT / "tests" / "scripted_api.py"), latency=args.latency_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -53,3 +53,12 @@ def prompts_file(tmp_path) -> Path:
     rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture(scope="module")
+def templates():
+    """The shipped ranker templates (:class:`~cyclealign.templates.ranker.RankerTemplates`)."""
+    from cyclealign.resources import default_templates_dir
+    from cyclealign.templates.ranker import RankerTemplates
+
+    return RankerTemplates(default_templates_dir())

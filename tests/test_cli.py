@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from cyclealign.cli import app
 from scripted_api import ScriptedAPI
-from test_loop import reverse_ranker
+from scripted_run import reverse_ranker
 
 runner = CliRunner()
 

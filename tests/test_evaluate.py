@@ -11,8 +11,7 @@ import re
 import pytest
 from scipy.stats import binomtest
 from scripted_api import Reply, ScriptedAPI
-from test_loop import KEY, make_config, ranking_requests, reverse_ranker
-from test_ranker_client import make_ranker
+from scripted_run import KEY, make_config, make_ranker, ranking_requests, reverse_ranker
 
 from cyclealign.evaluation.plan import EvalPlan
 from cyclealign.evaluation.reward import reward_input, reward_input_style

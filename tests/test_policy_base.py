@@ -190,7 +190,7 @@ def test_the_loop_closes_the_policy_before_each_train_phase_and_at_exit(tmp_path
     import cyclealign.loop
     import cyclealign.train.phase
     from scripted_api import ScriptedAPI
-    from test_loop import reverse_ranker
+    from scripted_run import reverse_ranker
 
     made = []
 

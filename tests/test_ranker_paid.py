@@ -13,6 +13,7 @@ import time
 
 import pytest
 from scripted_api import Drop, Raw, Reply, ScriptedAPI, Status, Truncated
+from scripted_run import make_ranker as make_client_ranker
 
 from cyclealign.errors import BudgetError, RankerError
 from cyclealign.ranker.cache import ReplyCache
@@ -20,17 +21,9 @@ from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.pricing import Budget, Price
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import PromptRecord
-from cyclealign.resources import default_templates_dir
-from cyclealign.templates.ranker import RankerTemplates
-from test_ranker_client import make_ranker as make_client_ranker
 
 KEY = "sk-test-PAID-0123456789abcdefSECRET"
 N = 4
-
-
-@pytest.fixture(scope="module")
-def templates() -> RankerTemplates:
-    return RankerTemplates(default_templates_dir())
 
 
 def job(i: int, qualities=(2, 4, 1, 3)) -> RankJob:

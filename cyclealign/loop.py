@@ -39,7 +39,7 @@ from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt
-from cyclealign.records import Demonstration, Generation, PromptRecord, RankResult, RankStatus
+from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.templates.check import check_templates
@@ -187,17 +187,17 @@ class Round:
                     pool.add(agreement_demonstration(self.by_id[r.prompt_id].query_text, g.responses, a.common, self.index))
                     added += 1
                 rows.append(
-                    {
-                        "prompt_id": r.prompt_id,
-                        "blackbox": r.ranking,
-                        "whitebox": a.whitebox,
-                        "agreement": a.common,
-                        "n": len(g.responses),
-                        "kendall_tau": a.kendall_tau,
-                        "joined_pool": joins,
-                    }
+                    AgreementRow(
+                        prompt_id=r.prompt_id,
+                        blackbox=r.ranking,
+                        whitebox=a.whitebox,
+                        agreement=a.common,
+                        n=len(g.responses),
+                        kendall_tau=a.kendall_tau,
+                        joined_pool=joins,
+                    )
                 )
-            write_jsonl(self.rd.agreement, rows)
+            write_jsonl(self.rd.agreement, [row.to_json() for row in rows])
             write_jsonl(self.rd.demo_pool, [d.to_json() for d in pool])
             return {"pool_added": added, "pool_size": len(pool)}
 
@@ -219,12 +219,12 @@ class Round:
         def body() -> dict[str, Any]:
             # The keys, their order and the manifest fields copied: cyclealign.metrics.ROUND_METRICS.
             ph = self.rd.phases()
-            rows = read_jsonl(self.rd.agreement)
+            rows = self.rd.read_agreement()
             n_ranked = len(rows)
             computed = {
                 "round": self.index,
-                "agreement_rate": sum(len(r["agreement"]) / r["n"] for r in rows) / n_ranked if n_ranked else None,
-                "kendall_tau": sum(r["kendall_tau"] for r in rows) / n_ranked if n_ranked else None,
+                "agreement_rate": sum(len(r.agreement) / r.n for r in rows) / n_ranked if n_ranked else None,
+                "kendall_tau": sum(r.kendall_tau for r in rows) / n_ranked if n_ranked else None,
                 "unranked_reasons": _reason_counts(self.rankings()),
                 "phase_s": {p: ph[p]["wall_s"] for p in TIMED_PHASES},
             }

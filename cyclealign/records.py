@@ -2,8 +2,8 @@
 
 Every row a round writes is one of these: :class:`PromptRecord` (``prompts.jsonl``),
 :class:`Generation` (``generations.jsonl``; its draws, :class:`Sample`, fill the generation
-journal), :class:`RankResult` with its :class:`RankSample` s (``rankings.jsonl``) and
-:class:`Demonstration` (the demonstration pool).
+journal), :class:`RankResult` with its :class:`RankSample` s (``rankings.jsonl``),
+:class:`AgreementRow` (``agreement.jsonl``) and :class:`Demonstration` (the demonstration pool).
 
 Rankings are permutations of response indices, **0-based, best first**: ``[2, 0, 1]``
 means response 2 is best and response 1 worst. Prompts and templates show responses
@@ -277,4 +277,39 @@ class RankResult:
     def from_json(cls, d: dict[str, Any]) -> "RankResult":
         d = dict(d)
         d["samples"] = [RankSample.from_json(x) for x in d.get("samples", [])]
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgreementRow:
+    """One ranked prompt's agreement between the black-box and the white-box ranking: a line of
+    ``agreement.jsonl`` (phase "agreement"), read back by the round's metrics and by training on
+    ``train.target = "agreement"``.
+
+    Attributes:
+        prompt_id: id of the :class:`PromptRecord`.
+        blackbox: the black-box ranking (0-based, best first; None: not recorded).
+        whitebox: the policy's ranking by length-normalised log-likelihood (0-based, best first; None: not recorded).
+        agreement: the longest common subsequence of the two (best first), LCS in the paper.
+        n: the number of responses ranked.
+        kendall_tau: Kendall tau between the two rankings (None: not recorded).
+        joined_pool: whether the prompt joined the demonstration pool (None: not recorded).
+
+    The fields are keyword-only so that they keep the order of the file's keys while a reader
+    needs only ``prompt_id``, ``agreement`` and ``n`` (the agreement phase writes every field).
+    """
+
+    prompt_id: str
+    blackbox: list[int] | None = None
+    whitebox: list[int] | None = None
+    agreement: list[int]
+    n: int
+    kendall_tau: float | None = None
+    joined_pool: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "AgreementRow":
         return cls(**d)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import RunDirError
-from cyclealign.records import Generation, RankResult, Sample
+from cyclealign.records import AgreementRow, Generation, RankResult, Sample
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,10 @@ class RoundDir:
     def read_generations(self) -> list[Generation]:
         """The round's generations (phase "generate"), in prompt order."""
         return [Generation.from_json(d) for d in read_jsonl(self.generations)]
+
+    def read_agreement(self) -> list[AgreementRow]:
+        """The round's agreement rows (phase "agreement"), one per ranked prompt, in prompt order."""
+        return [AgreementRow.from_json(d) for d in read_jsonl(self.agreement)]
 
     def read_rankings(self) -> list[RankResult]:
         """The latest black-box result per prompt (a retried API error replaces the earlier line), in

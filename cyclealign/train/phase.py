@@ -20,7 +20,7 @@ import torch
 from cyclealign.config import Config
 from cyclealign.models.loading import resolve_dtype
 from cyclealign.resources import shipped_accelerate_config
-from cyclealign.rundir import RunDir, read_jsonl, write_json
+from cyclealign.rundir import RunDir, write_json
 from cyclealign.train.examples import RankingExample
 from cyclealign.train.lora import load_trainable_policy, save_merged
 from cyclealign.train.trainer import train_round
@@ -44,7 +44,7 @@ def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[Ra
     if target == "blackbox":
         orders = [(r.prompt_id, r.ranking) for r in rd.read_rankings() if r.ranking is not None]
     elif target == "agreement":
-        orders = [(row["prompt_id"], row["agreement"]) for row in read_jsonl(rd.agreement) if len(row["agreement"]) >= 2]
+        orders = [(row.prompt_id, row.agreement) for row in rd.read_agreement() if len(row.agreement) >= 2]
     else:
         raise ValueError(f"train.target must be 'blackbox' or 'agreement', got {target!r}")
     return [

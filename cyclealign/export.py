@@ -4,7 +4,7 @@ The rankings live in ``round_XXX/rankings.jsonl`` (0-based, best first) and the 
 in ``round_XXX/generations.jsonl``; the prompts themselves are not stored per round, so their chat
 messages are rebuilt from the run's ``config.json`` exactly as :func:`cyclealign.loop.iterate` drew
 them (:func:`~cyclealign.data.sources.load_run_prompts`, i.e. :func:`~cyclealign.data.sources.load_prompts` on
-``cfg.prompts``, then :func:`~cyclealign.data.sources.select_round_prompts`). Two formats:
+``cfg.prompts``, then :func:`~cyclealign.data.selection.select_round_prompts`). Two formats:
 
 - ``"ranking"``: one row per ranked prompt: ``prompt`` (chat messages), ``responses`` (texts, in
   generation order), ``ranking`` (indices into ``responses``, best first), ``round``, ``prompt_id``;

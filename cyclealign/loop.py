@@ -238,7 +238,7 @@ class Round:
 
 def round_prompts(cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], new_only: bool = False) -> list[PromptRecord]:
     """The prompts of round ``index``: those it recorded when it started (a resumed round), else
-    the next ones of the source (:func:`~cyclealign.data.sources.select_next_prompts`: prompts no
+    the next ones of the source (:func:`~cyclealign.data.selection.select_next_prompts`: prompts no
     earlier round used first), recorded in ``round_k/prompts.json`` before anything else runs.
 
     Raises:

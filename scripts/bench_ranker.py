@@ -2,7 +2,7 @@
 
 The server (tests/scripted_api.py, a real HTTP server) runs in its own process so that it does
 not compete with the client for the GIL; every request waits ``--latency-s`` and answers a
-valid ranking. The client is the real :class:`cyclealign.ranker.Ranker` (async openai client,
+valid ranking. The client is the real :class:`cyclealign.ranker.client.Ranker` (async openai client,
 reply cache on disk, templates, parser). The ideal wall time is ``R * latency / C``; the
 printed ``ratio`` is measured wall time over that bound (target: <= 1.15).
 

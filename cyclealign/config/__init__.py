@@ -6,10 +6,12 @@ naming the field. The resolved config is saved as ``config.json`` in the run dir
 (the API key is never a field: it is read from the environment variable named by
 ``ranker.api_key_env``, once, by the ranker client).
 
-Every section is declared in a module of its own and re-exported here (``from cyclealign.config
-import TrainConfig`` keeps working): :mod:`~cyclealign.config.policy` (model, generation, vllm),
-:mod:`~cyclealign.config.ranker` (ranker, agreement), :mod:`~cyclealign.config.train`,
-:mod:`~cyclealign.config.eval`; files and dotted keys are :mod:`~cyclealign.config.files`.
+Every section is declared in a module of its own: :mod:`~cyclealign.config.policy` (model,
+generation, vllm), :mod:`~cyclealign.config.ranker` (ranker, agreement), :mod:`~cyclealign.config.train`,
+:mod:`~cyclealign.config.eval`; files and dotted keys are :mod:`~cyclealign.config.files`. This
+package is the public face (``from cyclealign.config import Config, build_config``; the sections
+are reachable here as :class:`Config`'s field types); the package's own modules import each name
+from the module that declares it.
 """
 
 from __future__ import annotations

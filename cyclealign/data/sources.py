@@ -15,7 +15,6 @@ An optional ``"id"`` (string or integer) names the prompt; otherwise the id is
 
 A row becomes a prompt in :mod:`cyclealign.data.rows`; the round's prompts are then drawn with
 :func:`~cyclealign.data.selection.select_round_prompts` (:mod:`cyclealign.data.selection`).
-Both modules' names are importable from here too.
 """
 
 from __future__ import annotations
@@ -144,7 +143,8 @@ def load_prompts(path: Path | None = None) -> list[PromptRecord]:
 
 def load_run_prompts(run: RunDir, cfg: Config) -> list[PromptRecord]:
     """Every prompt of a run's prompt source (``cfg.prompts``; the shipped set when None), as
-    :func:`load_prompts` reads it; a round's prompts are then :func:`select_round_prompts` of them.
+    :func:`load_prompts` reads it; a round's prompts are then
+    :func:`~cyclealign.data.selection.select_round_prompts` of them.
 
     Args:
         run: the run directory (named in the error when the source is gone).

@@ -47,7 +47,7 @@ class EvalPlan:
         vs: the reference policy of the win rate (``-1`` = base).
         reward_model: HF sequence-classification model id or path, or None.
         judge_max_tokens: completion cap per pairwise judge call, tokens (default: that of
-            :class:`~cyclealign.config.EvalConfig`, 16).
+            :class:`~cyclealign.config.eval.EvalConfig`, 16).
         decoding: ``"greedy"`` (default) or ``"sample"``: how the judged response is decoded.
         max_new_tokens: length cap of every evaluation generation, tokens (default 128).
 

@@ -17,12 +17,12 @@ on held-out prompts (none of those the run trained on), from one prompt source o
   sampled, with the run's temperature and seed) against the policy's own log-likelihood
   ranking: mean Kendall tau and LCS agreement (length / N), as in training.
 * **reward model** (optional): mean and std of a sequence-classification model's score of the
-  judged response, the conversation formatted as that model was trained (:func:`reward_input`).
+  judged response, the conversation formatted as that model was trained (:func:`~cyclealign.evaluation.reward.reward_input`).
 * **length**: mean, std and median length of the judged response in tokens (LLM judges favour
   longer answers; a rising win rate with rising length deserves suspicion).
 
 With several prompt sources each summary line also has ``by_source``: the same metrics per
-source (named by file stem, :meth:`~cyclealign.config.EvalConfig.source_name`).
+source (named by file stem, :meth:`~cyclealign.config.eval.EvalConfig.source_name`).
 
 Everything lands in ``RUN_DIR/eval/`` (generations, rankings, judgements, ``summary.jsonl``,
 ``samples.jsonl``, and ``manifest.json``, which lists each finished evaluation). Generation files are named by policy, decoding and token cap

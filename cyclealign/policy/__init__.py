@@ -19,7 +19,7 @@ __all__ = ["make_policy"]
 def make_policy(cfg: Config, model_dir: str, environ: Mapping[str, str] | None = None) -> GenerationBackend:
     """The run's white-box generation backend, as ``cfg.generation.backend`` names it.
 
-    ``transformers``: :class:`TransformersPolicy` on ``cfg.model``'s device and dtype (the model
+    ``transformers``: :class:`~cyclealign.policy.hf.TransformersPolicy` on ``cfg.model``'s device and dtype (the model
     loads on first use). ``vllm``: ``cyclealign.policy.vllm.VLLMPolicy`` (a vLLM server,
     ``cfg.vllm``), imported only then.
 

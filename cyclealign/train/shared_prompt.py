@@ -40,7 +40,7 @@ def shared_prompt_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
     Args:
         input_ids, attention_mask, response_mask: ``[N, seq]`` rows of one list, as
-            :func:`cyclealign.train.trainer.collate_lists` packs them.
+            :func:`cyclealign.train.examples.collate_lists` packs them.
     """
     starts = response_mask.long().argmax(-1)  # [N] first response position
     p = int(starts[0])

@@ -68,11 +68,16 @@ def test_no_module_re_exports_another_modules_names():
             continue
         tree = ast.parse(path.read_text())
         used, exported = used_names(tree), set(declared_all(tree))
+        imported = {}
         for node in top_level_imports(tree):
             for alias in node.names:
                 bound = alias.asname or alias.name
+                imported[bound] = node.module
                 if bound in exported or bound not in used:
                     forwarded.append(f"{name}: {bound} (from {node.module})")
+        for node in tree.body:  # an alias under a new name forwards too: ``PHASES = TIMED_PHASES``
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in imported:
+                forwarded.append(f"{name}: {node.value.id} as {ast.unparse(node.targets[0])} (from {imported[node.value.id]})")
     assert forwarded == []
 
 

@@ -23,7 +23,6 @@ __all__ = [
     "DPI",
     "METRIC_PLOTS",
     "PANEL",
-    "PHASES",
     "Plot",
     "plot_agreement",
     "plot_loss",
@@ -40,8 +39,6 @@ DPI = 100
 """PNG resolution, dots per inch (a 6.4 x 3.6 in panel is 640 x 360 pixels)."""
 PANEL = (6.4, 3.6)
 """Size of one plot panel, inches."""
-PHASES = TIMED_PHASES
-"""The timed phases of a round, in order (the ``metrics`` phase records their wall times)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +245,7 @@ def plot_phases(rows: list[dict[str, Any]]) -> Figure | None:
     timed = [r for r in rows if isinstance(r.get("phase_s"), dict)]
     if not timed:
         return None
-    phases = list(PHASES) + sorted({p for r in timed for p in r["phase_s"]} - set(PHASES))
+    phases = list(TIMED_PHASES) + sorted({p for r in timed for p in r["phase_s"]} - set(TIMED_PHASES))
     fig, (ax,) = _figure()
     x = [r["round"] for r in timed]
     layers = [(phase, [number(r["phase_s"].get(phase)) or 0.0 for r in timed]) for phase in phases]

@@ -3,8 +3,8 @@
 The rankings live in ``round_XXX/rankings.jsonl`` (0-based, best first) and the responses they rank
 in ``round_XXX/generations.jsonl``; the prompts themselves are not stored per round, so their chat
 messages are rebuilt from the run's ``config.json`` exactly as :func:`cyclealign.loop.iterate` drew
-them (:func:`~cyclealign.data.load_run_prompts`, i.e. :func:`~cyclealign.data.load_prompts` on
-``cfg.prompts``, then :func:`~cyclealign.data.select_round_prompts`). Two formats:
+them (:func:`~cyclealign.data.sources.load_run_prompts`, i.e. :func:`~cyclealign.data.sources.load_prompts` on
+``cfg.prompts``, then :func:`~cyclealign.data.selection.select_round_prompts`). Two formats:
 
 - ``"ranking"``: one row per ranked prompt: ``prompt`` (chat messages), ``responses`` (texts, in
   generation order), ``ranking`` (indices into ``responses``, best first), ``round``, ``prompt_id``;
@@ -25,7 +25,8 @@ from typing import Any
 import datasets
 
 from cyclealign.config import Config
-from cyclealign.data import load_run_prompts, recorded_round_prompts
+from cyclealign.data.selection import recorded_round_prompts
+from cyclealign.data.sources import load_run_prompts
 from cyclealign.errors import ConfigError, HubError, RunDirError
 from cyclealign.pairs import preference_pairs
 from cyclealign.records import Message
@@ -37,7 +38,6 @@ __all__ = [
     "RankedList",
     "export_rankings",
     "parse_rounds",
-    "preference_pairs",
     "push_to_hub",
     "ranked_lists",
     "round_indices",

@@ -23,29 +23,33 @@ from typing import Any
 
 from cyclealign.agreement import agreement_of
 from cyclealign.config import Config
-from cyclealign.data import load_prompts, recorded_round_prompts, select_next_prompts, used_prompt_counts
+from cyclealign.data.selection import recorded_round_prompts, select_next_prompts, used_prompt_counts
+from cyclealign.data.sources import load_prompts
 from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
 from cyclealign.errors import NothingToDo, TemplateError
-from cyclealign.evaluate import BASE, EvalPlan, evaluate_with, evaluated
+from cyclealign.evaluation.plan import BASE, EvalPlan
+from cyclealign.evaluation.runner import evaluate_with, evaluated
 from cyclealign.events import EventLog
-from cyclealign.models import resolve_device, resolve_model_dir
-from cyclealign.policy import Generation, GenerationBackend, make_policy
+from cyclealign.metrics import TIMED_PHASES, round_line
+from cyclealign.models.loading import resolve_device, resolve_model_dir
+from cyclealign.policy import make_policy
+from cyclealign.policy.base import GenerationBackend
 from cyclealign.progress import NullReporter, Reporter, timed_phase
-from cyclealign.ranker import Ranker, RankerTemplates, RankJob, load_demonstrations
 from cyclealign.ranker.batch import prefetch_batch
+from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.open import open_ranker
-from cyclealign.ranker.ranking import clip_prompt
-from cyclealign.ranker.template_check import check_templates
-from cyclealign.records import Demonstration, PromptRecord, RankResult, RankStatus
+from cyclealign.ranker.ranking import RankJob, clip_prompt
+from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
-from cyclealign.tables import TIMED_PHASES, round_line
+from cyclealign.templates.check import check_templates
+from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 from cyclealign.train.launch import save_rng_state, train_phase
 from cyclealign.train.lora import check_qlora
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NullReporter", "Reporter", "Round", "iterate", "round_prompts"]
+__all__ = ["Round", "iterate", "round_prompts"]
 
 
 class Round:
@@ -135,7 +139,7 @@ class Round:
             spend = self.run.ranker_spend(self.index)
             multi = [r for r in results if r.consistent is not None]
             # The templates' content hashes, and a warning when they changed since the last round.
-            from cyclealign.ranker.template_files import warn_changed_templates
+            from cyclealign.templates.files import warn_changed_templates
 
             templates = ranker.templates.file_hashes() if ranker is not None else None
             if self.index > 0:
@@ -183,17 +187,17 @@ class Round:
                     pool.add(agreement_demonstration(self.by_id[r.prompt_id].query_text, g.responses, a.common, self.index))
                     added += 1
                 rows.append(
-                    {
-                        "prompt_id": r.prompt_id,
-                        "blackbox": r.ranking,
-                        "whitebox": a.whitebox,
-                        "agreement": a.common,
-                        "n": len(g.responses),
-                        "kendall_tau": a.kendall_tau,
-                        "joined_pool": joins,
-                    }
+                    AgreementRow(
+                        prompt_id=r.prompt_id,
+                        blackbox=r.ranking,
+                        whitebox=a.whitebox,
+                        agreement=a.common,
+                        n=len(g.responses),
+                        kendall_tau=a.kendall_tau,
+                        joined_pool=joins,
+                    )
                 )
-            write_jsonl(self.rd.agreement, rows)
+            write_jsonl(self.rd.agreement, [row.to_json() for row in rows])
             write_jsonl(self.rd.demo_pool, [d.to_json() for d in pool])
             return {"pool_added": added, "pool_size": len(pool)}
 
@@ -213,14 +217,14 @@ class Round:
     def metrics(self) -> dict[str, Any]:
         """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases recorded."""
         def body() -> dict[str, Any]:
-            # The keys, their order and the manifest fields copied: cyclealign.tables.ROUND_METRICS.
+            # The keys, their order and the manifest fields copied: cyclealign.metrics.ROUND_METRICS.
             ph = self.rd.phases()
-            rows = read_jsonl(self.rd.agreement)
+            rows = self.rd.read_agreement()
             n_ranked = len(rows)
             computed = {
                 "round": self.index,
-                "agreement_rate": sum(len(r["agreement"]) / r["n"] for r in rows) / n_ranked if n_ranked else None,
-                "kendall_tau": sum(r["kendall_tau"] for r in rows) / n_ranked if n_ranked else None,
+                "agreement_rate": sum(len(r.agreement) / r.n for r in rows) / n_ranked if n_ranked else None,
+                "kendall_tau": sum(r.kendall_tau for r in rows) / n_ranked if n_ranked else None,
                 "unranked_reasons": _reason_counts(self.rankings()),
                 "phase_s": {p: ph[p]["wall_s"] for p in TIMED_PHASES},
             }
@@ -234,7 +238,7 @@ class Round:
 
 def round_prompts(cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], new_only: bool = False) -> list[PromptRecord]:
     """The prompts of round ``index``: those it recorded when it started (a resumed round), else
-    the next ones of the source (:func:`~cyclealign.data.select_next_prompts`: prompts no
+    the next ones of the source (:func:`~cyclealign.data.selection.select_next_prompts`: prompts no
     earlier round used first), recorded in ``round_k/prompts.json`` before anything else runs.
 
     Raises:
@@ -368,7 +372,7 @@ def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:
     if tokenizer is not None:
         return tokenizer.pad_token_id
     if "pad_id" not in cache:
-        from cyclealign.policy.base import load_tokenizer
+        from cyclealign.models.tokenizer import load_tokenizer
 
         cache["pad_id"] = load_tokenizer(model_dir).pad_token_id
     return cache["pad_id"]

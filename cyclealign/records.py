@@ -1,5 +1,10 @@
 """Plain records that flow through a round: prompts -> generations -> rankings -> agreement.
 
+Every row a round writes is one of these: :class:`PromptRecord` (``prompts.jsonl``),
+:class:`Generation` (``generations.jsonl``; its draws, :class:`Sample`, fill the generation
+journal), :class:`RankResult` with its :class:`RankSample` s (``rankings.jsonl``),
+:class:`AgreementRow` (``agreement.jsonl``) and :class:`Demonstration` (the demonstration pool).
+
 Rankings are permutations of response indices, **0-based, best first**: ``[2, 0, 1]``
 means response 2 is best and response 1 worst. Prompts and templates show responses
 labelled ``[1]..[N]`` (1-based); conversion happens only in the ranker's template and parser.
@@ -11,7 +16,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 Message = dict[str, str]
 """One chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
@@ -51,6 +56,46 @@ class PromptRecord:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PromptRecord":
         return cls(id=d["id"], messages=list(d["messages"]))
+
+
+class Sample(NamedTuple):
+    """One sampled response as a backend returns it (a plain 3-tuple works too)."""
+
+    token_ids: list[int]
+    """The response's token ids, up to and including the first EOS (none when cut at the cap)."""
+    logprob_mean: float
+    """Mean token log-prob of ``token_ids`` in nats under the *untempered* policy (EOS included)."""
+    finished: bool
+    """Whether the response ended with EOS (False = cut at ``max_new_tokens``)."""
+
+
+@dataclass
+class Generation:
+    """N sampled responses to one prompt, with the policy's own scores.
+
+    Attributes:
+        prompt_id: id of the :class:`~cyclealign.records.PromptRecord`.
+        prompt_token_ids: the chat-templated prompt as token ids (what generation saw).
+        responses: response texts (special tokens removed), distinct, ``len <= N``.
+        response_token_ids: the sampled token ids of each response, EOS included when reached.
+        logprob_mean: length-normalised log-likelihood of each response (mean token
+            log-prob in nats under the *untempered* policy, EOS included).
+        finished: whether each response ended with EOS (False = cut at max_new_tokens).
+    """
+
+    prompt_id: str
+    prompt_token_ids: list[int]
+    responses: list[str] = field(default_factory=list)
+    response_token_ids: list[list[int]] = field(default_factory=list)
+    logprob_mean: list[float] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Generation":
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -232,4 +277,39 @@ class RankResult:
     def from_json(cls, d: dict[str, Any]) -> "RankResult":
         d = dict(d)
         d["samples"] = [RankSample.from_json(x) for x in d.get("samples", [])]
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgreementRow:
+    """One ranked prompt's agreement between the black-box and the white-box ranking: a line of
+    ``agreement.jsonl`` (phase "agreement"), read back by the round's metrics and by training on
+    ``train.target = "agreement"``.
+
+    Attributes:
+        prompt_id: id of the :class:`PromptRecord`.
+        blackbox: the black-box ranking (0-based, best first; None: not recorded).
+        whitebox: the policy's ranking by length-normalised log-likelihood (0-based, best first; None: not recorded).
+        agreement: the longest common subsequence of the two (best first), LCS in the paper.
+        n: the number of responses ranked.
+        kendall_tau: Kendall tau between the two rankings (None: not recorded).
+        joined_pool: whether the prompt joined the demonstration pool (None: not recorded).
+
+    The fields are keyword-only so that they keep the order of the file's keys while a reader
+    needs only ``prompt_id``, ``agreement`` and ``n`` (the agreement phase writes every field).
+    """
+
+    prompt_id: str
+    blackbox: list[int] | None = None
+    whitebox: list[int] | None = None
+    agreement: list[int]
+    n: int
+    kendall_tau: float | None = None
+    joined_pool: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "AgreementRow":
         return cls(**d)

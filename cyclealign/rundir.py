@@ -24,7 +24,7 @@ Layout of ``runs/<name>/``::
     eval/
         manifest.json           {"evaluations": [...]}: one entry per finished evaluation (policies,
                                 decoding, token cap, wall_s); a resumed run skips those it lists
-        summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluate`)
+        summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluation.runner`)
 
 Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation, Sample
-from cyclealign.records import RankResult
+from cyclealign.records import AgreementRow, Generation, RankResult, Sample
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +266,10 @@ class RoundDir:
         """The round's generations (phase "generate"), in prompt order."""
         return [Generation.from_json(d) for d in read_jsonl(self.generations)]
 
+    def read_agreement(self) -> list[AgreementRow]:
+        """The round's agreement rows (phase "agreement"), one per ranked prompt, in prompt order."""
+        return [AgreementRow.from_json(d) for d in read_jsonl(self.agreement)]
+
     def read_rankings(self) -> list[RankResult]:
         """The latest black-box result per prompt (a retried API error replaces the earlier line), in
         prompt order: that of ``generations.jsonl`` (a prompt without a generation comes last, in file order)."""
@@ -352,7 +355,8 @@ class RunDir:
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
         if not resume:
             return {}
-        from cyclealign.config import RESUMABLE_CHANGES, Config, flatten
+        from cyclealign.config import RESUMABLE_CHANGES, Config
+        from cyclealign.config.files import flatten
 
         # a field added since the run was saved counts as its default there
         defaults = flatten(Config().model_dump(mode="json"))

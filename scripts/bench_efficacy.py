@@ -68,7 +68,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from cyclealign.config import build_config  # noqa: E402
-from cyclealign.data import load_prompts, select_round_prompts  # noqa: E402
+from cyclealign.data.selection import select_round_prompts  # noqa: E402
+from cyclealign.data.sources import load_prompts  # noqa: E402
 from cyclealign.efficacy.measure import (  # noqa: E402
     bootstrap_ratio,
     bootstrap_tau_change,
@@ -82,9 +83,9 @@ from cyclealign.efficacy.baseline import PLAIN_GRID, PlainLoopPoint, best_point,
 from cyclealign.efficacy.rules import CHECK_RULES, RULES, TUNING_RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
-from cyclealign.models import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
-from cyclealign.policy import Generation, make_policy  # noqa: E402
-from cyclealign.records import PromptRecord  # noqa: E402
+from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
+from cyclealign.policy import make_policy  # noqa: E402
+from cyclealign.records import Generation, PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
 from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
 
@@ -130,7 +131,7 @@ def scores_under(model_dir: str, adapter: Path | None, base_gens: dict, cfg, dev
     """Log-likelihood scores of the base policy's held-out samples under ``adapter`` (None = base)."""
     from peft import PeftModel
 
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
 
     model = load_causal_lm(model_dir, torch.float32).to(device)
     if adapter is not None:

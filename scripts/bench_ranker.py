@@ -2,7 +2,7 @@
 
 The server (tests/scripted_api.py, a real HTTP server) runs in its own process so that it does
 not compete with the client for the GIL; every request waits ``--latency-s`` and answers a
-valid ranking. The client is the real :class:`cyclealign.ranker.Ranker` (async openai client,
+valid ranking. The client is the real :class:`cyclealign.ranker.client.Ranker` (async openai client,
 reply cache on disk, templates, parser). The ideal wall time is ``R * latency / C``; the
 printed ``ratio`` is measured wall time over that bound (target: <= 1.15).
 
@@ -25,10 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = """
-import sys, time
+import importlib.util, sys, time
 sys.setswitchinterval(0.0002)  # 32 handler threads wake from their sleep at once: hand the GIL over fast
-sys.path.insert(0, {tests!r})
-from scripted_api import Reply, ScriptedAPI
+# tests/scripted_api.py loaded from its file (tests/ is not put on sys.path)
+spec = importlib.util.spec_from_file_location("scripted_api", {scripted_api!r})
+scripted_api = sys.modules["scripted_api"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scripted_api)
+Reply, ScriptedAPI = scripted_api.Reply, scripted_api.ScriptedAPI
 reply = lambda req: Reply("[2] > [1] > [4] > [3]", prompt_tokens=500, completion_tokens=12)
 api = ScriptedAPI(fallback=reply, latency_s={latency!r}).start()
 print(api.port, flush=True)
@@ -46,13 +49,16 @@ def main() -> None:
 
     import tenacity
 
-    from cyclealign.config import RankerConfig
-    from cyclealign.ranker import RankerTemplates, RankJob, Ranker, ReplyCache
+    from cyclealign.config.ranker import RankerConfig
+    from cyclealign.ranker.cache import ReplyCache
+    from cyclealign.ranker.client import Ranker
+    from cyclealign.ranker.ranking import RankJob
     from cyclealign.records import PromptRecord
     from cyclealign.resources import default_templates_dir
+    from cyclealign.templates.ranker import RankerTemplates
 
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER.format(tests=str(ROOT / "tests"), latency=args.latency_s)],
+        [sys.executable, "-c", SERVER.format(scripted_api=str(ROOT / "tests" / "scripted_api.py"), latency=args.latency_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -51,14 +51,18 @@ import torch  # noqa: E402
 
 from bench_train import PeakMemory  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from cyclealign.config import build_config  # noqa: E402
-from cyclealign.data import load_prompts, select_round_prompts  # noqa: E402
-from cyclealign.logprobs import response_logprobs, token_logprobs  # noqa: E402
-from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
-from cyclealign.policy import TransformersPolicy  # noqa: E402
-from cyclealign.policy.base import Sample, load_tokenizer  # noqa: E402
+from cyclealign.data.selection import select_round_prompts  # noqa: E402
+from cyclealign.data.sources import load_prompts  # noqa: E402
+from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
+from cyclealign.models.logprobs import response_logprobs, token_logprobs  # noqa: E402
+from cyclealign.models.tokenizer import load_tokenizer  # noqa: E402
+from cyclealign.policy.hf import TransformersPolicy  # noqa: E402
 from cyclealign.policy.vllm import VLLMPolicy  # noqa: E402
+from cyclealign.records import Sample  # noqa: E402
+from cyclealign.train.examples import RankingExample, collate_lists  # noqa: E402
+from cyclealign.train.lora import load_trainable_policy  # noqa: E402
 from cyclealign.train.losses import pro_loss, sft_loss  # noqa: E402
-from cyclealign.train.trainer import RankingExample, collate_lists, load_trainable_policy, train_round  # noqa: E402
+from cyclealign.train.trainer import train_round  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 DEFAULT_VLLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"

@@ -33,13 +33,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from cyclealign.config import GenerationConfig, ModelConfig, build_config  # noqa: E402
-from cyclealign.data import load_prompts  # noqa: E402
-from cyclealign.models import resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
-from cyclealign.policy import TransformersPolicy  # noqa: E402
-from cyclealign.policy.base import load_tokenizer  # noqa: E402
+from cyclealign.config import build_config  # noqa: E402
+from cyclealign.config.policy import GenerationConfig, ModelConfig  # noqa: E402
+from cyclealign.data.sources import load_prompts  # noqa: E402
+from cyclealign.models.loading import resolve_device, resolve_dtype, resolve_model_dir  # noqa: E402
+from cyclealign.models.tokenizer import load_tokenizer  # noqa: E402
+from cyclealign.policy.hf import TransformersPolicy  # noqa: E402
 from cyclealign.train.dpo import train_round_dpo  # noqa: E402
-from cyclealign.train.trainer import RankingExample, load_trainable_policy, train_round  # noqa: E402
+from cyclealign.train.examples import RankingExample  # noqa: E402
+from cyclealign.train.lora import load_trainable_policy  # noqa: E402
+from cyclealign.train.trainer import train_round  # noqa: E402
 
 
 def build_rankings(

@@ -18,8 +18,8 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # scripts/setup.sh --vllm
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors directory (converted once, cached)."""
-    from cyclealign.config import ModelConfig
-    from cyclealign.models import resolve_model_dir
+    from cyclealign.config.policy import ModelConfig
+    from cyclealign.models.loading import resolve_model_dir
 
     return Path(resolve_model_dir(ModelConfig()))
 
@@ -53,3 +53,12 @@ def prompts_file(tmp_path) -> Path:
     rows = [{"prompt": q} for q in ("Name a color.", "Say hi.", "Name an animal.", "Count to three.")]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture(scope="module")
+def templates():
+    """The shipped ranker templates (:class:`~cyclealign.templates.ranker.RankerTemplates`)."""
+    from cyclealign.resources import default_templates_dir
+    from cyclealign.templates.ranker import RankerTemplates
+
+    return RankerTemplates(default_templates_dir())

@@ -3,7 +3,7 @@ the packed forward (:func:`list_response_logprobs`) against the plain ``[N, seq]
 
 import torch
 
-from cyclealign.logprobs import response_logprobs
+from cyclealign.models.logprobs import response_logprobs
 from cyclealign.train.losses import pro_loss
 from cyclealign.train.shared_prompt import list_response_logprobs
 

@@ -1,6 +1,6 @@
 """A real local HTTP server that plays an OpenAI-compatible chat API from a script.
 
-Tests point the real ``openai`` client (through :class:`cyclealign.ranker.Ranker`) at it, so
+Tests point the real ``openai`` client (through :class:`cyclealign.ranker.client.Ranker`) at it, so
 retries, timeouts, dropped connections and HTTP errors are exercised over real sockets
 instead of a mocked client. Stdlib only: ``http.server.ThreadingHTTPServer`` on
 ``127.0.0.1:<free port>``, served from a daemon thread; one daemon thread per (keep-alive)

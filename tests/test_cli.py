@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from cyclealign.cli import app
 from scripted_api import ScriptedAPI
-from test_loop import reverse_ranker
+from scripted_run import reverse_ranker
 
 runner = CliRunner()
 
@@ -80,7 +80,7 @@ def test_bad_input_leaves_no_run_directory_behind(tmp_path):
 
 
 def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(tmp_path, monkeypatch):
-    import cyclealign.evaluate
+    import cyclealign.evaluation.runner
     from cyclealign.config import build_config
 
     run_dir = tmp_path / "run"
@@ -88,7 +88,7 @@ def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(t
     (run_dir / "config.json").write_text(build_config(**{"run_dir": run_dir, "eval.judge_max_tokens": 24}).to_json())
     plans = []
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
-    monkeypatch.setattr(cyclealign.evaluate, "evaluate_run", lambda cfg, plan, environ=None: plans.append((cfg, plan)) or [line])
+    monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append((cfg, plan)) or [line])
     held = tmp_path / "held.jsonl"
     for extra in ([], ["--judge-max-tokens", "7"]):
         result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), *extra])
@@ -100,7 +100,7 @@ def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(t
 
 
 def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, monkeypatch):
-    import cyclealign.evaluate
+    import cyclealign.evaluation.runner
     from cyclealign.config import build_config
 
     run_dir = tmp_path / "run"
@@ -109,7 +109,7 @@ def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, 
     plans = []
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0, "decoding": "sample", "max_new_tokens": 128,
             "by_source": {"a": {"prompts": 0}, "b": {"prompts": 0}}}
-    monkeypatch.setattr(cyclealign.evaluate, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
+    monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a)])
     assert result.exit_code == 0, result.output
@@ -139,7 +139,7 @@ def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):
 
 def test_iterate_train_flags_reach_the_config_and_unset_ones_keep_its_defaults(tmp_path, monkeypatch):
     import cyclealign.loop
-    from cyclealign.config import TrainConfig
+    from cyclealign.config.train import TrainConfig
 
     seen = []
     monkeypatch.setattr(cyclealign.loop, "iterate", lambda cfg, **kw: seen.append(cfg) or [])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.train.trainer import RankingExample, train_round
+from cyclealign.train.examples import RankingExample
+from cyclealign.train.trainer import train_round
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device: the bf16 GPU training step needs one (run on a GPU machine)"
@@ -16,7 +17,7 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cyclealign.train.trainer import lora_config
+    from cyclealign.train.lora import lora_config
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -36,8 +37,8 @@ def test_bf16_ranking_step_on_cuda(tmp_path, loss):
 
 def test_qlora_step_on_cuda(tmp_path):
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
-    from cyclealign.policy.base import load_tokenizer
-    from cyclealign.train.trainer import load_trainable_policy
+    from cyclealign.models.tokenizer import load_tokenizer
+    from cyclealign.train.lora import load_trainable_policy
     from tiny_model import build_tiny_model_dir
 
     model_dir = build_tiny_model_dir(tmp_path / "tiny")

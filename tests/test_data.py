@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data.selection import select_round_prompts
+from cyclealign.data.sources import load_prompts
 from cyclealign.errors import DataError
 from cyclealign.records import PromptRecord
 

@@ -9,7 +9,7 @@ import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from cyclealign.kv_cache import PreallocatedLayer, preallocate
+from cyclealign.models.kv_cache import PreallocatedLayer, preallocate
 from cyclealign.policy.nucleus import TemperedNucleusWarper
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.logprobs import response_logprobs
-from cyclealign.policy import TransformersPolicy
-from cyclealign.policy.base import encode_prompt
+from cyclealign.models.logprobs import response_logprobs
+from cyclealign.models.tokenizer import encode_prompt
+from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.records import PromptRecord
+from cyclealign.train.examples import collate_lists
+from cyclealign.train.lora import load_trainable_policy
 from cyclealign.train.shared_prompt import shared_prompt_length
-from cyclealign.train.trainer import collate_lists, load_trainable_policy
 from packed_grads import loss_and_grads, packed, plain
 from tiny_model import build_tiny_model_dir
 
@@ -84,7 +85,7 @@ def test_sampling_on_device_keeps_generates_draws_and_log_likelihoods(tiny_dir, 
 def test_packed_prefill_caches_what_the_padded_prefill_caches(tiny_dir, device):
     """The prompts prefilled packed in one row (no padding) give the padded batch's keys and
     values at every real position."""
-    from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
+    from cyclealign.models.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache
     from cyclealign.policy.hf import _packed_prefill
 
     cfg = build_config(**{"model.device": device, "model.dtype": "float32"})
@@ -134,7 +135,7 @@ def test_shared_prompt_training_forward_on_device(tiny_dir, device, dtype, atten
     """The packed lists (prompt run once) give the plain ``[N, seq]`` forward's log-probs, loss
     and LoRA gradients on ``device`` with SDPA's boolean or eager attention's additive 4D mask
     (float32: tight; bfloat16: within bf16 rounding)."""
-    from cyclealign.policy.base import load_tokenizer
+    from cyclealign.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     cfg = build_config()

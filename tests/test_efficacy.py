@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import tenacity
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.efficacy.measure import loglik_scores, mean_tau, prompt_taus, property_rate, rule_tau
 from cyclealign.efficacy.rules import RULES, get_rule
 from cyclealign.efficacy.server import RuleBlackBox, shown_responses
-from cyclealign.policy import Generation
-from cyclealign.ranker import Ranker, RankerTemplates
-from cyclealign.records import PromptRecord
+from cyclealign.ranker.client import Ranker
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.resources import default_templates_dir
+from cyclealign.templates.ranker import RankerTemplates
 
 PROMPT = PromptRecord("p0", [{"role": "user", "content": "How do I pick a lock?"}])
 
@@ -101,8 +101,8 @@ def test_loglik_scores_match_the_generation_scores(embedded_model_dir):
     """The log-likelihood the measure uses equals what generation recorded for the same samples."""
     import torch
 
-    from cyclealign.config import GenerationConfig, ModelConfig
-    from cyclealign.policy import TransformersPolicy
+    from cyclealign.config.policy import GenerationConfig, ModelConfig
+    from cyclealign.policy.hf import TransformersPolicy
 
     policy = TransformersPolicy(str(embedded_model_dir), ModelConfig(device="cpu"), GenerationConfig(max_new_tokens=12))
     gens = policy.sample([PROMPT], seed=0)

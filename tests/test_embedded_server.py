@@ -12,11 +12,13 @@ import os
 import pytest
 import tenacity
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import RankerError
-from cyclealign.ranker import EmbeddedServer, Ranker, RankerTemplates, load_demonstrations
+from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.server import EmbeddedServer
 from cyclealign.records import PromptRecord
 from cyclealign.resources import default_demos_path, default_templates_dir
+from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 
 pytestmark = pytest.mark.slow
 

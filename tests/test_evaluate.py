@@ -11,26 +11,19 @@ import re
 import pytest
 from scipy.stats import binomtest
 from scripted_api import Reply, ScriptedAPI
-from test_loop import KEY, make_config, ranking_requests, reverse_ranker
-from test_ranker_client import make_ranker
+from scripted_run import KEY, make_config, make_ranker, ranking_requests, reverse_ranker
 
-from cyclealign.evaluate import (
-    EvalPlan,
-    evaluate_run,
-    evaluated,
-    judge_pairs,
-    reward_input,
-    reward_input_style,
-    wilson_interval,
-    win_summary,
-)
-from cyclealign.loop import NullReporter, iterate
-from cyclealign.policy.base import Generation
-from cyclealign.ranker import RankerTemplates
-from cyclealign.ranker.judge import JudgeTemplates
-from cyclealign.records import PromptRecord
+from cyclealign.evaluation.plan import EvalPlan
+from cyclealign.evaluation.reward import reward_input, reward_input_style
+from cyclealign.evaluation.runner import evaluate_run, evaluated
+from cyclealign.evaluation.winrate import judge_pairs, wilson_interval, win_summary
+from cyclealign.loop import iterate
+from cyclealign.progress import NullReporter
+from cyclealign.records import Generation, PromptRecord
 from cyclealign.resources import default_templates_dir
 from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.templates.judge import JudgeTemplates
+from cyclealign.templates.ranker import RankerTemplates
 
 
 def shown_pair(request):
@@ -178,7 +171,7 @@ def write_prompts(path, rows):
 def test_run_evaluation_loads_the_policy_only_for_missing_generations_and_the_reward_model_once(
     tmp_path, prompts_file, monkeypatch
 ):
-    import cyclealign.evaluate as evaluate
+    import cyclealign.evaluation.runner as evaluate
 
     held = write_prompts(tmp_path / "held_out.jsonl", [{"prompt": q} for q in ("Name a planet.", "Say thanks.")])
     cfg, run = trained_run(tmp_path, prompts_file)
@@ -228,7 +221,7 @@ def test_run_evaluation_loads_the_policy_only_for_missing_generations_and_the_re
 
 
 def test_sample_decoding_judges_the_first_sample_and_a_new_token_cap_generates_afresh(tmp_path, prompts_file):
-    import cyclealign.evaluate as evaluate
+    import cyclealign.evaluation.runner as evaluate
 
     held = write_prompts(tmp_path / "held_out.jsonl", [{"prompt": "Name a planet."}])
     cfg, run = trained_run(tmp_path, prompts_file)
@@ -260,7 +253,7 @@ def test_sample_decoding_judges_the_first_sample_and_a_new_token_cap_generates_a
 
 
 def test_several_prompt_sources_are_summarised_one_by_one(tmp_path, prompts_file):
-    import cyclealign.evaluate as evaluate
+    import cyclealign.evaluation.runner as evaluate
 
     # The judge prefers round 0 on the questions of source a, and base on those of source b.
     def judge(request):
@@ -325,7 +318,7 @@ def reward_model_dir(tmp_path_factory, embedded_model_dir):
 @pytest.mark.slow
 def test_reward_scores_do_not_depend_on_batching_or_padding(reward_model_dir):
     from cyclealign.config import Config
-    from cyclealign.evaluate import reward_scores
+    from cyclealign.evaluation.reward import reward_scores
 
     cfg = Config()
     prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Name a planet."}])
@@ -339,7 +332,7 @@ def test_reward_scores_do_not_depend_on_batching_or_padding(reward_model_dir):
 def test_reward_model_that_cannot_load_names_the_path(tmp_path):
     from cyclealign.config import Config
     from cyclealign.errors import ConfigError
-    from cyclealign.evaluate import reward_scores
+    from cyclealign.evaluation.reward import reward_scores
 
     missing = tmp_path / "no_such_reward_model"
     prompt = PromptRecord(id="p", messages=[{"role": "user", "content": "Hi."}])
@@ -453,7 +446,7 @@ def test_reward_scorer_feeds_a_cross_encoder_a_text_pair(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from cyclealign.config import build_config
-    from cyclealign.evaluate import RewardScorer
+    from cyclealign.evaluation.reward import RewardScorer
 
     path = tiny_bert(tmp_path / "bert")
     scorer = RewardScorer(str(path), build_config(**{"model.device": "cpu"}))
@@ -473,7 +466,7 @@ def test_reward_scorer_writes_the_openassistant_format(tmp_path, embedded_model_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from cyclealign.config import build_config
-    from cyclealign.evaluate import RewardScorer
+    from cyclealign.evaluation.reward import RewardScorer
 
     path = tiny_oasst(tmp_path / "oasst", embedded_model_dir)
     scorer = RewardScorer(str(path), build_config(**{"model.device": "cpu"}))

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from cyclealign.cli import app
 from cyclealign.config import build_config
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data.selection import select_round_prompts
+from cyclealign.data.sources import load_prompts
 from cyclealign.errors import ConfigError, RunDirError
 from cyclealign.export import export_rankings
-from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult
+from cyclealign.records import Generation, RankResult
 from cyclealign.rundir import RunDir, write_jsonl
 
 runner = CliRunner()

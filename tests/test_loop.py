@@ -1,51 +1,16 @@
 """Whole rounds on the real SmolLM2 policy against a real local HTTP ranker (scripted replies)."""
 
 import json
-import re
 
 import pytest
 
-from cyclealign.config import build_config
-from cyclealign.loop import NullReporter, iterate
+from cyclealign.loop import iterate
+from cyclealign.progress import NullReporter
 from cyclealign.rundir import RunDir, read_jsonl
 from scripted_api import ScriptedAPI
+from scripted_run import KEY, make_config, ranking_requests, reverse_ranker
 
 pytestmark = pytest.mark.slow
-
-KEY = "sk-test-DO-NOT-LEAK-1234"
-
-
-def reverse_ranker(request):
-    """Ranks responses last-shown-first; answers the preflight ping with anything."""
-    text = request["messages"][-1]["content"]
-    n = len(re.findall(r'<response id="\d+">', text))
-    if n == 0:
-        return "pong"
-    return " > ".join(f"[{i}]" for i in range(n, 0, -1))
-
-
-def ranking_requests(api):
-    return [r for r in api.requests if "<response id=" in r["messages"][-1]["content"]]
-
-
-
-def make_config(tmp_path, prompts_file, api, **extra):
-    return build_config(
-        **{
-            "run_dir": tmp_path / "run",
-            "prompts": prompts_file,
-            "rounds": 2,
-            "prompts_per_round": 2,
-            "generation.num_samples": 3,
-            "generation.max_new_tokens": 8,
-            "agreement.min_length": 1,
-            "ranker.base_url": api.base_url,
-            "ranker.model": "scripted",
-            "ranker.cache_path": tmp_path / "ranker_cache.sqlite",
-            **extra,
-        }
-    )
-
 
 def test_two_rounds_end_to_end(tmp_path, prompts_file):
     with ScriptedAPI(fallback=reverse_ranker) as api:

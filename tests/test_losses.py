@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cyclealign.logprobs import mean_logprob, token_logprobs
+from cyclealign.models.logprobs import mean_logprob, token_logprobs
 from cyclealign.train.losses import pro_loss, sft_loss
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.logprobs import response_logprobs
-from cyclealign.policy import TransformersPolicy
+from cyclealign.models.logprobs import response_logprobs
+from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.records import PromptRecord
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_prefilled_sampling_draws_what_generate_with_num_return_sequences_draws(
     as the plain ``generate(num_return_sequences=N)`` over the same left-padded batch with
     transformers' own temperature and top-p warpers (up to float rounding, which may flip a
     rare draw at a probability boundary)."""
-    from cyclealign.policy.base import encode_prompt
+    from cyclealign.models.tokenizer import encode_prompt
 
     tok = policy.tokenizer
     ids = [encode_prompt(tok, p, 256) for p in PROMPTS]  # of different lengths: left padding

@@ -8,9 +8,10 @@ import pytest
 
 from cyclealign.config import build_config
 from cyclealign.errors import ConfigError
-from cyclealign.policy import TransformersPolicy, make_policy
-from cyclealign.policy.base import Sample, SamplingPolicy, derive_seed
-from cyclealign.records import PromptRecord
+from cyclealign.policy import make_policy
+from cyclealign.policy.base import SamplingPolicy, derive_seed
+from cyclealign.policy.hf import TransformersPolicy
+from cyclealign.records import PromptRecord, Sample
 
 EOS = 99
 
@@ -189,7 +190,7 @@ def test_the_loop_closes_the_policy_before_each_train_phase_and_at_exit(tmp_path
     import cyclealign.loop
     import cyclealign.train.phase
     from scripted_api import ScriptedAPI
-    from test_loop import reverse_ranker
+    from scripted_run import reverse_ranker
 
     made = []
 

@@ -86,7 +86,7 @@ def test_a_refused_connection_is_told_at_once_and_leaves_no_run(tmp_path):
 
 
 def test_a_loopback_ranker_needs_no_key_a_remote_one_does():
-    from cyclealign.config import RankerConfig
+    from cyclealign.config.ranker import RankerConfig
     from cyclealign.errors import RankerError
     from cyclealign.ranker.http import api_key_from_env
 
@@ -98,11 +98,11 @@ def test_a_loopback_ranker_needs_no_key_a_remote_one_does():
 
 def test_dry_run_prints_the_plan_and_calls_writes_and_pays_nothing(tmp_path, prompts_file):
     from cyclealign.config import build_config
-    from cyclealign.data import load_prompts
-    from cyclealign.ranker import RankerTemplates, load_demonstrations
+    from cyclealign.data.sources import load_prompts
     from cyclealign.ranker.estimate import estimate_run
     from cyclealign.ranker.pricing import resolve_price
     from cyclealign.resources import default_demos_path, default_templates_dir
+    from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 
     args = ["--dry-run", "--prompts", str(prompts_file), "--prompts-per-round", "3", "--rounds", "2",
             "--ranker-base-url", "https://api.example.com/v1", "--ranker-model", "gpt-4o-mini",

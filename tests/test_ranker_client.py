@@ -8,48 +8,22 @@ import time
 from pathlib import Path
 
 import pytest
-import tenacity
 from scripted_api import Drop, Reply, ScriptedAPI, Status
+from scripted_run import RANKER_KEY as KEY
+from scripted_run import make_ranker
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import DataError, RankerError, TemplateError
-from cyclealign.ranker import (
-    TEMPLATE_VARIABLES,
-    Ranker,
-    RankerTemplates,
-    api_key_from_env,
-    load_demonstrations,
-    parse_ranking,
-)
+from cyclealign.ranker.http import api_key_from_env
+from cyclealign.ranker.parse import parse_ranking
 from cyclealign.records import Demonstration, PromptRecord, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
+from cyclealign.templates.ranker import TEMPLATE_VARIABLES, RankerTemplates, load_demonstrations
 
-KEY = "sk-test-SECRET-0123456789abcdef"
 PROMPT = PromptRecord("p0", [{"role": "user", "content": "What is the capital of France?"}])
 RESPONSES = ["Paris.", "Lyon.", "The capital of France is Paris.", "I don't know."]
 GOOD = "[3] > [1] > [4] > [2]"
 GOOD_RANKING = [2, 0, 3, 1]
-
-
-@pytest.fixture(scope="module")
-def templates() -> RankerTemplates:
-    return RankerTemplates(default_templates_dir())
-
-
-def make_ranker(api: ScriptedAPI, templates: RankerTemplates, *, key: str = KEY, reply_cache=None, budget=None, price=None, **cfg) -> Ranker:
-    """A Ranker on ``api`` with no retry waits; ``cfg`` overrides RankerConfig fields (shuffle off by default)."""
-    cfg = {"max_retries": 2, "max_reasks": 2, "timeout_s": 5.0, "shuffle": False, "structured_output": "off", **cfg}
-    return Ranker(
-        RankerConfig(**cfg),
-        base_url=api.base_url,
-        model="scripted",
-        api_key=key,
-        templates=templates,
-        retry_wait=tenacity.wait_none(),
-        cache=reply_cache,
-        budget=budget,
-        price=price,
-    )
 
 
 # -- ranking and re-asks ---------------------------------------------------------------------

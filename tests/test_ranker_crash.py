@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from scripted_api import ScriptedAPI
-from test_loop import KEY, make_config, reverse_ranker
+from scripted_run import KEY, make_config, reverse_ranker
 
 from cyclealign.loop import iterate
 from cyclealign.rundir import RunDir, read_jsonl

@@ -13,21 +13,17 @@ import time
 
 import pytest
 from scripted_api import Drop, Raw, Reply, ScriptedAPI, Status, Truncated
+from scripted_run import make_ranker as make_client_ranker
 
 from cyclealign.errors import BudgetError, RankerError
-from cyclealign.ranker import RankerTemplates, RankJob, Ranker, ReplyCache
+from cyclealign.ranker.cache import ReplyCache
+from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.pricing import Budget, Price
+from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import PromptRecord
-from cyclealign.resources import default_templates_dir
-from test_ranker_client import make_ranker as make_client_ranker
 
 KEY = "sk-test-PAID-0123456789abcdefSECRET"
 N = 4
-
-
-@pytest.fixture(scope="module")
-def templates() -> RankerTemplates:
-    return RankerTemplates(default_templates_dir())
 
 
 def job(i: int, qualities=(2, 4, 1, 3)) -> RankJob:

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from cyclealign.cli import app
 from cyclealign.config import build_config
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult, RankSample, RankStatus
+from cyclealign.records import Generation, RankResult, RankSample, RankStatus
 from cyclealign.reparse import reparse_results, reparse_run
 from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from cyclealign.cli import app
 from cyclealign.config import build_config
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data.selection import select_round_prompts
+from cyclealign.data.sources import load_prompts
 from cyclealign.errors import RunDirError
-from cyclealign.policy.base import Generation
-from cyclealign.records import RankResult
-from cyclealign.report import write_report
+from cyclealign.records import Generation, RankResult
+from cyclealign.report.html import write_report
 from cyclealign.rundir import RunDir, write_jsonl
 
 runner = CliRunner()
@@ -153,7 +153,7 @@ def test_cli_report(tmp_path):
 
 
 def test_the_report_reads_the_rounds_manifests_not_a_torn_metrics_file(tmp_path):
-    from cyclealign.report import load_metrics
+    from cyclealign.report.html import load_metrics
     from cyclealign.rundir import RunDir
 
     run = RunDir(tmp_path / "run")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from cyclealign.errors import RunDirError
-from cyclealign.rundir import RunDir, append_jsonl, atomic_write_text, read_jsonl
+from cyclealign.rundir import RunDir, append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -95,3 +95,17 @@ def test_a_torn_last_line_is_said_and_cut_before_the_next_append(tmp_path, caplo
     assert "rankings.jsonl:2: a torn last line" in caplog.text
     append_jsonl(path, {"prompt_id": "b"})  # the resume asks b again (from the reply cache) and appends it
     assert read_jsonl(path) == [{"prompt_id": "a"}, {"prompt_id": "b"}]
+
+
+def test_agreement_rows_keep_their_bytes(tmp_path):
+    # agreement.jsonl was written from dicts before AgreementRow: same keys, same order, same bytes
+    from cyclealign.records import AgreementRow
+
+    line = '{"prompt_id": "p", "blackbox": [2, 0, 1], "whitebox": [1, 0, 2], "agreement": [0, 1], "n": 3, "kendall_tau": -0.3333333333333333, "joined_pool": true}\n'
+    rd = RunDir(tmp_path).round(0)
+    rd.path.mkdir()
+    rd.agreement.write_text(line)
+    (row,) = rd.read_agreement()
+    assert row == AgreementRow(prompt_id="p", blackbox=[2, 0, 1], whitebox=[1, 0, 2], agreement=[0, 1], n=3, kendall_tau=-0.3333333333333333, joined_pool=True)
+    write_jsonl(tmp_path / "again.jsonl", [row.to_json()])
+    assert (tmp_path / "again.jsonl").read_text() == line

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cyclealign.cli import app
-from cyclealign.config import Config, build_config, config_fields, flatten
-from cyclealign.data import select_next_prompts, select_round_prompts
+from cyclealign.config import Config, build_config, config_fields
+from cyclealign.config.files import flatten
+from cyclealign.data.selection import select_next_prompts, select_round_prompts
 from cyclealign.errors import ConfigError, LockedError
 from cyclealign.records import PromptRecord
 from cyclealign.rundir import RunDir, write_jsonl

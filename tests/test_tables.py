@@ -5,12 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 
-from cyclealign import rundir, tables
+from cyclealign import metrics as tables
+from cyclealign import rundir
 from cyclealign.config import build_config
-from cyclealign.loop import NullReporter, Round
-from cyclealign.records import RankResult
-from cyclealign.rundir import RunDir, write_jsonl
-from cyclealign.tables import (
+from cyclealign.loop import Round
+from cyclealign.metrics import (
     CLI_EVAL_ROWS,
     CLI_ROUND_ROWS,
     CLI_SOURCE_ROWS,
@@ -20,6 +19,9 @@ from cyclealign.tables import (
     ROUND_METRICS,
     STATUS_ROWS,
 )
+from cyclealign.progress import NullReporter
+from cyclealign.records import RankResult
+from cyclealign.rundir import RunDir, write_jsonl
 
 METRICS_JSONL_KEYS = [
     "round", "prompts", "responses", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",
@@ -45,7 +47,7 @@ def test_every_view_shows_declared_metrics_only():
 
 
 def test_report_plots_read_metrics_jsonl_keys():
-    from cyclealign import report_plots
+    from cyclealign.report import plots as report_plots
 
     source = inspect.getsource(report_plots)
     for name in ("agreement_rate", "kendall_tau", "train_loss", "ranking_loss", "sft_loss", "pool_size", "pool_added",
@@ -54,7 +56,7 @@ def test_report_plots_read_metrics_jsonl_keys():
 
 
 def test_eval_metrics_read_the_keys_evaluation_writes():
-    from cyclealign.winrate import win_summary
+    from cyclealign.evaluation.winrate import win_summary
 
     written = set(win_summary([])) | {"label", "vs", "prompts", "decoding", "max_new_tokens", "ranked", "kendall_tau",
                                       "agreement_rate", "length_mean", "length_std", "reward_mean", "reward_std"}
@@ -94,8 +96,8 @@ def test_round_metrics_line_from_a_round_manifest(tmp_path):
 def test_cli_and_report_show_the_same_labels(tmp_path):
     from rich.console import Console
 
-    from cyclealign.cli_tables import round_table
-    from cyclealign.report_sections import metric_table
+    from cyclealign.cli.tables import round_table
+    from cyclealign.report.sections import metric_table
 
     line = {k: 1 for k in METRICS_JSONL_KEYS} | {"phase_s": {p: 1.0 for p in tables.TIMED_PHASES}, "ranker_cost_usd": 0.00214}
     console = Console(width=200, record=True, file=open(tmp_path / "out.txt", "w"))

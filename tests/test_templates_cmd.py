@@ -12,20 +12,22 @@ import tenacity
 from scripted_api import ScriptedAPI
 from typer.testing import CliRunner
 
-from cyclealign.cli_templates import templates_app
+from cyclealign.cli.templates import templates_app
 from cyclealign.config import build_config
-from cyclealign.data import load_prompts, select_round_prompts
+from cyclealign.data.selection import select_round_prompts
+from cyclealign.data.sources import load_prompts
 from cyclealign.errors import TemplateError
-from cyclealign.evaluate import judge_templates
-from cyclealign.loop import NullReporter, Round, _read_pool
-from cyclealign.policy.base import Generation
-from cyclealign.ranker import Ranker, RankerTemplates, load_demonstrations
-from cyclealign.ranker.judge import JudgeTemplates
-from cyclealign.ranker.template_files import TEMPLATE_NAMES
-from cyclealign.records import Demonstration
-from cyclealign.report import write_report
+from cyclealign.evaluation.runner import judge_templates
+from cyclealign.loop import Round, _read_pool
+from cyclealign.progress import NullReporter
+from cyclealign.ranker.client import Ranker
+from cyclealign.records import Demonstration, Generation
+from cyclealign.report.html import write_report
 from cyclealign.resources import default_demos_path, default_templates_dir
 from cyclealign.rundir import RunDir, write_json, write_jsonl
+from cyclealign.templates.files import TEMPLATE_NAMES
+from cyclealign.templates.judge import JudgeTemplates
+from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 
 runner = CliRunner()
 SHIPPED = default_templates_dir()

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.train.trainer import RankingExample, collate_lists, load_trainable_policy, train_round
+from cyclealign.train.examples import RankingExample, collate_lists
+from cyclealign.train.lora import load_trainable_policy
+from cyclealign.train.trainer import train_round
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +86,7 @@ def test_each_ranking_loss_trains_lora_and_lowers_its_loss(embedded_model_dir, t
 def test_reference_previous_vs_initial(embedded_model_dir):
     from transformers import AutoTokenizer
 
-    from cyclealign.train.trainer import reference_logps
+    from cyclealign.train.scoring import reference_logps
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)
     row = {"prompt_ids": tok("Hi", add_special_tokens=False)["input_ids"], "responses_ids": [[30, 31, 2], [40, 2]]}
@@ -99,8 +101,8 @@ def test_reference_previous_vs_initial(embedded_model_dir):
     assert len(initial[0]) == 2 and initial != previous
     from transformers import AutoModelForCausalLM
 
-    from cyclealign.logprobs import response_logprobs
-    from cyclealign.train.trainer import collate_lists
+    from cyclealign.models.logprobs import response_logprobs
+    from cyclealign.train.examples import collate_lists
 
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
     b = collate_lists([row], tok.pad_token_id, 512)
@@ -129,7 +131,7 @@ def _style_rows(tok, questions):
 
 def _mean_tau(model, tok, rows):
     from cyclealign.agreement import kendall_tau, ranking_from_scores
-    from cyclealign.train.trainer import list_logps
+    from cyclealign.train.scoring import list_logps
 
     taus = []
     for sums, lens in list_logps(model, rows, pad_token_id=tok.pad_token_id, max_length=512, device=torch.device("cpu")):
@@ -158,7 +160,7 @@ def test_pro_training_generalises_a_style_preference_to_held_out_prompts(embedde
 def test_save_merged_gives_a_plain_checkpoint_equal_to_the_adapter_policy(embedded_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cyclealign.train.trainer import save_merged
+    from cyclealign.train.lora import save_merged
 
     cfg = build_config().train
     model = load_trainable_policy(str(embedded_model_dir), None, cfg, torch.device("cpu"), torch.float32)

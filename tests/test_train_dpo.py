@@ -7,7 +7,8 @@ import torch
 
 from cyclealign.config import build_config
 from cyclealign.train.dpo import ranking_to_pairs, train_round_dpo
-from cyclealign.train.trainer import RankingExample, load_trainable_policy
+from cyclealign.train.examples import RankingExample
+from cyclealign.train.lora import load_trainable_policy
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from cyclealign.config import build_config
-from cyclealign.data import load_prompts
-from cyclealign.policy.base import encode_prompt, load_tokenizer
+from cyclealign.data.sources import load_prompts
+from cyclealign.models.tokenizer import encode_prompt, load_tokenizer
+from cyclealign.train.examples import collate_lists
+from cyclealign.train.lora import load_trainable_policy
 from cyclealign.train.shared_prompt import shared_prompt_length
-from cyclealign.train.trainer import collate_lists, load_trainable_policy
 from packed_grads import loss_and_grads, packed, plain
 
 pytestmark = pytest.mark.slow

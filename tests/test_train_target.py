@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cyclealign.policy import Generation
-from cyclealign.records import RankResult
+from cyclealign.records import Generation, RankResult
 from cyclealign.rundir import RunDir, write_jsonl
 from cyclealign.train.phase import round_examples, training_examples
 

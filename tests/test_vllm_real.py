@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 
 from cyclealign.cli import app
 from cyclealign.config import build_config
-from cyclealign.data import load_prompts
+from cyclealign.data.sources import load_prompts
 from cyclealign.errors import PolicyError
-from cyclealign.logprobs import response_logprobs
-from cyclealign.policy import TransformersPolicy, make_policy
+from cyclealign.models.logprobs import response_logprobs
+from cyclealign.policy import make_policy
+from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.policy.vllm_client import VLLMClient, VLLMServer
 from cyclealign.records import PromptRecord
 from cyclealign.rundir import RunDir, read_jsonl

@@ -21,8 +21,8 @@ import torch
 from scipy.stats import kendalltau
 
 from cyclealign.efficacy.rules import Rule
-from cyclealign.policy.base import Generation
-from cyclealign.train.trainer import list_logps
+from cyclealign.records import Generation
+from cyclealign.train.scoring import list_logps
 
 
 def property_rate(rule: Rule, gens: Sequence[Generation]) -> float:

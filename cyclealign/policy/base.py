@@ -1,6 +1,7 @@
-"""What every generation backend shares: the protocol, the record it produces, the tokenizer
-helpers, and :class:`SamplingPolicy`, the de-duplication and resampling loop over one abstract
-batch sampler.
+"""What every generation backend shares: the protocol, and :class:`SamplingPolicy`, the
+de-duplication and resampling loop over one abstract batch sampler. The records it produces
+(:class:`~cyclealign.records.Generation`, :class:`~cyclealign.records.Sample`) are
+:mod:`cyclealign.records`'; the tokenizer helpers :mod:`cyclealign.models.tokenizer`'s.
 
 A backend (``transformers`` in :mod:`cyclealign.policy.hf`, a vLLM server in
 :mod:`cyclealign.policy.vllm`) subclasses :class:`SamplingPolicy` and implements:
@@ -21,45 +22,16 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from cyclealign.records import PromptRecord
+from cyclealign.models.tokenizer import encode_prompt, load_tokenizer
+from cyclealign.records import Generation, PromptRecord, Sample
 
 if TYPE_CHECKING:
-    from cyclealign.config import GenerationConfig
+    from cyclealign.config.policy import GenerationConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Generation:
-    """N sampled responses to one prompt, with the policy's own scores.
-
-    Attributes:
-        prompt_id: id of the :class:`~cyclealign.records.PromptRecord`.
-        prompt_token_ids: the chat-templated prompt as token ids (what generation saw).
-        responses: response texts (special tokens removed), distinct, ``len <= N``.
-        response_token_ids: the sampled token ids of each response, EOS included when reached.
-        logprob_mean: length-normalised log-likelihood of each response (mean token
-            log-prob in nats under the *untempered* policy, EOS included).
-        finished: whether each response ended with EOS (False = cut at max_new_tokens).
-    """
-
-    prompt_id: str
-    prompt_token_ids: list[int]
-    responses: list[str] = field(default_factory=list)
-    response_token_ids: list[list[int]] = field(default_factory=list)
-    logprob_mean: list[float] = field(default_factory=list)
-    finished: list[bool] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Generation":
-        return cls(**d)
 
 
 class GenerationBackend(Protocol):
@@ -91,46 +63,7 @@ class GenerationBackend(Protocol):
         """Release everything for good (at the end of a run: a server the backend started stops)."""
 
 
-# -- tokenizer helpers -------------------------------------------------------------------------
-
-
-def load_tokenizer(model_dir: str):
-    """The model's tokenizer (``transformers.AutoTokenizer``), with a pad token (EOS when the model has none).
-
-    Args:
-        model_dir: base model id or directory (see :func:`cyclealign.models.resolve_model_dir`).
-    Raises:
-        OSError: no tokenizer at ``model_dir`` (as ``from_pretrained`` raises it).
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def encode_prompt(tokenizer, prompt: PromptRecord, max_tokens: int) -> list[int]:
-    """The prompt's chat-templated token ids with the generation prompt, left-truncated to
-    the last ``max_tokens`` tokens (what every backend feeds the model)."""
-    ids = tokenizer.apply_chat_template(
-        prompt.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return list(ids[-max_tokens:])
-
-
 # -- the shared sampling loop ------------------------------------------------------------------
-
-
-class Sample(NamedTuple):
-    """One sampled response as a backend returns it (a plain 3-tuple works too)."""
-
-    token_ids: list[int]
-    """The response's token ids, up to and including the first EOS (none when cut at the cap)."""
-    logprob_mean: float
-    """Mean token log-prob of ``token_ids`` in nats under the *untempered* policy (EOS included)."""
-    finished: bool
-    """Whether the response ended with EOS (False = cut at ``max_new_tokens``)."""
 
 
 def derive_seed(*parts: int) -> int:

@@ -13,7 +13,7 @@ The rows and the random draws are those of ``generate(num_return_sequences=N)``:
 samples the same responses as that call, up to float rounding of the logits.
 
 Decoding itself avoids two per-step costs of ``generate()``'s defaults that grow with the batch:
-the cache writes each step into preallocated room (:class:`~cyclealign.kv_cache.PreallocatedLayer`,
+the cache writes each step into preallocated room (:class:`~cyclealign.models.kv_cache.PreallocatedLayer`,
 no ``torch.cat`` of the whole cache), and top-p searches the largest logits instead of sorting
 the vocabulary (:class:`~cyclealign.policy.nucleus.TemperedNucleusWarper`); both leave the
 scores the sampler sees, and so the draws, as they were.
@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessorList
 
-from cyclealign.config import GenerationConfig, ModelConfig
-from cyclealign.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache, preallocate
-from cyclealign.logprobs import token_logprobs
-from cyclealign.models import load_causal_lm, resolve_device, resolve_dtype
-from cyclealign.packing import attention_mask_kind, segment_attention_mask
-from cyclealign.policy.base import Sample, SamplingPolicy
+from cyclealign.config.policy import GenerationConfig, ModelConfig
+from cyclealign.models.kv_cache import cache_kwarg, empty_cache, left_padded_positions, output_cache, preallocate
+from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype
+from cyclealign.models.logprobs import token_logprobs
+from cyclealign.models.packing import attention_mask_kind, segment_attention_mask
+from cyclealign.policy.base import SamplingPolicy
 from cyclealign.policy.nucleus import TemperedNucleusWarper
+from cyclealign.records import Sample
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class TransformersPolicy(SamplingPolicy):
     last :meth:`load_adapter` call merged in.
 
     Args:
-        model_dir: base model id or directory (see :func:`cyclealign.models.resolve_model_dir`).
+        model_dir: base model id or directory (see :func:`cyclealign.models.loading.resolve_model_dir`).
         model_cfg: device and dtype.
         gen_cfg: N, temperature, top_p, token limits, batch size.
     """
@@ -219,7 +220,7 @@ def _packed_prefill(model: torch.nn.Module, prefix: torch.Tensor, mask: torch.Te
     The prompts are packed, longest first, into as few rows as hold them without exceeding the
     longest prompt (first-fit decreasing), so no row is longer and there are no more rows than
     in the padded batch: fewer tokens through the linear layers, no more attention. Each prompt
-    attends only to its own earlier tokens (:func:`cyclealign.packing.segment_attention_mask`),
+    attends only to its own earlier tokens (:func:`cyclealign.models.packing.segment_attention_mask`),
     with position ids from 0 as in its padded row; the keys and values are then laid out
     left-padded, ``[B, heads, W, head_dim]``, zeros on padding (which the attention mask hides).
     On HH-RLHF batches padding is more than half of the padded prefill's tokens.

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from cyclealign.config import Config
 from cyclealign.errors import PolicyError
-from cyclealign.policy.base import Sample, SamplingPolicy
+from cyclealign.policy.base import SamplingPolicy
 from cyclealign.policy.vllm_client import VLLMClient, VLLMServer, adapter_name
+from cyclealign.records import Sample
 from cyclealign.rundir import RunDir
 
 __all__ = ["VLLMPolicy"]

@@ -41,7 +41,7 @@ from its wheel; they agree on every point below unless said):
   backend scores. The sampled token's log-prob is returned even with ``logprobs=0``.
 
 The EOS token, when sampled, is part of a choice's tokens and log-probs (finish reason
-``"stop"``), as in :class:`~cyclealign.policy.base.Generation`.
+``"stop"``), as in :class:`~cyclealign.records.Generation`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cyclealign.config import VLLMConfig
+from cyclealign.config.policy import VLLMConfig
 from cyclealign.errors import PolicyError
 from cyclealign.serving import ServerProcess
 

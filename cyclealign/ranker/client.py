@@ -44,77 +44,31 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity.wait import wait_base
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import BudgetError
 from cyclealign.ranker.cache import CachedReply, ReplyCache
-from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest, Usage, structured_at_start
-from cyclealign.ranker.http import (
-    CALL_ERRORS,
-    RETRYABLE_ERRORS,
-    CallRecord,
-    MalformedResponseError,
-    api_key_from_env,
-    retry_after_s,
-    wait_retry_after,
-)
+from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest, Usage
+from cyclealign.ranker.http import CALL_ERRORS, CallRecord
 from cyclealign.ranker.parse import RankingParseError, ranking_json_schema
 from cyclealign.ranker.pricing import Budget, Price
 from cyclealign.ranker.ranking import (
     RankJob,
     api_error_reason,
     combine_samples,
+    first_ask_messages,
     parse_reply,
     presentation_order,
-    reparse_sample,
     unparsable_reason,
 )
-from cyclealign.ranker.templates import RankerTemplates
 from cyclealign.records import Demonstration, Message, PromptRecord, RankResult, RankSample, RankStatus
+from cyclealign.templates.ranker import RankerTemplates
 
 if TYPE_CHECKING:
     import openai
 
-__all__ = [
-    # re-exported for the importers of this module's earlier names (http, ranking, endpoint)
-    "RETRYABLE_ERRORS",
-    "CallRecord",
-    "MalformedResponseError",
-    "RankJob",
-    "Ranker",
-    "api_key_from_env",
-    "combine_samples",
-    "first_ask_messages",
-    "presentation_order",
-    "reparse_sample",
-    "retry_after_s",
-    "structured_at_start",
-    "wait_retry_after",
-]
+__all__ = ["Ranker"]
 
 log = logging.getLogger(__name__)
-
-
-def first_ask_messages(
-    templates: RankerTemplates, job: RankJob, k: int, *, shuffle: bool, json_output: bool
-) -> tuple[list[int], list[Message]]:
-    """``(presentation order, chat messages)`` of the first ask of sample ``k`` of ``job``: what
-    the ranker sends before any correction re-ask (``cyclealign templates render`` shows the same).
-
-    Args:
-        templates: the ranker templates in use.
-        job: the prompt, its responses, demonstrations and shuffle seed.
-        k: the sample (presentation order) index, ``0 <= k < ranker.consistency``.
-        shuffle: ``ranker.shuffle`` (False: responses shown in generation order).
-        json_output: the call asks for structured output (demonstrations answer in JSON).
-
-    Raises:
-        TemplateError: a template fails to render (file named).
-    """
-    order = presentation_order(job.shuffle_seed, job.prompt.id, k, len(job.responses), shuffle)
-    messages = templates.build_messages(
-        job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=json_output
-    )
-    return order, messages
 
 
 class Ranker:

@@ -28,7 +28,7 @@ import tenacity
 from aiolimiter import AsyncLimiter
 from tenacity.wait import wait_base
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig, structured_at_start
 from cyclealign.errors import BudgetError, ConfigError, RankerError
 from cyclealign.ranker.cache import CachedReply, ReplyCache, request_key
 from cyclealign.ranker.http import (
@@ -38,19 +38,9 @@ from cyclealign.ranker.http import (
 from cyclealign.ranker.pricing import FREE, Budget, BudgetExhausted, Price, estimate_tokens
 from cyclealign.records import Message
 
-__all__ = ["ChatEndpoint", "ChatRequest", "Usage", "structured_at_start"]
+__all__ = ["ChatEndpoint", "ChatRequest", "Usage"]
 
 log = logging.getLogger(__name__)
-
-
-def structured_at_start(cfg: RankerConfig) -> bool:
-    """Whether an endpoint with ``cfg`` starts out asking for structured output (``auto`` turns
-    it off for the rest of the run when the endpoint refuses it).
-
-    >>> structured_at_start(RankerConfig(structured_output="auto")), structured_at_start(RankerConfig(structured_output="off"))
-    (True, False)
-    """
-    return (cfg.structured_output or "off") != "off"
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyclealign.config import Config
-from cyclealign.prompt_selection import select_round_prompts
-from cyclealign.ranker.client import first_ask_messages
+from cyclealign.data.selection import select_round_prompts
 from cyclealign.ranker.pricing import estimate_tokens, ranker_price
-from cyclealign.ranker.ranking import RankJob, clip_prompt
-from cyclealign.ranker.templates import RankerTemplates
+from cyclealign.ranker.ranking import RankJob, clip_prompt, first_ask_messages
 from cyclealign.records import Demonstration, PromptRecord
+from cyclealign.templates.ranker import RankerTemplates
 
 __all__ = ["RunEstimate", "estimate_run"]
 

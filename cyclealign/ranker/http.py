@@ -26,7 +26,7 @@ import openai
 import tenacity
 from tenacity.wait import wait_base
 
-from cyclealign.config import RankerConfig
+from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import RankerError
 from cyclealign.ranker.cache import CachedReply
 

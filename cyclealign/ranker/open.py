@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
-from cyclealign.config import Config, ModelConfig
-from cyclealign.models import resolve_model_dir
+from cyclealign.config import Config
+from cyclealign.config.policy import ModelConfig
+from cyclealign.models.loading import resolve_model_dir
 from cyclealign.ranker.cache import ReplyCache
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import api_key_from_env
 from cyclealign.ranker.pricing import Budget, ranker_price
 from cyclealign.ranker.server import EmbeddedServer
-from cyclealign.ranker.templates import RankerTemplates
 from cyclealign.rundir import RunDir
+from cyclealign.templates.ranker import RankerTemplates
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from cyclealign.errors import ConfigError
 from cyclealign.resources import prices_path
 
 if TYPE_CHECKING:
-    from cyclealign.config import RankerConfig
+    from cyclealign.config.ranker import RankerConfig
 
 __all__ = [
     "Budget", "BudgetExhausted", "Price", "default_prices_path", "estimate_tokens", "load_price_table", "ranker_price",

@@ -14,10 +14,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cyclealign.ranker.parse import RankingParseError, parse_ranking
 from cyclealign.records import Demonstration, Message, PromptRecord, RankSample, RankStatus
+
+if TYPE_CHECKING:
+    from cyclealign.templates.ranker import RankerTemplates
 
 __all__ = [
     "clip_prompt",
@@ -25,6 +28,7 @@ __all__ = [
     "RankJob",
     "api_error_reason",
     "combine_samples",
+    "first_ask_messages",
     "parse_reply",
     "presentation_order",
     "reparse_sample",
@@ -98,6 +102,29 @@ def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: 
     if shuffle:
         random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(order)
     return order
+
+
+def first_ask_messages(
+    templates: RankerTemplates, job: RankJob, k: int, *, shuffle: bool, json_output: bool
+) -> tuple[list[int], list[Message]]:
+    """``(presentation order, chat messages)`` of the first ask of sample ``k`` of ``job``: what
+    the ranker sends before any correction re-ask (``cyclealign templates render`` shows the same).
+
+    Args:
+        templates: the ranker templates in use.
+        job: the prompt, its responses, demonstrations and shuffle seed.
+        k: the sample (presentation order) index, ``0 <= k < ranker.consistency``.
+        shuffle: ``ranker.shuffle`` (False: responses shown in generation order).
+        json_output: the call asks for structured output (demonstrations answer in JSON).
+
+    Raises:
+        TemplateError: a template fails to render (file named).
+    """
+    order = presentation_order(job.shuffle_seed, job.prompt.id, k, len(job.responses), shuffle)
+    messages = templates.build_messages(
+        job.prompt.query_text, [job.responses[i] for i in order], job.demos, json_output=json_output
+    )
+    return order, messages
 
 
 def parse_reply(text: str, n: int, order: list[int], complete_last: bool) -> list[int]:

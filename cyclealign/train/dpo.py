@@ -22,7 +22,7 @@ import torch
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from cyclealign.config import TrainConfig
+from cyclealign.config.train import TrainConfig
 from cyclealign.pairs import preference_pairs
 from cyclealign.train.examples import RankingExample, keep_prompt_tail, usable_lists
 from cyclealign.train.optimizer_carry import CarriedOptimizerMixin, carried_state
@@ -97,7 +97,7 @@ def train_round_dpo(
     Each ranking becomes :func:`ranking_to_pairs` pairs; one device batch holds as many pairs as a
     ranking has on average (TRL's sampler shuffles them across lists), so an optimiser step is about
     one ranking list, as in :func:`train_round`. A pair's prompt is left-truncated as
-    :func:`~cyclealign.train.trainer.collate_lists` does for its longer response; TRL's collator
+    :func:`~cyclealign.train.examples.collate_lists` does for its longer response; TRL's collator
     then cuts each sequence at ``max_length``.
     The reference is chosen by ``cfg.reference``: ``"previous"`` = the adapter as training starts
     (TRL's frozen ``"ref"`` copy of it), ``"initial"`` = the adapter disabled (the base model); for a

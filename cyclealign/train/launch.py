@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from cyclealign.config import Config
 from cyclealign.errors import TrainError
-from cyclealign.models import resolve_device
+from cyclealign.models.loading import resolve_device
 from cyclealign.progress import Reporter
 from cyclealign.rundir import RunDir
 from cyclealign.serving import stop_process_group, tied_to_parent

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from cyclealign.config import TrainConfig
+from cyclealign.config.train import TrainConfig
 from cyclealign.rundir import make_work_dir
 
 __all__ = ["load_trainable_policy", "lora_config", "save_merged"]
@@ -42,7 +42,7 @@ def load_trainable_policy(
     """
     from peft import PeftModel, get_peft_model
 
-    from cyclealign.models import load_causal_lm
+    from cyclealign.models.loading import load_causal_lm
 
     if cfg.qlora:
         base = _load_4bit(model_dir, device)
@@ -75,7 +75,7 @@ def _load_4bit(model_dir: str, device: torch.device):
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from cyclealign.models import load_causal_lm
+    from cyclealign.models.loading import load_causal_lm
 
     quant = BitsAndBytesConfig(
         load_in_4bit=True,

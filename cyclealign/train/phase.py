@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from cyclealign.config import Config
-from cyclealign.models import resolve_dtype
+from cyclealign.models.loading import resolve_dtype
 from cyclealign.resources import shipped_accelerate_config
-from cyclealign.rundir import RunDir, read_jsonl, write_json
-from cyclealign.train.trainer import RankingExample, load_trainable_policy, save_merged, train_round
+from cyclealign.rundir import RunDir, write_json
+from cyclealign.train.examples import RankingExample
+from cyclealign.train.lora import load_trainable_policy, save_merged
+from cyclealign.train.trainer import train_round
 
 
 def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[RankingExample]:
@@ -42,7 +44,7 @@ def round_examples(run: RunDir, index: int, target: str = "blackbox") -> list[Ra
     if target == "blackbox":
         orders = [(r.prompt_id, r.ranking) for r in rd.read_rankings() if r.ranking is not None]
     elif target == "agreement":
-        orders = [(row["prompt_id"], row["agreement"]) for row in read_jsonl(rd.agreement) if len(row["agreement"]) >= 2]
+        orders = [(row.prompt_id, row.agreement) for row in rd.read_agreement() if len(row.agreement) >= 2]
     else:
         raise ValueError(f"train.target must be 'blackbox' or 'agreement', got {target!r}")
     return [
@@ -94,7 +96,7 @@ def run_train_phase(
     model = load_trainable_policy(model_dir, previous, cfg.train, device, resolve_dtype(cfg.model, device))
     common = dict(pad_token_id=pad_token_id, out_dir=rd.adapter, seed=cfg.seed + index, device=device, callbacks=callbacks)
     if cfg.train.loss == "dpo":
-        from cyclealign.policy.base import load_tokenizer
+        from cyclealign.models.tokenizer import load_tokenizer
         from cyclealign.train.dpo import train_round_dpo
 
         stats = train_round_dpo(

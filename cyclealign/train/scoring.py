@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cyclealign.config import TrainConfig
+from cyclealign.config.train import TrainConfig
 from cyclealign.train.examples import collate_lists
 from cyclealign.train.shared_prompt import list_response_logprobs
 

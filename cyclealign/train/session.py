@@ -16,14 +16,13 @@ from typing import Any
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from cyclealign.config import TrainConfig
+from cyclealign.config.train import TrainConfig
 from cyclealign.rundir import make_work_dir
-from cyclealign.train.optimizer_carry import OPTIMIZER_STATE, save_optimizer_state
+from cyclealign.train.optimizer_carry import save_optimizer_state
 
 __all__ = [
     "DPO_KEYS",
     "LoggedKeys",
-    "OPTIMIZER_STATE",
     "RANKING_KEYS",
     "TrainStats",
     "finish_training",

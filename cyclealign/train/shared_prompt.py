@@ -1,6 +1,6 @@
 """Response log-probs of ranking lists with each list's prompt run through the model once.
 
-A list's N responses share one prompt. The plain way (:func:`cyclealign.logprobs.response_logprobs`
+A list's N responses share one prompt. The plain way (:func:`cyclealign.models.logprobs.response_logprobs`
 over the ``[N, seq]`` batch) runs the prompt's tokens through the model N times, forward and
 backward, and every row is padded to the longest response. Here each list is packed into one
 row, ``prompt + response_1 + ... + response_N`` with no padding, and a 4D attention mask lets
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from cyclealign.packing import attention_mask_kind, segment_attention_mask
-from cyclealign.logprobs import response_logprobs, token_logprobs
+from cyclealign.models.logprobs import response_logprobs, token_logprobs
+from cyclealign.models.packing import attention_mask_kind, segment_attention_mask
 
 __all__ = ["list_response_logprobs", "shared_prompt_length"]
 
@@ -40,7 +40,7 @@ def shared_prompt_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
     Args:
         input_ids, attention_mask, response_mask: ``[N, seq]`` rows of one list, as
-            :func:`cyclealign.train.trainer.collate_lists` packs them.
+            :func:`cyclealign.train.examples.collate_lists` packs them.
     """
     starts = response_mask.long().argmax(-1)  # [N] first response position
     p = int(starts[0])
@@ -63,7 +63,7 @@ def list_response_logprobs(
 ) -> torch.Tensor:
     """Per-token log-probs of the response tokens of a batch of ranking lists, each list's
     prompt run once (see the module docstring); same contract as
-    :func:`cyclealign.logprobs.response_logprobs`.
+    :func:`cyclealign.models.logprobs.response_logprobs`.
 
     Args:
         input_ids: ``[R, seq]`` prompt + response ids of all lists' rows, right-padded.

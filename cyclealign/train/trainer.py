@@ -24,9 +24,8 @@ import torch
 from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
 
-from cyclealign.config import TrainConfig
-from cyclealign.train.examples import RankingExample, collate_lists, keep_prompt_tail, usable_lists
-from cyclealign.train.lora import load_trainable_policy, lora_config, save_merged
+from cyclealign.config.train import TrainConfig
+from cyclealign.train.examples import RankingExample, collate_lists, usable_lists
 from cyclealign.train.losses import (
     dpo_pl_loss,
     implicit_rewards,
@@ -38,14 +37,11 @@ from cyclealign.train.losses import (
     sft_loss,
 )
 from cyclealign.train.optimizer_carry import CarriedOptimizerMixin, carried_state
-from cyclealign.train.scoring import list_logps, reference_logps
+from cyclealign.train.scoring import reference_logps
 from cyclealign.train.session import (
-    OPTIMIZER_STATE,
     RANKING_KEYS,
     TrainStats,
     finish_training,
-    history_mean,
-    save_adapter_atomic,
     sequence_tokens,
     timed_train,
     training_arguments,
@@ -53,27 +49,7 @@ from cyclealign.train.session import (
 )
 from cyclealign.train.shared_prompt import list_response_logprobs
 
-__all__ = [  # this module's own names, then the shared pieces' (importable from here as before)
-    "REFERENCE_LOSSES",
-    "RANKING_LOSSES",
-    "RankingConfig",
-    "RankingTrainer",
-    "train_round",
-    "OPTIMIZER_STATE",
-    "RankingExample",
-    "TrainStats",
-    "collate_lists",
-    "history_mean",
-    "keep_prompt_tail",
-    "list_logps",
-    "load_trainable_policy",
-    "lora_config",
-    "reference_logps",
-    "save_adapter_atomic",
-    "save_merged",
-    "training_arguments",
-    "usable_lists",
-]
+__all__ = ["REFERENCE_LOSSES", "RANKING_LOSSES", "RankingConfig", "RankingTrainer", "train_round"]
 
 REFERENCE_LOSSES = ("dpo-pl", "lipo")
 """Losses over implicit rewards, which need the reference model's log-probs."""

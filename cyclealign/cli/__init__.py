@@ -1,0 +1,52 @@
+"""Command-line interface: flags -> :class:`~cyclealign.config.Config` -> :func:`cyclealign.loop.iterate`.
+
+Only parsing and printing live in the ``cyclealign.cli`` modules; this one assembles the ``cyclealign``
+app (the console script ``cyclealign.cli:app``; ``python -m cyclealign.cli`` runs it through
+:mod:`cyclealign.cli.__main__`) from them, command by command, in ``--help`` order:
+
+==============  =====================================================================
+module          commands
+==============  =====================================================================
+iterate         ``iterate`` (its flags as config layers: :mod:`cyclealign.cli.flags`)
+train           ``train-round`` (what the training launchers run)
+eval            ``eval``
+artifacts       ``reparse``, ``export``, ``report``, ``publish``
+templates       ``templates ...``
+config          ``config show``, ``config schema``, ``status``
+==============  =====================================================================
+
+The tables they print are :mod:`cyclealign.cli.tables`; errors become exit codes in
+:func:`cyclealign.cli.common.exit_codes`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cyclealign.cli.artifacts import export_command, publish_command, reparse, report_command
+from cyclealign.cli.config import config_app, status_command
+from cyclealign.cli.eval import eval_command
+from cyclealign.cli.iterate import iterate
+from cyclealign.cli.templates import templates_app
+from cyclealign.cli.train import train_round_command
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
+
+
+@app.callback()
+def _root() -> None:
+    """CycleAlign: align a white-box LLM with a black-box API LLM (Hong et al. 2023)."""
+
+
+app.command()(iterate)
+app.command("train-round")(train_round_command)
+app.command("eval")(eval_command)
+app.command()(reparse)
+app.command("export")(export_command)
+app.command("report")(report_command)
+app.command("publish")(publish_command)
+app.add_typer(templates_app, name="templates")
+app.add_typer(config_app, name="config")
+app.command("status")(status_command)

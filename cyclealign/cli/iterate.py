@@ -1,0 +1,241 @@
+"""``cyclealign iterate``: run CycleAlign rounds with progress bars, a table per round and a summary line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cyclealign.cli.common import cell, console, exit_codes, setup_logging, spend_text, stop_on_signals
+from cyclealign.cli.flags import iterate_config
+from cyclealign.cli.tables import round_table
+from cyclealign.config import Config
+from cyclealign.errors import ConfigError
+from cyclealign.events import EventLog, EventReporter
+from cyclealign.metrics import round_metric
+
+__all__ = ["RichReporter", "iterate", "print_plan", "summary_line"]
+
+
+class RichReporter:
+    """Progress bars per phase and a summary table per round (a :class:`cyclealign.progress.Reporter`)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def phase_start(self, round_index: int, phase: str, total: int | None) -> None:
+        """A bar for the phase; the trainer's ``train-steps`` resets the train phase's bar to its step count."""
+        if self.task is not None and phase == "train-steps":
+            self.progress.update(self.task, total=total, completed=0)
+            return
+        label = f"round {round_index} {phase}"
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        """Move the current bar ``n`` steps."""
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def phase_end(self, round_index: int, phase: str, info: dict[str, Any]) -> None:
+        """Fill the bar and show the phase's wall seconds (``info["wall_s"]``)."""
+        if self.task is not None:
+            task = self.progress.tasks[-1]
+            self.progress.update(self.task, total=task.total or 1, completed=task.total or 1)
+            self.progress.update(self.task, description=f"round {round_index} {phase} ({info['wall_s']:.1f} s)")
+        self.task = None
+
+    def round_end(self, metrics: dict[str, Any]) -> None:
+        """Print the round's metrics line as a :func:`~cyclealign.cli.tables.round_table`."""
+        self.progress.console.print(round_table([metrics]))
+
+
+def iterate(
+    ctx: typer.Context,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts: JSONL[.gz] ({prompt}|{messages}|HH-RLHF {chosen,rejected}) or a HF dataset folder. Default: the shipped set.")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds in total (a resumed run continues up to this).")] = 2,
+    prompts_per_round: Annotated[int, typer.Option(help="Prompts per round.")] = 8,
+    num_samples: Annotated[Optional[int], typer.Option(help="N: responses sampled per prompt (default: generation.num_samples, 4).")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="A config file, YAML (.yaml/.yml) or JSON, with the fields of cyclealign.config.Config (`cyclealign config schema`); flags and --set override it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set section.field=value (YAML value; repeatable; wins over the file and the flags). `cyclealign config show` lists them.")] = None,
+    add_rounds: Annotated[Optional[int], typer.Option(min=1, help="Do this many more rounds on --run-dir (created if new, resumed otherwise): a scheduled round is `--add-rounds 1`. Overrides --rounds.")] = None,
+    new_prompts_only: Annotated[bool, typer.Option(help="Rounds draw only prompts no earlier round used; none left: exit 4 (nothing to do) without changing the run.")] = False,
+    promote_if: Annotated[Optional[str], typer.Option(help="After the rounds, write RUN_DIR/promoted (the latest adapter's path) only if its evaluation passes, e.g. 'win_rate>=0.5' (comma = and). Needs --eval-every.")] = None,
+    templates: Annotated[Optional[Path], typer.Option(help="Folder of templates overriding the shipped ones file by file (`cyclealign templates copy DIR` to start).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print what the rounds would send the ranker (calls, tokens, USD from the price table), then stop: nothing is called, written or paid for.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables: print only the final summary line (events still go to RUN_DIR/events.jsonl).")] = False,
+    model: Annotated[Optional[str], typer.Option(help="White-box policy: HF model id or local dir. Default: embedded SmolLM2-135M-Instruct.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    policy_backend: Annotated[Optional[str], typer.Option(help="Where the policy samples: transformers (CPU or one GPU) | vllm (a vLLM server: started with `vllm serve`, or --policy-base-url). Default: transformers.")] = None,
+    policy_base_url: Annotated[Optional[str], typer.Option(help="A running vLLM OpenAI-compatible server (…/v1) serving --model, for --policy-backend vllm (default: start `vllm serve`).")] = None,
+    ranker_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL (…/v1). Default: a local `transformers serve` of the embedded model.")] = None,
+    ranker_model: Annotated[Optional[str], typer.Option(help="Model name for the ranker API (required with --ranker-base-url).")] = None,
+    ranker_api_key_env: Annotated[str, typer.Option(help="Environment variable with the API key.")] = "OPENAI_API_KEY",
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Response length cap, tokens (default: generation.max_new_tokens).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="White-box sampling temperature (default: generation.temperature).")] = None,
+    num_dynamic_demos: Annotated[int, typer.Option(help="k: dynamic demonstrations per ranker call.")] = 2,
+    ranker_concurrency: Annotated[int, typer.Option(help="Ranker requests in flight at once.")] = 8,
+    ranker_rpm: Annotated[Optional[float], typer.Option(help="Ranker requests-per-minute limit.")] = None,
+    ranker_tpm: Annotated[Optional[float], typer.Option(help="Ranker tokens-per-minute limit.")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse stored ranker replies (--no-cache sends every request again; replies are still stored).")] = True,
+    ranker_cache: Annotated[Optional[Path], typer.Option(help="SQLite reply cache file (default: ~/.cache/cyclealign/ranker_cache.sqlite, shared by runs).")] = None,
+    max_cost_usd: Annotated[Optional[float], typer.Option(help="Stop (resumably) before ranker spending would exceed this many USD.")] = None,
+    ranker_price_input: Annotated[Optional[float], typer.Option(help="USD per 1M prompt tokens (overrides the price table).")] = None,
+    ranker_price_output: Annotated[Optional[float], typer.Option(help="USD per 1M completion tokens (overrides the price table).")] = None,
+    ranker_prices: Annotated[Optional[Path], typer.Option(help="Price table JSON (default: cyclealign/assets/prices.json).")] = None,
+    ranker_shuffle: Annotated[bool, typer.Option("--ranker-shuffle/--no-ranker-shuffle", help="Show responses to the ranker in a seeded random order.")] = True,
+    ranker_consistency: Annotated[int, typer.Option(help="K: ask K shuffled orders, keep rankings all K agree on.")] = 1,
+    ranker_structured_output: Annotated[Optional[str], typer.Option(help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
+    ranker_batch: Annotated[bool, typer.Option(help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
+    eval_every: Annotated[int, typer.Option(help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
+    eval_prompts: Annotated[Optional[list[Path]], typer.Option(help="Held-out prompts for --eval-every; repeatable (results also broken down by source).")] = None,
+    eval_decoding: Annotated[Optional[str], typer.Option(help="Judged response of --eval-every: greedy | sample (default: greedy).")] = None,
+    eval_max_new_tokens: Annotated[Optional[int], typer.Option(help="Length cap of evaluation generations, tokens (default: 128; training uses --max-new-tokens).")] = None,
+    agreement_min_length: Annotated[Optional[int], typer.Option(help="LCS length to join the demo pool (default N-1).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="Ranking loss: pro | rrhf | dpo-pl | lipo | dpo (TRL DPOTrainer on pairs). Default: pro.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Implicit-reward scale of dpo-pl and lipo (default: train.beta).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Reference policy of dpo-pl/lipo: initial | previous (default: initial).")] = None,
+    qlora: Annotated[bool, typer.Option(help="QLoRA: 4-bit NF4 base via bitsandbytes (CUDA only).")] = False,
+    merge: Annotated[bool, typer.Option(help="Also save each round's policy with the adapter merged (round_k/merged/).")] = False,
+    sft_weight: Annotated[Optional[float], typer.Option(help="Weight of the SFT term on the top response (default: train.sft_weight).")] = None,
+    sft_reduction: Annotated[Optional[str], typer.Option(help="SFT term per token (mean) or summed over the response (sum, PRO's code).")] = None,
+    sft_pro_scale: Annotated[Optional[bool], typer.Option("--sft-pro-scale/--no-sft-pro-scale", help="Scale the SFT term by (n-1)^2 as PRO's code does (default: train.sft_pro_scale).")] = None,
+    pro_temperature: Annotated[Optional[float], typer.Option(help="PRO: scores are divided by this before the softmax.")] = None,
+    pro_reward_gap: Annotated[Optional[bool], typer.Option("--pro-reward-gap/--no-pro-reward-gap", help="PRO's reward-gap temperatures (rank rewards).")] = None,
+    train_target: Annotated[Optional[str], typer.Option(help="Train on the black-box ranking (blackbox) or the LCS-agreed order only (agreement).")] = None,
+    replay_rounds: Annotated[Optional[int], typer.Option(help="Also train each round on the rankings of this many rounds before it (default: train.replay_rounds).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="LoRA learning rate (default: train.learning_rate).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training passes over each round's rankings (default: train.epochs).")] = None,
+    carry_optimizer: Annotated[Optional[bool], typer.Option("--carry-optimizer/--no-carry-optimizer", help="Continue each round from the previous round's AdamW state (default: on).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Clip each step's gradient norm to this (0: no clipping; default: 1.0).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default: train.lora_r).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (default: train.lora_alpha).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """Run CycleAlign rounds: generate -> black-box rank -> agreement -> train -> next round.
+
+    Exit codes: 0 done, 2 error, 3 budget reached (resumable), 4 nothing to do, 5 run directory
+    locked by another process (1: an unexpected crash).
+    """
+    from cyclealign.loop import iterate as run_iterate
+    from cyclealign.rundir import RunDir
+    from cyclealign.runlock import RunLock
+    from cyclealign.schedule import EXIT_CODES, parse_conditions, promote
+
+    setup_logging(verbose)
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # rich draws the progress
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
+    with exit_codes():
+        conditions = parse_conditions(promote_if) if promote_if else None
+        cfg, resume = iterate_config(ctx, config, set_, resume, add_rounds)
+        if conditions is not None and not cfg.eval.every:
+            raise ConfigError("--promote-if needs --eval-every (the promotion reads the latest round's evaluation)")
+        if dry_run:
+            print_plan(cfg, resume)
+            return
+    run = RunDir(cfg.run_dir)
+    events = EventLog(run.path / "events.jsonl")
+    t0 = time.perf_counter()
+    finished_before = run.finished_rounds()
+    with exit_codes(), RunLock(cfg.run_dir) as lock, exit_codes(events), stop_on_signals():
+        events.emit("run_start", pid=os.getpid(), rounds=cfg.rounds, resume=resume, command=sys.argv[1:])
+        if lock.took_over is not None:
+            events.emit("lock_takeover", stale=lock.took_over)
+            console.print(f"[yellow]took over a stale lock[/yellow] of pid {lock.took_over.get('pid')} (a process that died holding it)")
+        if lock.stopped_servers:
+            events.emit("stale_servers_stopped", pids=lock.stopped_servers)
+            console.print(f"[yellow]stopped server(s) left running by a killed run:[/yellow] pid {', '.join(map(str, lock.stopped_servers))}")
+        if quiet:
+            reporter = EventReporter(events)
+            metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)
+        else:
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            ) as progress:
+                reporter = EventReporter(events, RichReporter(progress))
+                metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)
+        promotion = None
+        if conditions is not None:
+            promotion = promote(run, conditions)
+            events.emit("promotion", condition=promote_if, **promotion.to_json())
+        idle = finished_before >= cfg.rounds and not reporter.phases_run  # every round was done, no evaluation was due
+        code = EXIT_CODES["nothing_to_do"] if idle else EXIT_CODES["done"]
+        events.emit("run_end", exit_code=code, rounds_done=run.finished_rounds(), wall_s=round(time.perf_counter() - t0, 3))
+    if not quiet:
+        console.print(round_table(metrics))
+    if promotion is not None:
+        verdict = f"promoted round {promotion.round}: {promotion.adapter}" if promotion.promoted else f"not promoted: {promotion.reason}"
+        console.print(verdict, soft_wrap=True)
+    console.print(summary_line(cfg, metrics, run), soft_wrap=True)
+    if code != EXIT_CODES["done"]:
+        console.print(f"nothing to do: all {cfg.rounds} rounds were already finished")
+        raise typer.Exit(code=code)
+
+
+def print_plan(cfg: Config, resume: bool) -> None:
+    """``iterate --dry-run``: the inputs checked as a run checks them, and the ranker's share of the
+    rounds still to run (:func:`~cyclealign.ranker.estimate.estimate_run`); nothing is written.
+
+    Raises:
+        CycleAlignError subclasses: what the run itself would refuse (prompts, templates,
+            demonstrations, price table, the run directory's state).
+    """
+    from rich.table import Table
+
+    from cyclealign.data.sources import load_prompts
+    from cyclealign.ranker.estimate import estimate_run
+    from cyclealign.resources import default_demos_path, default_templates_dir
+    from cyclealign.rundir import RunDir
+    from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
+
+    run = RunDir(cfg.run_dir)
+    run.check_config(cfg.to_json(), resume)
+    prompts = load_prompts(cfg.prompts)
+    templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
+    demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
+    rounds = sum(not run.round(k).is_done("rank") for k in range(cfg.rounds))
+    est = estimate_run(cfg, prompts, templates, demos, rounds)
+    ranker = "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
+    if est.cost_usd is None:
+        cost = "unknown (no price for this model: --set ranker.price_input_per_mtok=... ranker.price_output_per_mtok=...)"
+    else:
+        cost = f"about {est.cost_usd:.4f} USD" + (f" (budget {est.max_cost_usd:g} USD)" if est.max_cost_usd is not None else "")
+    table = Table(title=f"iterate --dry-run: {cfg.run_dir} ({'resume' if resume else 'new run'}); nothing was called or written")
+    table.add_column("what")
+    table.add_column("plan")
+    for what, plan in [
+        ("ranker", ranker),
+        ("prompt source", f"{cfg.prompts or 'the shipped prompt set'} ({len(prompts)} prompts)"),
+        ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"),
+        ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders; correction re-asks come on top)"),
+        ("prompt tokens per call", f"about {est.prompt_tokens_per_call[0]:,} (up to {est.prompt_tokens_per_call[1]:,})"),
+        ("tokens in all", f"about {est.prompt_tokens:,} prompt + up to {est.completion_tokens:,} completion"),
+        ("cost", cost),
+        ("prompts cut for the ranker", f"{est.prompts_cut} of round 0's (ranker.max_prompt_tokens={cfg.ranker.max_prompt_tokens})"),
+    ]:
+        table.add_row(what, plan)
+    console.print(table)
+
+
+def summary_line(cfg: Config, metrics: list[dict[str, Any]], run: Any) -> str:
+    """One line: rounds done, the last round's agreement and loss, the run's ranker spend
+    (``run``: the :class:`~cyclealign.rundir.RunDir`)."""
+    last = metrics[-1] if metrics else {}
+    agreement, loss = round_metric("agreement_rate"), round_metric("train_loss")
+    return (
+        f"rounds done {len(metrics)}/{cfg.rounds}; last round: {agreement.label} {cell(last.get(agreement.key))}, "
+        f"{loss.label} {cell(last.get(loss.key))}; ranker {spend_text(run.ranker_spend(), tokens=False)}; "
+        f"run directory: {cfg.run_dir} (metrics: {run.metrics})"
+    )

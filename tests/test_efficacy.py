@@ -283,9 +283,9 @@ def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_d
     learns (the best response's log-likelihood rises against the worst's)."""
     import torch
 
-    from cyclealign.config import GenerationConfig, ModelConfig
+    from cyclealign.config.policy import GenerationConfig, ModelConfig
     from cyclealign.efficacy.baseline import PlainLoopPoint, plain_pro_loop
-    from cyclealign.policy import TransformersPolicy
+    from cyclealign.policy.hf import TransformersPolicy
 
     policy = TransformersPolicy(str(embedded_model_dir), ModelConfig(device="cpu"), GenerationConfig(max_new_tokens=12))
     gens = policy.sample([PROMPT], seed=0)
@@ -315,7 +315,7 @@ def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_d
     def scores(adapter):
         from peft import PeftModel
 
-        from cyclealign.models import load_causal_lm
+        from cyclealign.models.loading import load_causal_lm
 
         model = PeftModel.from_pretrained(load_causal_lm(str(embedded_model_dir), torch.float32), str(adapter))
         return loglik_scores(model, gens, pad_token_id=policy.tokenizer.pad_token_id, max_length=512, device=cpu)[0]

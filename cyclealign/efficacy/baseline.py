@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from cyclealign.models import load_causal_lm
-from cyclealign.policy.base import Generation
+from cyclealign.models.loading import load_causal_lm
+from cyclealign.records import Generation
 
 
 @dataclass(frozen=True)

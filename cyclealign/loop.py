@@ -132,7 +132,7 @@ class Round:
                 assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
                 ranker.on_call = lambda call: self.run.record_call(self.index, call)
                 if self.cfg.ranker.batch:
-                    batch_info = prefetch_batch(ranker, jobs, self.rd.path / "ranker_batch.json")
+                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch)
                 ranker.rank_all(jobs, on_result=lambda _, result: persist(result))
             results = self.rankings()
             write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
@@ -318,7 +318,7 @@ def iterate(
         run.save_config(cfg.to_json())  # a new run whose ranker failed its preflight leaves no run behind
         if changed:  # where or how the run works, not its results: kept, and said
             log.warning("resumed with %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-            EventLog(run.path / "events.jsonl").emit("config_changed", changes=changed)
+            EventLog(run.events).emit("config_changed", changes=changed)
         cache: dict[str, Any] = {}
 
         def policy() -> GenerationBackend:
@@ -343,7 +343,8 @@ def iterate(
             # Checked for finished rounds too: an evaluation cut off by a crash is done on resume.
             if cfg.eval.every and (index + 1) % cfg.eval.every == 0:
                 # The policy as of this round: the latest adapter (a round that ranked nothing trains none).
-                latest = next((k for k in range(index, -1, -1) if run.round(k).has_adapter()), BASE)
+                latest = run.latest_trained_round(index)
+                latest = BASE if latest is None else latest
                 plan = EvalPlan.from_config(cfg.eval, rounds=sorted({BASE, latest}), vs=BASE)
                 if not evaluated(run, latest, plan):
                     assert ranker is not None

@@ -170,7 +170,7 @@ def _set_aside_after(run: RunDir, index: int) -> None:
     later = [run.round(k).path for k in range(index + 1, _last_round(run) + 1) if run.round(k).path.exists()]
     if not later:
         return
-    dest = run.path / "rewound" / time.strftime("%Y%m%d-%H%M%S")
+    dest = run.rewound / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True, exist_ok=True)
     for path in later:
         shutil.move(str(path), str(dest / path.name))

@@ -5,10 +5,13 @@ Layout of ``runs/<name>/``::
     config.json                 the resolved Config (no secrets)
     metrics.jsonl               one line per finished round
     server.log                  the embedded ranker server's log (when one is started)
+    policy_server.log           the vLLM policy server's log (generation.backend "vllm", when started)
     ranker_calls.jsonl          the cost ledger: one line per paid ranker call (round, tokens, USD)
     events.jsonl                one JSON line per event (phase start/end, errors, budget, lock, promotion)
     lock / lock.json            the run lock (flock) and its holder (pid, host, start time)
     promoted                    the adapter path of the last round that passed --promote-if
+    report/                     `cyclealign report` (report.html and its plots)
+    rewound/<time>/             rounds `cyclealign reparse` set aside (they trained on a stale policy)
     round_000/
         prompts.json            the prompts the round uses (ids and content hashes), written before it generates
         manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
@@ -21,6 +24,7 @@ Layout of ``runs/<name>/``::
         adapter/                phase "train": the PEFT LoRA adapter
         merged/                 phase "train", with train.merge: base + adapter merged
         train.json              phase "train": training summary and per-step log
+        train.log               phase "train" under a launcher: the launched process's output
     eval/
         manifest.json           {"evaluations": [...]}: one entry per finished evaluation (policies,
                                 decoding, token cap, wall_s); a resumed run skips those it lists
@@ -236,6 +240,8 @@ class RoundDir:
         self.adapter = path / "adapter"
         self.merged = path / "merged"
         self.train = path / "train.json"
+        self.train_log = path / "train.log"  # a launched training process's output
+        self.ranker_batch = path / "ranker_batch.json"  # ranker.batch: the Batch API job being waited on
         self.prompts_file = path / "prompts.json"
         self._manifest = path / "manifest.json"
 
@@ -314,8 +320,16 @@ class RunDir:
         self.policy_server_log = self.path / "policy_server.log"
         self.policy_server_pid = self.path / "policy_server.pid"  # the vLLM policy server's, while it runs
         self.ranker_calls = self.path / "ranker_calls.jsonl"
+        self.events = self.path / "events.jsonl"
+        self.lock = self.path / "lock"  # the flock itself (cyclealign.runlock)
+        self.lock_info = self.path / "lock.json"  # its holder
+        self.promoted = self.path / "promoted"  # the adapter path of the last round that passed --promote-if
         self.eval_dir = self.path / "eval"
         self.eval_manifest = self.eval_dir / "manifest.json"
+        self.eval_summary = self.eval_dir / "summary.jsonl"
+        self.eval_samples = self.eval_dir / "samples.jsonl"
+        self.report_dir = self.path / "report"  # `cyclealign report`'s default folder
+        self.rewound = self.path / "rewound"  # rounds `reparse` set aside, one folder per time
 
     def round(self, index: int) -> RoundDir:
         """Round ``index``'s folder (``round_000`` ...), whether or not it exists yet."""
@@ -451,10 +465,17 @@ class RunDir:
             k += 1
         return k
 
+    def latest_trained_round(self, upto: int) -> int | None:
+        """The latest round ``k <= upto`` whose train phase saved an adapter (None: none did;
+        a round that ranked nothing trains none)."""
+        return next((k for k in range(upto, -1, -1) if self.round(k).has_adapter()), None)
+
     def latest_adapter(self, before_round: int) -> Path | None:
-        """The adapter trained by round ``before_round - 1`` (None for round 0 or if none was trained)."""
-        for k in range(before_round - 1, -1, -1):
-            rd = self.round(k)
-            if rd.has_adapter():
-                return rd.adapter
-        return None
+        """The adapter the policy of round ``before_round`` starts from: that of the latest round
+        before it that trained one (None for round 0 or if none was trained)."""
+        k = self.latest_trained_round(before_round - 1)
+        return None if k is None else self.round(k).adapter
+
+    def read_promoted(self) -> Path | None:
+        """The adapter path in ``promoted`` (None when no round was promoted)."""
+        return Path(self.promoted.read_text().strip()) if self.promoted.is_file() else None

@@ -31,12 +31,13 @@ __all__ = ["RunLock", "lock_holder"]
 def lock_holder(run_dir: Path) -> dict[str, Any] | None:
     """The holder recorded in ``run_dir/lock.json`` with ``"live"``: whether the lock is held now
     (False: a stale record of a process that died); None when there is no record."""
-    info_path = Path(run_dir) / "lock.json"
+    run = RunDir(run_dir)
+    info_path = run.lock_info
     try:
         info = json.loads(info_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    probe = filelock.FileLock(str(Path(run_dir) / "lock"), timeout=0)
+    probe = filelock.FileLock(str(run.lock), timeout=0)
     try:
         probe.acquire()
     except filelock.Timeout:
@@ -65,10 +66,13 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
+        run = RunDir(self.run_dir)
         self.took_over: dict[str, Any] | None = None
         self.stopped_servers: list[int] = []
-        self._lock = filelock.FileLock(str(self.run_dir / "lock"), timeout=0)
-        self._info = self.run_dir / "lock.json"
+        self._lock = filelock.FileLock(str(run.lock), timeout=0)
+        self._info = run.lock_info
+        # what a run that never started leaves: the lock, its holder and the events of its refusal
+        self._lock_only = frozenset(p.name for p in (run.lock, run.lock_info, run.events))
         self._created = False
 
     def __enter__(self) -> "RunLock":
@@ -103,8 +107,6 @@ class RunLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._info.unlink(missing_ok=True)
         self._lock.release()
-        if self._created and {p.name for p in self.run_dir.iterdir()} <= _LOCK_ONLY:
+        if self._created and {p.name for p in self.run_dir.iterdir()} <= self._lock_only:
             shutil.rmtree(self.run_dir, ignore_errors=True)  # the run never started: leave no folder behind
 
-
-_LOCK_ONLY = frozenset({"lock", "lock.json", "events.jsonl"})

@@ -99,10 +99,10 @@ def promote(run: RunDir, conditions: list[Condition]) -> Promotion:
         The decision, with the values it read and the reason (no trained round, no evaluation of
         it: set ``--eval-every``, a metric missing, a condition failed).
     """
-    latest = next((k for k in range(run.finished_rounds() - 1, -1, -1) if run.round(k).has_adapter()), None)
+    latest = run.latest_trained_round(run.finished_rounds() - 1)
     if latest is None:
         return Promotion(False, None, "no finished round trained an adapter")
-    line = next((row for row in read_jsonl(run.path / "eval" / "summary.jsonl") if row.get("round") == latest), None)
+    line = next((row for row in read_jsonl(run.eval_summary) if row.get("round") == latest), None)
     if line is None:
         return Promotion(False, latest, f"round {latest} has no evaluation (run with --eval-every so that each round is evaluated)")
     values = {}
@@ -114,7 +114,7 @@ def promote(run: RunDir, conditions: list[Condition]) -> Promotion:
         if not ok:
             return Promotion(False, latest, f"{c.metric}={values[c.metric]} fails {c}", values)
     adapter = str(run.round(latest).adapter.resolve())
-    atomic_write_text(run.path / "promoted", adapter + "\n")
+    atomic_write_text(run.promoted, adapter + "\n")
     return Promotion(True, latest, "all conditions hold: " + ", ".join(map(str, conditions)), values, adapter)
 
 
@@ -160,7 +160,6 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         state = "interrupted"
     else:
         state = "not started" if done == 0 else "waiting"
-    promoted = run.path / "promoted"
     last = run.round(done - 1).phases()["metrics"] if done else None
     return {
         "run_dir": str(run.path),
@@ -173,6 +172,6 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "last_metrics": last,
         "spend": run.ranker_spend(),
         "lock": holder,
-        "promoted": promoted.read_text().strip() if promoted.is_file() else None,
+        "promoted": str(promoted) if (promoted := run.read_promoted()) is not None else None,
         "stale_servers_stopped": stopped,
     }

@@ -94,12 +94,11 @@ def publish_command(
             raise ConfigError(f"--to {to!r}: not an http(s):// URL of a vLLM server (e.g. http://HOST:8000)")
         run = RunDir(run_dir)
         saved = run.read_config()  # a run directory, or a clear error
-        if round_index is None and (run.path / "promoted").is_file():
-            adapter = Path((run.path / "promoted").read_text().strip())
+        promoted = run.read_promoted() if round_index is None else None
+        if promoted is not None:
+            adapter = promoted
         else:
-            k = round_index if round_index is not None else next(
-                (i for i in range(run.finished_rounds() - 1, -1, -1) if run.round(i).has_adapter()), None
-            )
+            k = round_index if round_index is not None else run.latest_trained_round(run.finished_rounds() - 1)
             if k is None or not run.round(k).has_adapter():
                 raise RunDirError(f"{run.path}: {'round ' + str(k) if k is not None else 'no round'} has no trained adapter to publish")
             adapter = run.round(k).adapter

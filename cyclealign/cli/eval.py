@@ -11,6 +11,7 @@ from rich.console import Console
 
 from cyclealign.cli.common import console, exit_codes, setup_logging
 from cyclealign.cli.tables import eval_table
+from cyclealign.rundir import RunDir
 
 __all__ = ["eval_command"]
 
@@ -33,7 +34,6 @@ def eval_command(
 
     from cyclealign.evaluation.plan import EvalPlan
     from cyclealign.evaluation.runner import evaluate_run
-    from cyclealign.rundir import RunDir
     from cyclealign.runlock import RunLock
 
     setup_logging(verbose)
@@ -56,4 +56,4 @@ def eval_command(
         with RunLock(run_dir):  # not while an iterate (or another eval) writes the run
             lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))
-    console.print(f"results: {run_dir / 'eval'}")
+    console.print(f"results: {RunDir(run_dir).eval_dir}")

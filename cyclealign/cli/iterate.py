@@ -146,7 +146,7 @@ def iterate(
             print_plan(cfg, resume)
             return
     run = RunDir(cfg.run_dir)
-    events = EventLog(run.path / "events.jsonl")
+    events = EventLog(run.events)
     t0 = time.perf_counter()
     finished_before = run.finished_rounds()
     with exit_codes(), RunLock(cfg.run_dir) as lock, exit_codes(events), stop_on_signals():

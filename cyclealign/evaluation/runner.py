@@ -84,7 +84,7 @@ def run_evaluation(
 
     Args:
         cfg: the run's config.
-        run: the run directory (results go to ``run.path / "eval"``).
+        run: the run directory (results go to :attr:`~cyclealign.rundir.RunDir.eval_dir`).
         plan: what to evaluate.
         ranker: the run's black-box ranker (also the pairwise judge).
         policy: returns the generation backend (``load_adapter(path | None)``,
@@ -110,7 +110,7 @@ def run_evaluation(
         if k != BASE and k not in trained:
             raise RunDirError(f"{run.path}: round {k} has no trained adapter to evaluate (trained: {trained or 'none'})")
     policies = sorted({*rounds, plan.vs})
-    out = run.path / "eval"
+    out = run.eval_dir
     out.mkdir(parents=True, exist_ok=True)
     prompts, source_of = held_out_sources(cfg, plan.sources, plan.num_prompts)
     by_id = {p.id: p for p in prompts}
@@ -155,10 +155,10 @@ def run_evaluation(
                 ids = {pid for pid, src in source_of.items() if src == name}
                 line["by_source"][name] = {"prompts": len(ids), **_summarise(results[k], ids)}
         lines[k] = line
-    summary = {row["round"]: row for row in read_jsonl(out / "summary.jsonl")}
+    summary = {row["round"]: row for row in read_jsonl(run.eval_summary)}
     summary.update(lines)
-    write_jsonl(out / "summary.jsonl", [summary[k] for k in sorted(summary)])
-    samples = {(s["round"], s["prompt_id"]): s for s in read_jsonl(out / "samples.jsonl")}
+    write_jsonl(run.eval_summary, [summary[k] for k in sorted(summary)])
+    samples = {(s["round"], s["prompt_id"]): s for s in read_jsonl(run.eval_samples)}
     for k in policies:
         for g in judged[k]:
             if g.responses:
@@ -171,7 +171,7 @@ def run_evaluation(
                     "response": g.responses[0],
                     "decoding": plan.decoding,
                 }
-    write_jsonl(out / "samples.jsonl", [samples[key] for key in sorted(samples)])
+    write_jsonl(run.eval_samples, [samples[key] for key in sorted(samples)])
     return [lines[k] for k in policies]
 
 def _first_response(g: Generation) -> Generation:

@@ -50,7 +50,7 @@ class EmbeddedServer(ServerProcess):
 
     Example::
 
-        with EmbeddedServer(model_dir, log_path=run_dir / "server.log") as server:
+        with EmbeddedServer(model_dir, log_path=RunDir(run_dir).server_log) as server:
             ranker = Ranker(cfg, base_url=server.base_url, model=server.model, api_key="local", ...)
 
     The model is preloaded (``transformers serve`` pins it), and :meth:`start` returns once

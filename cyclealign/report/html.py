@@ -99,10 +99,10 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         RunDirError: the run has no metrics (see :func:`load_metrics`) or a corrupt JSONL line.
     """
     run = RunDir(run_dir)
-    out = Path(out) if out is not None else run.path / "report"
+    out = Path(out) if out is not None else run.report_dir
     rows = load_metrics(run)
-    summary = _read_eval(run.path / "eval" / "summary.jsonl", ("round",))
-    samples = _read_eval(run.path / "eval" / "samples.jsonl", ("round", "prompt_id", "response"))
+    summary = _read_eval(run.eval_summary, ("round",))
+    samples = _read_eval(run.eval_samples, ("round", "prompt_id", "response"))
 
     try:
         cfg, config_error = run.read_config(), None

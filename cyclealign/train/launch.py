@@ -91,7 +91,7 @@ def train_phase(cfg: Config, run: RunDir, index: int, model_dir: str, pad_token_
         )
     rd = run.round(index)
     cmd = launch_command(cfg, run.path, index)
-    log_path = rd.path / "train.log"
+    log_path = rd.train_log
     with open(log_path, "ab") as log_file:
         # Its own process group, tied to this process's life: a signal that stops the run stops
         # the launcher and its workers (SIGTERM, then SIGKILL), and so does this process's death.

@@ -41,7 +41,7 @@ from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_demos_path, default_templates_dir
-from cyclealign.rundir import GenerationJournal, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
+from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
 from cyclealign.templates.check import check_templates
 from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 from cyclealign.train.launch import save_rng_state, train_phase
@@ -61,7 +61,7 @@ class Round:
         self.prompts = prompts
         self.by_id = {p.id: p for p in prompts}
 
-    def _timed(self, phase: str, total: int | None, body: Callable[[], dict[str, Any]]) -> None:
+    def _timed(self, phase: Phase, total: int | None, body: Callable[[], dict[str, Any]]) -> None:
         """Run ``phase`` unless the manifest lists it (:func:`~cyclealign.progress.timed_phase`)."""
         if not self.rd.is_done(phase):
             timed_phase(self.reporter, self.index, phase, total, body, lambda info: self.rd.mark_done(phase, **info))
@@ -83,7 +83,7 @@ class Round:
                 "generated_tokens": sum(len(ids) for g in gens for ids in g.response_token_ids),
             }
 
-        self._timed("generate", len(self.prompts), body)
+        self._timed(Phase.GENERATE, len(self.prompts), body)
 
     def generations(self) -> list[Generation]:
         """The round's generations, read back from disk."""
@@ -143,7 +143,7 @@ class Round:
 
             templates = ranker.templates.file_hashes() if ranker is not None else None
             if self.index > 0:
-                previous = self.run.round(self.index - 1).phases().get("rank", {}).get("templates")
+                previous = self.run.round(self.index - 1).phases().get(Phase.RANK, {}).get("templates")
                 warn_changed_templates(previous, templates, self.index)
             return {
                 "ranked": sum(r.ranking is not None for r in results),
@@ -162,7 +162,7 @@ class Round:
                 **({"batch": batch_info} if batch_info else {}),
             }
 
-        self._timed("rank", len(gens), body)
+        self._timed(Phase.RANK, len(gens), body)
 
     def rankings(self) -> list[RankResult]:
         """The latest black-box result per prompt, in prompt order, read back from disk."""
@@ -201,7 +201,7 @@ class Round:
             write_jsonl(self.rd.demo_pool, [d.to_json() for d in pool])
             return {"pool_added": added, "pool_size": len(pool)}
 
-        self._timed("agreement", None, body)
+        self._timed(Phase.AGREEMENT, None, body)
 
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, model_dir: str, pad_token_id: int) -> None:
@@ -211,7 +211,7 @@ class Round:
         Raises:
             TrainError: the launched training process failed (its log's last lines included).
         """
-        self._timed("train", None, lambda: train_phase(self.cfg, self.run, self.index, model_dir, pad_token_id, self.reporter))
+        self._timed(Phase.TRAIN, None, lambda: train_phase(self.cfg, self.run, self.index, model_dir, pad_token_id, self.reporter))
 
     # -- phase 5 -------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -230,8 +230,8 @@ class Round:
             }
             return round_line(ph, computed)
 
-        self._timed("metrics", None, body)
-        line = dict(self.rd.phases()["metrics"])
+        self._timed(Phase.METRICS, None, body)
+        line = dict(self.rd.phases()[Phase.METRICS])
         line.pop("wall_s", None)
         return line
 
@@ -299,7 +299,7 @@ def iterate(
             raise TemplateError(f"{cfg.ranker.templates_dir}: {len(problems)} problem(s), `cyclealign templates check` lists them: {problems[0]}")
     run = RunDir(cfg.run_dir)
     if new_prompts_only and resume:  # before anything is written or started: a night without new prompts costs nothing
-        pending = next((i for i in range(cfg.rounds) if not run.round(i).is_done("metrics")), None)
+        pending = next((i for i in range(cfg.rounds) if not run.round(i).is_done(Phase.METRICS)), None)
         if pending is not None and run.round(pending).read_prompt_ids() is None:
             used = used_prompt_counts(run, prompts, pending, cfg)
             if not select_next_prompts(prompts, 1, cfg.seed, used, new_only=True):
@@ -313,7 +313,7 @@ def iterate(
         # The ranker is opened up front (a bad key fails before any generation work) unless
         # every remaining round has already finished its ranking phase.
         ranker = None
-        if cfg.eval.every or any(not run.round(i).is_done("rank") for i in range(cfg.rounds)):
+        if cfg.eval.every or any(not run.round(i).is_done(Phase.RANK) for i in range(cfg.rounds)):
             ranker = stack.enter_context(open_ranker(cfg, run, environ, templates))
         run.save_config(cfg.to_json())  # a new run whose ranker failed its preflight leaves no run behind
         if changed:  # where or how the run works, not its results: kept, and said
@@ -330,13 +330,13 @@ def iterate(
         stack.callback(lambda: cache["policy"].shutdown() if "policy" in cache else None)
 
         for index in range(cfg.rounds):
-            if not run.round(index).is_done("metrics"):
+            if not run.round(index).is_done(Phase.METRICS):
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
                 previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
                 rnd.generate(policy)
                 rnd.rank(ranker, static_demos, previous_pool)
                 rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
-                if "policy" in cache and not rnd.rd.is_done("train"):
+                if "policy" in cache and not rnd.rd.is_done(Phase.TRAIN):
                     cache["policy"].close()  # the card's memory is the trainer's; the next generate reopens it
                 rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
                 reporter.round_end(rnd.metrics())
@@ -349,7 +349,7 @@ def iterate(
                 if not evaluated(run, latest, plan):
                     assert ranker is not None
                     evaluate_with(cfg, run, plan, ranker, policy, reporter, index)
-        metrics = [run.round(i).phases()["metrics"] for i in range(cfg.rounds)]
+        metrics = [run.round(i).phases()[Phase.METRICS] for i in range(cfg.rounds)]
     run.rewrite_metrics()
     return metrics
 

@@ -17,7 +17,7 @@ Evaluation lines are written by :func:`cyclealign.evaluation.runner.run_evaluati
 here, not renamed. A few columns combine keys (wins / losses / ties, the 95% interval,
 mean ± std): those are :class:`Metric` s with a ``cell`` function.
 
-Stdlib only.
+Stdlib only, besides the phase names (:class:`cyclealign.rundir.Phase`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cyclealign.rundir import PHASES, Phase
 
 __all__ = [
     "CLI_EVAL_ROWS",
@@ -46,7 +48,7 @@ __all__ = [
     "round_metric",
 ]
 
-TIMED_PHASES = ("generate", "rank", "agreement", "train")
+TIMED_PHASES = tuple(p for p in PHASES if p is not Phase.METRICS)
 """The timed phases of a round, in order; ``phase_s`` holds their wall seconds."""
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from cyclealign.errors import RunDirError
 from cyclealign.ranker.ranking import combine_samples, reparse_sample
 from cyclealign.records import RankResult
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import Phase, RunDir, write_jsonl
 from cyclealign.runlock import RunLock
 
 __all__ = ["ReparseSummary", "reparse_run"]
 
-DOWNSTREAM = ("agreement", "train", "metrics")
+DOWNSTREAM = (Phase.AGREEMENT, Phase.TRAIN, Phase.METRICS)
 
 
 @dataclass
@@ -148,10 +148,10 @@ def _write(run: RunDir, plans: list, stale: list[int]) -> None:
             continue
         write_jsonl(rd.rankings, [r.to_json() for r in new])
         summary.written = True
-        if rd.is_done("rank"):
-            info = dict(rd.phases()["rank"])
+        if rd.is_done(Phase.RANK):
+            info = dict(rd.phases()[Phase.RANK])
             info.update(ranked=summary.ranked_after, unranked=summary.prompts - summary.ranked_after, reparsed=True)
-            rd.mark_done("rank", **info)
+            rd.mark_done(Phase.RANK, **info)
         if summary.round in stale:
             rd.reset(*DOWNSTREAM)
             summary.rewound = True

@@ -44,6 +44,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,21 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from cyclealign.config import Config
 
-PHASES = ("generate", "rank", "agreement", "train", "metrics")
+class Phase(StrEnum):
+    """The phases of a round, in order, and the held-out evaluation. A ``str`` enum: each member
+    is its name string wherever it is written (manifests, events, ``phase_s``) or compared."""
+
+    GENERATE = "generate"
+    RANK = "rank"
+    AGREEMENT = "agreement"
+    TRAIN = "train"
+    METRICS = "metrics"
+    EVAL = "eval"
+    """Not a round's phase: an evaluation, recorded in ``eval/manifest.json``."""
+
+
+PHASES = (Phase.GENERATE, Phase.RANK, Phase.AGREEMENT, Phase.TRAIN, Phase.METRICS)
+"""A round's phases, in order: each is done once its round's manifest lists it."""
 
 
 def round_dir_name(index: int) -> str:
@@ -287,19 +302,19 @@ class RoundDir:
 
     def has_adapter(self) -> bool:
         """Whether the round's train phase is done and saved an adapter (a round with no ranked prompt saves none)."""
-        train = self.phases().get("train")
+        train = self.phases().get(Phase.TRAIN)
         return bool(train and train.get("adapter"))
 
-    def is_done(self, phase: str) -> bool:
+    def is_done(self, phase: Phase) -> bool:
         """Whether ``phase`` is recorded as finished in the manifest."""
         return phase in self.phases()
 
-    def reset(self, *phases: str) -> None:
+    def reset(self, *phases: Phase) -> None:
         """Mark ``phases`` as not done (their outputs are redone by the next resume)."""
         kept = {p: v for p, v in self.phases().items() if p not in phases}
         write_json(self._manifest, {"round": self.index, "phases": kept})
 
-    def mark_done(self, phase: str, **info: Any) -> None:
+    def mark_done(self, phase: Phase, **info: Any) -> None:
         """Record ``phase`` as finished; call only after its outputs are written."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
@@ -394,7 +409,7 @@ class RunDir:
         """The ``metrics.jsonl`` lines as the rounds' manifests hold them: the ``metrics`` phase of
         each finished round, from round 0 up to the first unfinished one, without its wall seconds."""
         return [
-            {key: v for key, v in self.round(k).phases()["metrics"].items() if key != "wall_s"}
+            {key: v for key, v in self.round(k).phases()[Phase.METRICS].items() if key != "wall_s"}
             for k in range(self.finished_rounds())
         ]
 
@@ -461,7 +476,7 @@ class RunDir:
     def finished_rounds(self) -> int:
         """Number of leading rounds whose every phase is done."""
         k = 0
-        while self.round(k).is_done("metrics"):
+        while self.round(k).is_done(Phase.METRICS):
             k += 1
         return k
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclealign.errors import ConfigError, LockedError
-from cyclealign.rundir import PHASES, RunDir, atomic_write_text, read_jsonl
+from cyclealign.rundir import PHASES, Phase, RunDir, atomic_write_text, read_jsonl
 from cyclealign.runlock import RunLock, lock_holder
 
 __all__ = ["EXIT_CODES", "Condition", "Promotion", "parse_conditions", "promote", "run_status"]
@@ -160,7 +160,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         state = "interrupted"
     else:
         state = "not started" if done == 0 else "waiting"
-    last = run.round(done - 1).phases()["metrics"] if done else None
+    last = run.round(done - 1).phases()[Phase.METRICS] if done else None
     return {
         "run_dir": str(run.path),
         "rounds_scheduled": cfg.rounds,

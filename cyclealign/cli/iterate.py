@@ -197,7 +197,7 @@ def print_plan(cfg: Config, resume: bool) -> None:
     from cyclealign.data.sources import load_prompts
     from cyclealign.ranker.estimate import estimate_run
     from cyclealign.resources import default_demos_path, default_templates_dir
-    from cyclealign.rundir import RunDir
+    from cyclealign.rundir import Phase, RunDir
     from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
 
     run = RunDir(cfg.run_dir)
@@ -205,7 +205,7 @@ def print_plan(cfg: Config, resume: bool) -> None:
     prompts = load_prompts(cfg.prompts)
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
-    rounds = sum(not run.round(k).is_done("rank") for k in range(cfg.rounds))
+    rounds = sum(not run.round(k).is_done(Phase.RANK) for k in range(cfg.rounds))
     est = estimate_run(cfg, prompts, templates, demos, rounds)
     ranker = "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
     if est.cost_usd is None:

@@ -56,7 +56,7 @@ from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import Generation, PromptRecord
-from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
+from cyclealign.rundir import Phase, RunDir, read_jsonl, write_jsonl
 from cyclealign.templates.judge import JudgeTemplates
 
 __all__ = ["evaluate_run", "evaluate_with", "evaluated", "judge_templates", "run_evaluation"]
@@ -303,7 +303,7 @@ def evaluate_with(
         lines.extend(run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg)))
         return {"evaluated": [ln["label"] for ln in lines], "decoding": plan.decoding, "max_new_tokens": plan.max_new_tokens}
 
-    timed_phase(reporter or NullReporter(), round_index, "eval", None, body, lambda info: run.record_evaluation(**info))
+    timed_phase(reporter or NullReporter(), round_index, Phase.EVAL, None, body, lambda info: run.record_evaluation(**info))
     return lines
 
 

@@ -13,7 +13,7 @@ from cyclealign.data.selection import recorded_round_prompts
 from cyclealign.data.sources import load_run_prompts
 from cyclealign.errors import CycleAlignError
 from cyclealign.metrics import REPORT_EVAL_COLUMNS, REPORT_ROUND_COLUMNS, eval_metric, round_metric
-from cyclealign.rundir import RunDir
+from cyclealign.rundir import Phase, RunDir
 
 if TYPE_CHECKING:
     from cyclealign.config import Config
@@ -109,7 +109,7 @@ def template_rows(run: RunDir, rounds: list[int]) -> list[dict[str, Any]]:
     recorded them (a run from before template hashes were recorded)."""
     from cyclealign.templates.files import changed_templates
 
-    recorded = {k: run.round(k).phases().get("rank", {}).get("templates") for k in rounds}
+    recorded = {k: run.round(k).phases().get(Phase.RANK, {}).get("templates") for k in rounds}
     if not any(recorded.values()):
         return []
     rows = []

@@ -8,13 +8,22 @@ human-written demonstrations in ``demos/``.
 The pool is updated once per round, after the round's rankings are all in, so every ranker
 call of round r sees the same pool (the one left by round r-1): calls within a round are
 independent, can run concurrently, and a resumed round renders exactly the same requests.
+
+This module is the one place that reads the pool (:func:`read_pool`), selects a call's
+demonstrations (:func:`round_demonstrations`) and writes the pool (:func:`write_pool`); the loop
+and ``templates render`` both go through it, so a rendered call is the call the ranker sends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cyclealign.records import Demonstration
+from cyclealign.rundir import RoundDir, RunDir, read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from cyclealign.config.ranker import RankerConfig
 
 
 def agreement_demonstration(
@@ -94,3 +103,39 @@ def select_demonstrations(
     """The demonstrations of one ranker call: the first ``num_static`` static ones, then the
     ``num_dynamic`` best dynamic ones (shown last, nearest the query)."""
     return list(static[:num_static]) + pool.select(num_dynamic)
+
+
+def static_demonstrations(cfg: RankerConfig) -> list[Demonstration]:
+    """The static demonstrations: ``cfg.demos_path`` or the shipped ``demos/`` file.
+
+    Raises:
+        DataError: the file is missing or a line is not a valid demonstration (file and line named).
+    """
+    from cyclealign.resources import default_demos_path
+    from cyclealign.templates.ranker import load_demonstrations
+
+    return load_demonstrations(cfg.demos_path or default_demos_path())
+
+
+def round_demonstrations(cfg: RankerConfig, static: Sequence[Demonstration], pool: DemoPool) -> list[Demonstration]:
+    """The demonstrations every ranker call of a round shows: ``cfg.num_static_demos`` static ones,
+    then the ``cfg.num_dynamic_demos`` best of ``pool`` (:func:`select_demonstrations`)."""
+    return select_demonstrations(static, pool, cfg.num_static_demos, cfg.num_dynamic_demos)
+
+
+def read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:
+    """The dynamic pool round ``index`` ranks with: the one round ``index - 1`` left in its
+    ``demo_pool.jsonl`` (empty for round 0), bounded to ``max_size`` demonstrations.
+
+    Raises:
+        RunDirError: a line other than the last of ``demo_pool.jsonl`` is not valid JSON.
+    """
+    if index == 0:
+        return DemoPool(max_size=max_size)
+    rows = read_jsonl(run.round(index - 1).demo_pool)
+    return DemoPool([Demonstration.from_json(d) for d in rows], max_size=max_size)
+
+
+def write_pool(rd: RoundDir, pool: DemoPool) -> None:
+    """Write ``pool`` as round ``rd``'s ``demo_pool.jsonl`` (atomically): what the next round ranks with."""
+    write_jsonl(rd.demo_pool, [d.to_json() for d in pool])

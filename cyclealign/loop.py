@@ -25,7 +25,7 @@ from cyclealign.agreement import agreement_of
 from cyclealign.config import Config
 from cyclealign.data.selection import recorded_round_prompts, select_next_prompts, used_prompt_counts
 from cyclealign.data.sources import load_prompts
-from cyclealign.demos import DemoPool, agreement_demonstration, select_demonstrations
+from cyclealign.demos import DemoPool, agreement_demonstration, read_pool, round_demonstrations, static_demonstrations, write_pool
 from cyclealign.errors import NothingToDo, TemplateError
 from cyclealign.evaluation.plan import BASE, EvalPlan
 from cyclealign.evaluation.runner import evaluate_with, evaluated
@@ -38,12 +38,12 @@ from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.open import open_ranker
-from cyclealign.ranker.ranking import RankJob, clip_prompt
+from cyclealign.ranker.ranking import RankJob, clip_prompt, round_shuffle_seed
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
-from cyclealign.resources import default_demos_path, default_templates_dir
-from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, read_jsonl, write_jsonl
+from cyclealign.resources import default_templates_dir
+from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, write_jsonl
 from cyclealign.templates.check import check_templates
-from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
+from cyclealign.templates.ranker import RankerTemplates
 from cyclealign.train.launch import save_rng_state, train_phase
 from cyclealign.train.lora import check_qlora
 
@@ -101,9 +101,8 @@ class Round:
             RankerError: the API refused the requests (bad key, unknown model).
         """
         gens = self.generations()
-        demos = select_demonstrations(
-            static_demos, pool, self.cfg.ranker.num_static_demos, self.cfg.ranker.num_dynamic_demos
-        )
+        demos = round_demonstrations(self.cfg.ranker, static_demos, pool)
+        shuffle_seed = round_shuffle_seed(self.cfg.seed, self.index)
 
         def persist(result: RankResult) -> None:
             append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
@@ -121,7 +120,7 @@ class Round:
                 else:
                     prompt, cut = clip_prompt(self.by_id[g.prompt_id], self.cfg.ranker.max_prompt_tokens)
                     clipped += cut
-                    jobs.append(RankJob(prompt, g.responses, demos, self.cfg.seed + self.index))
+                    jobs.append(RankJob(prompt, g.responses, demos, shuffle_seed))
             if clipped:
                 log.warning(
                     "round %d: %d prompt(s) cut to ranker.max_prompt_tokens=%s for the ranker (their end kept)",
@@ -198,7 +197,7 @@ class Round:
                     )
                 )
             write_jsonl(self.rd.agreement, [row.to_json() for row in rows])
-            write_jsonl(self.rd.demo_pool, [d.to_json() for d in pool])
+            write_pool(self.rd, pool)
             return {"pool_added": added, "pool_size": len(pool)}
 
         self._timed(Phase.AGREEMENT, None, body)
@@ -288,7 +287,7 @@ def iterate(
     # Every input is checked before the run directory is touched.
     prompts = load_prompts(cfg.prompts)
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
-    static_demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
+    static_demos = static_demonstrations(cfg.ranker)
     model_dir = resolve_model_dir(cfg.model)
     device = resolve_device(cfg.model)  # a device this machine lacks fails here, not in the train phase
     if cfg.train.qlora:
@@ -332,7 +331,7 @@ def iterate(
         for index in range(cfg.rounds):
             if not run.round(index).is_done(Phase.METRICS):
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
-                previous_pool = _read_pool(run, index, cfg.agreement.pool_max_size)
+                previous_pool = read_pool(run, index, cfg.agreement.pool_max_size)
                 rnd.generate(policy)
                 rnd.rank(ranker, static_demos, previous_pool)
                 rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
@@ -357,14 +356,6 @@ def iterate(
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:
     """Unranked prompts by status, under each status's label (``"api error"``, ``"unparsable"``...)."""
     return dict(Counter(r.status.label for r in results if r.status is not RankStatus.RANKED))
-
-
-def _read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:
-    """The dynamic pool as left by round ``index - 1`` (empty for round 0)."""
-    if index == 0:
-        return DemoPool(max_size=max_size)
-    rows = read_jsonl(run.round(index - 1).demo_pool)
-    return DemoPool([Demonstration.from_json(d) for d in rows], max_size=max_size)
 
 
 def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:

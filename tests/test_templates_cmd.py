@@ -18,7 +18,8 @@ from cyclealign.data.selection import select_round_prompts
 from cyclealign.data.sources import load_prompts
 from cyclealign.errors import TemplateError
 from cyclealign.evaluation.runner import judge_templates
-from cyclealign.loop import Round, _read_pool
+from cyclealign.demos import read_pool
+from cyclealign.loop import Round
 from cyclealign.progress import NullReporter
 from cyclealign.ranker.client import Ranker
 from cyclealign.records import Demonstration, Generation
@@ -231,7 +232,7 @@ def test_render_equals_what_the_ranker_sends_and_the_manifest_records_template_h
         prompts = select_round_prompts(load_prompts(cfg.prompts), 1, cfg.prompts_per_round, cfg.seed)
         static = load_demonstrations(default_demos_path())
         with caplog.at_level(logging.WARNING):
-            Round(cfg, run, 1, prompts, NullReporter()).rank(ranker, static, _read_pool(run, 1, cfg.agreement.pool_max_size))
+            Round(cfg, run, 1, prompts, NullReporter()).rank(ranker, static, read_pool(run, 1, cfg.agreement.pool_max_size))
     sent = [r["messages"] for r in api.requests]
     assert len(sent) == 2
     for p in prompts:

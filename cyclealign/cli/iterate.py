@@ -196,15 +196,16 @@ def print_plan(cfg: Config, resume: bool) -> None:
 
     from cyclealign.data.sources import load_prompts
     from cyclealign.ranker.estimate import estimate_run
-    from cyclealign.resources import default_demos_path, default_templates_dir
+    from cyclealign.demos import static_demonstrations
+    from cyclealign.resources import default_templates_dir
     from cyclealign.rundir import Phase, RunDir
-    from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
+    from cyclealign.templates.ranker import RankerTemplates
 
     run = RunDir(cfg.run_dir)
     run.check_config(cfg.to_json(), resume)
     prompts = load_prompts(cfg.prompts)
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
-    demos = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
+    demos = static_demonstrations(cfg.ranker)
     rounds = sum(not run.round(k).is_done(Phase.RANK) for k in range(cfg.rounds))
     est = estimate_run(cfg, prompts, templates, demos, rounds)
     ranker = "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"

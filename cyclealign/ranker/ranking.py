@@ -31,6 +31,7 @@ __all__ = [
     "first_ask_messages",
     "parse_reply",
     "presentation_order",
+    "round_shuffle_seed",
     "reparse_sample",
     "unparsable_reason",
 ]
@@ -44,13 +45,22 @@ class RankJob:
         prompt: the prompt; its :attr:`~PromptRecord.query_text` is shown as the conversation.
         responses: the N >= 2 responses.
         demos: in-context demonstrations, rendered as earlier user/assistant turns.
-        shuffle_seed: seed of the presentation orders (the loop passes ``seed + round``).
+        shuffle_seed: seed of the presentation orders (the loop passes :func:`round_shuffle_seed`).
     """
 
     prompt: PromptRecord
     responses: list[str]
     demos: list[Demonstration] = field(default_factory=list)
     shuffle_seed: int = 0
+
+
+def round_shuffle_seed(seed: int, round_index: int) -> int:
+    """The shuffle seed of round ``round_index``'s ranker calls in a run seeded ``seed``.
+
+    >>> round_shuffle_seed(7, 2)
+    9
+    """
+    return seed + round_index
 
 
 def clip_prompt(prompt: PromptRecord, max_tokens: int | None) -> tuple[PromptRecord, bool]:

@@ -2,8 +2,9 @@
 
 A ranker call is rebuilt as :meth:`cyclealign.loop.Round.rank` builds it: the round's
 generation of one prompt, the static demonstrations (``ranker.demos_path`` or the shipped ones)
-followed by the dynamic ones of the pool the previous round left
-(:func:`~cyclealign.demos.select_demonstrations`), the shuffle seed ``seed + round``, and then
+followed by the dynamic ones of the pool the previous round left (:func:`~cyclealign.demos.read_pool`,
+:func:`~cyclealign.demos.round_demonstrations`), the shuffle seed
+(:func:`~cyclealign.ranker.ranking.round_shuffle_seed`), and then
 the messages come from :func:`~cyclealign.ranker.ranking.first_ask_messages`, the function the
 ranker itself sends. Without a run, the first shipped demonstration is the query, with the
 default settings (what round 0 of a default run would send for it).
@@ -20,13 +21,12 @@ from pathlib import Path
 
 from cyclealign.config import Config
 from cyclealign.config.ranker import structured_at_start
-from cyclealign.demos import DemoPool, select_demonstrations
+from cyclealign.demos import DemoPool, read_pool, round_demonstrations, static_demonstrations
 from cyclealign.errors import RunDirError
-from cyclealign.ranker.ranking import RankJob, first_ask_messages
-from cyclealign.records import Demonstration, Message, PromptRecord
-from cyclealign.resources import default_demos_path
+from cyclealign.ranker.ranking import RankJob, first_ask_messages, round_shuffle_seed
+from cyclealign.records import Message, PromptRecord
 from cyclealign.templates.judge import JudgeTemplates
-from cyclealign.templates.ranker import RankerTemplates, load_demonstrations
+from cyclealign.templates.ranker import RankerTemplates
 
 __all__ = ["Call", "judge_messages", "ranker_messages", "run_call", "sample_call"]
 
@@ -58,11 +58,6 @@ def _prompt_of(query: str, prompt_id: str) -> PromptRecord:
     return PromptRecord(prompt_id, messages)
 
 
-def _demos(cfg: Config, pool: DemoPool) -> list[Demonstration]:
-    static = load_demonstrations(cfg.ranker.demos_path or default_demos_path())
-    return select_demonstrations(static, pool, cfg.ranker.num_static_demos, cfg.ranker.num_dynamic_demos)
-
-
 def sample_call() -> Call:
     """The call for the first shipped demonstration under the default settings (round 0, seed 0).
 
@@ -70,9 +65,10 @@ def sample_call() -> Call:
         DataError: the shipped demonstrations are unreadable (a broken install).
     """
     cfg = Config()
-    first = load_demonstrations(default_demos_path())[0]
+    first = static_demonstrations(cfg.ranker)[0]  # the defaults': the shipped demonstrations
     prompt = _prompt_of(first.query, "sample")
-    return Call(cfg, RankJob(prompt, list(first.responses), _demos(cfg, DemoPool(max_size=cfg.agreement.pool_max_size)), cfg.seed))
+    demos = round_demonstrations(cfg.ranker, static_demonstrations(cfg.ranker), DemoPool(max_size=cfg.agreement.pool_max_size))
+    return Call(cfg, RankJob(prompt, list(first.responses), demos, round_shuffle_seed(cfg.seed, 0)))
 
 
 def run_call(run_dir: str | Path, round_index: int = 0, prompt_id: str | None = None) -> Call:
@@ -90,7 +86,7 @@ def run_call(run_dir: str | Path, round_index: int = 0, prompt_id: str | None = 
         ConfigError, DataError: the run's config, prompt source or demonstrations are invalid.
     """
     from cyclealign.data.sources import load_run_prompts
-    from cyclealign.rundir import RunDir, read_jsonl
+    from cyclealign.rundir import RunDir
 
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
@@ -107,10 +103,9 @@ def run_call(run_dir: str | Path, round_index: int = 0, prompt_id: str | None = 
     prompt = next((p for p in load_run_prompts(run, cfg) if p.id == gen.prompt_id), None)
     if prompt is None:
         raise RunDirError(f"{cfg.prompts}: the run's prompt source has no prompt {gen.prompt_id!r} (of round {round_index})")
-    max_size = cfg.agreement.pool_max_size
-    rows = read_jsonl(run.round(round_index - 1).demo_pool) if round_index > 0 else []
-    pool = DemoPool([Demonstration.from_json(d) for d in rows], max_size=max_size)  # the pool round_index ranks with
-    return Call(cfg, RankJob(prompt, list(gen.responses), _demos(cfg, pool), cfg.seed + round_index))
+    pool = read_pool(run, round_index, cfg.agreement.pool_max_size)  # the pool round_index ranks with
+    demos = round_demonstrations(cfg.ranker, static_demonstrations(cfg.ranker), pool)
+    return Call(cfg, RankJob(prompt, list(gen.responses), demos, round_shuffle_seed(cfg.seed, round_index)))
 
 
 def ranker_messages(templates: RankerTemplates, call: Call, sample: int = 0) -> list[Message]:

@@ -2,8 +2,8 @@
 
 Tests point the real ``openai`` client (through :class:`cyclealign.ranker.client.Ranker`) at it, so
 retries, timeouts, dropped connections and HTTP errors are exercised over real sockets
-instead of a mocked client. Stdlib only: ``http.server.ThreadingHTTPServer`` on
-``127.0.0.1:<free port>``, served from a daemon thread; one daemon thread per (keep-alive)
+instead of a mocked client. Stdlib only (:class:`cyclealign.local_http.ThreadedHTTPServer`:
+``http.server.ThreadingHTTPServer`` on ``127.0.0.1:<free port>``, served from a daemon thread); one daemon thread per (keep-alive)
 connection, so dozens of concurrent clients are served in parallel, not one after another.
 
 Endpoints:
@@ -59,9 +59,11 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from cyclealign.local_http import JSONHandler, ThreadedHTTPServer
 
 __all__ = ["Action", "Drop", "Fallback", "OnRequest", "Raw", "Reply", "ScriptedAPI", "Status", "Truncated"]
 
@@ -214,9 +216,8 @@ class ScriptedAPI:
         self._file_objects: dict[str, dict[str, Any]] = {}
         self._file_serial = 0
         self._batches: dict[str, dict[str, Any]] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._http: ThreadedHTTPServer | None = None
         self._port: int | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "ScriptedAPI":
@@ -226,23 +227,18 @@ class ScriptedAPI:
             owner = api
 
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", 0), Handler)
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="scripted-api", daemon=True
-        )
-        self._thread.start()
+        self._http = ThreadedHTTPServer(Handler, name="scripted-api", poll_interval_s=0.02, server_class=_Server).start()
+        self._port = self._http.port
         return self
 
     def stop(self) -> None:
         """Stop serving. Requests still waiting out a delay are dropped (not answered), then
         :attr:`answered` is final."""
-        if self._server is not None:
+        if self._http is not None:
             self._stopping.set()
             self.wait_settled(5.0)
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            self._http.stop()
+            self._http = None
 
     def __enter__(self) -> "ScriptedAPI":
         return self.start()
@@ -521,35 +517,16 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
+    """HTTP/1.1 keep-alive, as real API servers do (:class:`~cyclealign.local_http.JSONHandler`)."""
+
     owner: ScriptedAPI
-    protocol_version = "HTTP/1.1"  # keep-alive, as real API servers do
     disable_nagle_algorithm = True  # headers and body leave at once (no 40 ms delayed-ACK stall)
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
     # -- helpers ---------------------------------------------------------------------------
-    def _send(
-        self, code: int, data: bytes, content_type: str, headers: dict[str, str] | None = None, limit: int | None = None
-    ) -> None:
-        """Send a response whose ``Content-Length`` is ``len(data)``; with ``limit``, only the first
-        ``limit`` bytes of ``data`` are written (a truncated body)."""
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data if limit is None else data[:limit])
-
-    def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        self._send(code, data, "application/json", headers)
-
     def _send_error(self, code: int, message: str) -> None:
         """An OpenAI-style ``invalid_request_error`` with ``message``."""
-        self._send_json(code, {"error": {"message": message, "type": "invalid_request_error"}})
+        self.send_json(code, {"error": {"message": message, "type": "invalid_request_error"}})
 
     def _read_body(self) -> bytes:
         """The request body: ``Content-Length`` bytes, or the chunks of a chunked body."""
@@ -582,33 +559,33 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = self._path()
         if parts == ["health"]:
-            self._send_json(200, {"status": "ok"})
+            self.send_json(200, {"status": "ok"})
         elif parts == ["v1", "models"]:
             model = {"id": "scripted", "object": "model", "created": 0, "owned_by": "tests"}
-            self._send_json(200, {"object": "list", "data": [model]})
+            self.send_json(200, {"object": "list", "data": [model]})
         elif parts == ["v1", "batches"]:
-            self._send_json(200, self.owner._list_batches())
+            self.send_json(200, self.owner._list_batches())
         elif len(parts) == 3 and parts[:2] == ["v1", "batches"]:
             batch = self.owner._retrieve_batch(parts[2])
             if batch is None:
                 self._send_error(404, f"no batch {parts[2]}")
             else:
-                self._send_json(200, batch)
+                self.send_json(200, batch)
         elif len(parts) in (3, 4) and parts[:2] == ["v1", "files"] and parts[3:] in ([], ["content"]):
             found = self.owner._file(parts[2])
             if found is None:
                 self._send_error(404, f"no file {parts[2]}")
             elif len(parts) == 3:
-                self._send_json(200, found[0])
+                self.send_json(200, found[0])
             else:
-                self._send(200, found[1], "application/octet-stream")
+                self.send_body(200, found[1], "application/octet-stream")
         else:
             self._send_error(404, f"no route {self.path}")
 
     def do_DELETE(self) -> None:
         parts = self._path()
         if len(parts) == 3 and parts[:2] == ["v1", "files"] and self.owner._delete_file(parts[2]):
-            self._send_json(200, {"id": parts[2], "object": "file", "deleted": True})
+            self.send_json(200, {"id": parts[2], "object": "file", "deleted": True})
         else:
             self._send_error(404, f"no route {self.path}")
 
@@ -621,15 +598,15 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 req = json.loads(raw or b"{}")
             except json.JSONDecodeError:
-                self._send_json(400, {"error": {"message": "invalid JSON body"}})
+                self.send_json(400, {"error": {"message": "invalid JSON body"}})
                 return
-            self._send_json(*self.owner._create_batch(req))
+            self.send_json(*self.owner._create_batch(req))
         elif len(parts) == 4 and parts[:2] == ["v1", "batches"] and parts[3] == "cancel":
             batch = self.owner._cancel_batch(parts[2])
             if batch is None:
                 self._send_error(404, f"no batch {parts[2]}")
             else:
-                self._send_json(200, batch)
+                self.send_json(200, batch)
         elif parts == ["v1", "chat", "completions"]:
             self._chat(raw)
         else:
@@ -640,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
-            self._send_json(400, {"error": {"message": "invalid JSON body"}})
+            self.send_json(400, {"error": {"message": "invalid JSON body"}})
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         index, action = self.owner._next_action(body, headers)
@@ -665,16 +642,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if isinstance(action, Truncated):
                 data = json.dumps(self._completion(index, body, Reply(action.text))).encode()
-                self._send(200, data, "application/json", limit=len(data) // 2)
+                self.send_body(200, data, "application/json", limit=len(data) // 2)
                 self.wfile.flush()
                 self.close_connection = True
                 return  # never answered
             if isinstance(action, Raw):
-                self._send(action.code, action.body.encode(), action.content_type, action.headers)
+                self.send_body(action.code, action.body.encode(), action.content_type, action.headers)
             elif isinstance(action, Status):
-                self._send_json(action.code, _status_body(action), action.headers)
+                self.send_json(action.code, _status_body(action), action.headers)
             else:
-                self._send_json(200, self._completion(index, body, action))
+                self.send_json(200, self._completion(index, body, action))
             self.wfile.flush()
         except OSError:
             self.close_connection = True
@@ -697,7 +674,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(400, "multipart field 'file' missing")
             return
         purpose = fields.get("purpose", (None, b"batch"))[1].decode()
-        self._send_json(200, self.owner._new_file(fields["file"][1], fields["file"][0] or "upload", purpose))
+        self.send_json(200, self.owner._new_file(fields["file"][1], fields["file"][0] or "upload", purpose))
 
     @staticmethod
     def _completion(index: int, request: dict[str, Any], reply: Reply) -> dict[str, Any]:

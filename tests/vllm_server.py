@@ -62,10 +62,12 @@ import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from cyclealign.local_http import JSONHandler, ThreadedHTTPServer
 
 VLLM_VERSION = "0.32.0"
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
@@ -258,12 +260,12 @@ class VLLMTestServer:
         self.awake.set()
         self.sleep_calls = 0  # /sleep calls answered (tests count them)
         self.engine = Engine(self.model_path, logprobs_mode, max_lora_rank, enable_lora, max_model_len)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: ThreadedHTTPServer | None = None
 
     @property
     def url(self) -> str:
         assert self._server is not None, "the server is not started"
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        return self._server.url
 
     @property
     def base_url(self) -> str:
@@ -402,23 +404,19 @@ class VLLMTestServer:
     def start(self) -> "VLLMTestServer":
         routes, api_key = self._routes(), self.api_key
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(JSONHandler):
+            log_message = BaseHTTPRequestHandler.log_message  # errors to stderr (requests: log_request)
 
             def log_request(self, code: Any = "-", size: Any = "-") -> None:
                 log(f'{self.client_address[0]}:{self.client_address[1]} - "{self.requestline}" {code}')
 
             def _send(self, code: int, payload: Any) -> None:
+                """A dict as JSON; a text (vLLM's adapter answers) or None (empty) without a content type."""
                 data = b"" if payload is None else payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                self.send_response(code)
-                if isinstance(payload, dict):
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(code, data, "application/json" if isinstance(payload, dict) else None)
 
             def _handle(self, method: str) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.read_body()
                 parts = urlsplit(self.path)
                 path = parts.path.rstrip("/") or "/"
                 if api_key and path.startswith("/v1") and self.headers.get("Authorization") != f"Bearer {api_key}":
@@ -445,15 +443,12 @@ class VLLMTestServer:
             def do_POST(self) -> None:
                 self._handle("POST")
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="vllm-test-server", daemon=True).start()
+        self._server = ThreadedHTTPServer(Handler, host=self.host, port=self.port, name="vllm-test-server").start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     __enter__ = start

@@ -5,8 +5,8 @@ It reads the last user message of a ranker call (the query block of
 ranks the responses it shows with :meth:`cyclealign.efficacy.rules.Rule.rank`, and answers
 ``[a] > [b] > ...`` (or ``{"ranking": [...]}`` when the request carries a JSON-schema
 ``response_format``), so the ranker client, its parser, cache and retries run for real.
-Stdlib only (``http.server.ThreadingHTTPServer`` on ``127.0.0.1:<free port>``, one daemon
-thread).
+Stdlib only (:class:`cyclealign.local_http.ThreadedHTTPServer`: ``http.server.ThreadingHTTPServer``
+on ``127.0.0.1:<free port>``, one daemon thread).
 
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``; anything else 404.
 A chat request without response delimiters (the client's 1-token preflight) is answered "ok".
@@ -19,10 +19,10 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cyclealign.efficacy.rules import Rule
+from cyclealign.local_http import JSONHandler, ThreadedHTTPServer
 
 _RESPONSE = re.compile(r'<response id="(\d+)">\n(.*?)\n</response>', re.DOTALL)
 
@@ -81,56 +81,46 @@ class RuleBlackBox:
         self.model = f"rule-{rule.name}"
         self.count = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: ThreadedHTTPServer | None = None
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>/v1``."""
-        assert self._server is not None, "the server is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        assert self._http is not None and self._http.serving, "the server is not started"
+        return f"{self._http.url}/v1"
+
+    def _next_index(self) -> int:
+        """Count one answered chat request; its 1-based index."""
+        with self._lock:
+            self.count += 1
+            return self.count
 
     def __enter__(self) -> "RuleBlackBox":
         box = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            def _send(self, code: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/health":
-                    self._send(200, {"status": "ok"})
+                    self.send_json(200, {"status": "ok"})
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": box.model, "object": "model", "owned_by": "cyclealign"}]})
+                    self.send_json(200, {"object": "list", "data": [{"id": box.model, "object": "model", "owned_by": "cyclealign"}]})
                 else:
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    self.send_json(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.read_body()
                 if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    self.send_json(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 try:
                     body = json.loads(raw)
                     text = rule_answer(box.rule, body)
                 except (ValueError, KeyError, TypeError) as e:
-                    self._send(400, {"error": {"message": f"not a ranker request: {e}", "type": "invalid_request_error"}})
+                    self.send_json(400, {"error": {"message": f"not a ranker request: {e}", "type": "invalid_request_error"}})
                     return
-                with box._lock:
-                    box.count += 1
-                    index = box.count
+                index = box._next_index()
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
-                self._send(
+                self.send_json(
                     200,
                     {
                         "id": f"chatcmpl-rule-{index}",
@@ -148,14 +138,10 @@ class RuleBlackBox:
                     },
                 )
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rule-black-box", daemon=True)
-        self._thread.start()
+        self._http = ThreadedHTTPServer(Handler, name="rule-black-box").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None

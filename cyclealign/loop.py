@@ -37,6 +37,7 @@ from cyclealign.policy.base import GenerationBackend
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.http import CallRecord
 from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt, round_shuffle_seed
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
@@ -129,10 +130,12 @@ class Round:
             batch_info: dict[str, Any] = {}
             if jobs:
                 assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
-                ranker.on_call = lambda call: self.run.record_call(self.index, call)
+                def ledger(call: CallRecord) -> None:  # the round's paid calls
+                    self.run.record_call(self.index, call)
+
                 if self.cfg.ranker.batch:
-                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch)
-                ranker.rank_all(jobs, on_result=lambda _, result: persist(result))
+                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=ledger)
+                ranker.rank_all(jobs, on_result=lambda _, result: persist(result), on_call=ledger)
             results = self.rankings()
             write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
             spend = self.run.ranker_spend(self.index)

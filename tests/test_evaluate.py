@@ -54,7 +54,7 @@ def test_win_rate_counts_a_win_only_when_both_orders_agree(tmp_path):
     with ScriptedAPI(fallback=lambda r: Reply(judge(r))) as api:
         ranker = make_ranker(api, RankerTemplates(default_templates_dir()))
         judge_t = JudgeTemplates(default_templates_dir())
-        line = win_summary(judge_pairs(ranker, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts))
+        line = win_summary(judge_pairs(ranker.endpoint, judge_t, tmp_path, 0, -1, gens_a, gens_b, prompts))
         assert api.count == 12  # both orders of the 6 pairs that differ
         orders = {tuple(shown_pair(r)) for r in api.requests if "q0" in r["messages"][-1]["content"]}
         assert orders == {("good q0", "bad q0"), ("bad q0", "good q0")}

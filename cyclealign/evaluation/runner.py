@@ -54,6 +54,7 @@ from cyclealign.evaluation.winrate import judge_pairs, win_summary
 from cyclealign.policy.base import GenerationBackend
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.http import CallRecord
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import Generation, PromptRecord
 from cyclealign.rundir import Phase, RunDir, read_jsonl, write_jsonl
@@ -79,6 +80,7 @@ def run_evaluation(
     ranker: Ranker,
     policy: Callable[[], GenerationBackend],
     judge: JudgeTemplates,
+    on_call: Callable[[CallRecord], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``plan.rounds`` on held-out prompts; returns (and writes) the summary lines.
 
@@ -86,12 +88,14 @@ def run_evaluation(
         cfg: the run's config.
         run: the run directory (results go to :attr:`~cyclealign.rundir.RunDir.eval_dir`).
         plan: what to evaluate.
-        ranker: the run's black-box ranker (also the pairwise judge).
+        ranker: the run's black-box ranker; the pairwise judge asks through its chat endpoint.
         policy: returns the generation backend (``load_adapter(path | None)``,
             ``sample(prompts, seed, max_new_tokens=)``, ``greedy(prompts, max_new_tokens=)``);
             called only when a policy's held-out generations are not already in ``eval/``, so an
             evaluation whose generations are all on disk loads no model.
         judge: the pairwise judge templates.
+        on_call: the cost ledger of every paid call, rankings and judgements (None: the
+            endpoint's default).
 
     Returns:
         One summary line per evaluated policy (and the reference), by round: ``round``, ``label``,
@@ -128,7 +132,7 @@ def run_evaluation(
     reward: RewardScorer | None = None  # loaded once, on first use
     for k in policies:
         results[k] = _PolicyResults(
-            agreement=_agreement(ranker, out, k, sampled[k], by_id, cfg.seed),
+            agreement=_agreement(ranker, out, k, sampled[k], by_id, cfg.seed, on_call),
             lengths={g.prompt_id: len(g.response_token_ids[0]) for g in judged[k] if g.responses},
         )
         if plan.reward_model:
@@ -138,7 +142,8 @@ def run_evaluation(
     for k in rounds:
         if k != plan.vs:
             results[k].judgements = judge_pairs(
-                ranker, judge, out, k, plan.vs, judged[k], judged[plan.vs], by_id, plan.judge_max_tokens, source_of
+                ranker.endpoint, judge, out, k, plan.vs, judged[k], judged[plan.vs], by_id, plan.judge_max_tokens,
+                source_of, on_call,
             )
 
     sources = list(dict.fromkeys(source_of.values()))
@@ -214,13 +219,19 @@ def _generations(
 
 
 def _agreement(
-    ranker: Ranker, out: Path, k: int, gens: list[Generation], by_id: dict[str, PromptRecord], seed: int
+    ranker: Ranker,
+    out: Path,
+    k: int,
+    gens: list[Generation],
+    by_id: dict[str, PromptRecord],
+    seed: int,
+    on_call: Callable[[CallRecord], None] | None,
 ) -> dict[str, tuple[float, float]]:
     """Black-box rankings of each prompt's samples (written to ``rankings_<policy>.jsonl``) against
     the policy's log-likelihood ranking: ``{prompt id: (Kendall tau, LCS length / N)}`` of the
     prompts that were ranked (those with >= 2 samples and a parsed ranking)."""
     jobs = [RankJob(by_id[g.prompt_id], g.responses, [], seed) for g in gens if len(g.responses) >= 2]
-    results = ranker.rank_all(jobs) if jobs else []
+    results = ranker.rank_all(jobs, on_call=on_call) if jobs else []
     write_jsonl(out / f"rankings_{policy_slug(k)}.jsonl", [r.to_json() for r in results])
     scores = {g.prompt_id: g.logprob_mean for g in gens}
     agreement = {}
@@ -296,11 +307,13 @@ def evaluate_with(
     Raises:
         RunDirError, ConfigError, RankerError, BudgetError, DataError: see :func:`run_evaluation`.
     """
-    ranker.on_call = lambda call: run.record_call("eval", call)
     lines: list[dict[str, Any]] = []
 
+    def ledger(call: CallRecord) -> None:
+        run.record_call("eval", call)
+
     def body() -> dict[str, Any]:
-        lines.extend(run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg)))
+        lines.extend(run_evaluation(cfg, run, plan, ranker=ranker, policy=policy, judge=judge_templates(cfg), on_call=ledger))
         return {"evaluated": [ln["label"] for ln in lines], "decoding": plan.decoding, "max_new_tokens": plan.max_new_tokens}
 
     timed_phase(reporter or NullReporter(), round_index, Phase.EVAL, None, body, lambda info: run.record_evaluation(**info))

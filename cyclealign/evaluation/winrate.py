@@ -9,13 +9,13 @@ unparsable judgements are ``invalid`` and left out of the rates.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cyclealign.evaluation.plan import policy_slug
-from cyclealign.ranker.client import Ranker
-from cyclealign.ranker.endpoint import ChatRequest
+from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest
+from cyclealign.ranker.http import CallRecord
 from cyclealign.records import Generation, PromptRecord
 from cyclealign.rundir import write_jsonl
 from cyclealign.templates.judge import JudgeTemplates, VerdictParseError, pair_outcome, parse_verdict
@@ -38,7 +38,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 
 
 def judge_pairs(
-    ranker: Ranker,
+    endpoint: ChatEndpoint,
     judge: JudgeTemplates,
     out: Path,
     k: int,
@@ -48,6 +48,7 @@ def judge_pairs(
     by_id: dict[str, PromptRecord],
     max_tokens: int = 16,
     source_of: dict[str, str] | None = None,
+    on_call: Callable[[CallRecord], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Pairwise judgements of policy ``k`` (A) against ``vs`` (B), both orders, on each prompt's
     judged (first) response; ``max_tokens``: completion cap per judge call, tokens.
@@ -59,9 +60,10 @@ def judge_pairs(
     texts, None for a failed call), ``outcome`` (win | loss | tie | invalid), ``problem``,
     ``identical``.
 
-    The judge calls go through ``ranker.endpoint``
+    The judge calls go through ``endpoint``, the run's chat endpoint that the ranker uses too
     (:meth:`~cyclealign.ranker.endpoint.ChatEndpoint.complete_all`): reply cache, budget,
-    retries and rate limits as for the rankings, never with structured output.
+    retries and rate limits as for the rankings, never with structured output; each paid call
+    goes to the cost ledger ``on_call`` (None: the endpoint's default).
 
     Raises:
         RankerError: the API refused a call in a way retrying cannot fix.
@@ -81,7 +83,7 @@ def judge_pairs(
         conversations += [judge.messages(query, a, b), judge.messages(query, b, a)]
     # Sent as the rankings are (reply cache, budget, retries, limits), never with structured output.
     requests = [ChatRequest(messages, max_tokens=max_tokens) for messages in conversations]
-    replies = ranker.endpoint.complete_all(requests) if requests else []
+    replies = endpoint.complete_all(requests, on_call=on_call) if requests else []
     reply_pairs = {pid: replies[2 * i : 2 * i + 2] for i, (pid, _, _) in enumerate(asked)}
     rows = []
     for pid, a, b in pairs:

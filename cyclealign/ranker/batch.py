@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import openai
 from cyclealign.errors import BudgetError, RankerError
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.endpoint import ChatEndpoint
-from cyclealign.ranker.http import MalformedResponseError, check_completion, reply_of
+from cyclealign.ranker.http import CallRecord, MalformedResponseError, check_completion, reply_of
 from cyclealign.ranker.pricing import FREE, BudgetExhausted, estimate_tokens
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.rundir import write_json
@@ -39,13 +40,16 @@ FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 """Batch statuses after which nothing more will come."""
 
 
-def prefetch_batch(ranker: Ranker, jobs: list[RankJob], state_path: Path) -> dict[str, Any]:
+def prefetch_batch(
+    ranker: Ranker, jobs: list[RankJob], state_path: Path, on_call: Callable[[CallRecord], None] | None = None
+) -> dict[str, Any]:
     """Fill the reply cache with the first asks of ``jobs`` through one Batch API job, and wait for it.
 
     Args:
         ranker: the run's ranker (its cache, budget, price and client settings are used).
         jobs: the prompts about to be ranked.
         state_path: where the batch id is kept (``round_k/ranker_batch.json``).
+        on_call: the cost ledger for the batch's replies (None: the endpoint's default).
 
     Returns:
         ``{"batch_id", "status", "requests", "answered", "failed", "cost_usd"}`` (empty when every
@@ -86,7 +90,7 @@ def prefetch_batch(ranker: Ranker, jobs: list[RankJob], state_path: Path) -> dic
                     reply = reply_of(check_completion(response.get("body")))
                 except MalformedResponseError:
                     continue  # asked online by the ranking that follows
-                cost += endpoint.record_batch_reply(row["custom_id"], reply)
+                cost += endpoint.record_batch_reply(row["custom_id"], reply, on_call)
                 out["answered"] += 1
         out["failed"] = len(state["keys"]) - out["answered"]
         out["cost_usd"] = cost

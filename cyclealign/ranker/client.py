@@ -76,10 +76,13 @@ class Ranker:
 
     The calls go through :attr:`endpoint` (a :class:`~cyclealign.ranker.endpoint.ChatEndpoint`:
     reply cache, budget, limits, retries, ledger); the Ranker builds the messages, re-asks with
-    corrections and combines the presentation orders.
+    corrections and combines the presentation orders. The endpoint is either given (``endpoint=``:
+    the run's, which the pairwise judge uses too) or made from the connection arguments below.
 
     Args:
         cfg: the ranker section of the run's config.
+        endpoint: the chat endpoint to rank through (None: one made from ``base_url``, ``model``,
+            ``api_key`` and the other connection arguments, which are not allowed beside it).
         base_url: the API's base URL, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
         model: model name sent with each request.
         api_key: the key; kept by the ``openai`` client, never logged or shown.
@@ -91,22 +94,25 @@ class Ranker:
             (``--no-cache``) skips reading it; replies are still stored.
         price: USD per token of ``model`` (None: unknown, costs count as 0 and no budget can apply).
         budget: the run's budget (None: no limit).
-        on_call: called with a :data:`CallRecord` after each paid call (the loop's cost ledger).
+        on_call: the default cost ledger, for calls made without one (the loop passes each round's
+            ledger to :meth:`rank_all`): called with a :data:`CallRecord` after each paid call.
         endpoint_id: names the endpoint in cache keys instead of ``base_url`` (the embedded
             server's port changes every run, its model does not).
 
     Raises:
         ConfigError: ``cfg.max_cost_usd`` is set but the model's price is unknown.
+        ValueError: both ``endpoint`` and connection arguments, or neither.
     """
 
     def __init__(
         self,
         cfg: RankerConfig,
         *,
-        base_url: str,
-        model: str,
-        api_key: str,
         templates: RankerTemplates,
+        endpoint: ChatEndpoint | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
         retry_wait: wait_base | None = None,
         cache: ReplyCache | None = None,
         price: Price | None = None,
@@ -116,20 +122,30 @@ class Ranker:
     ) -> None:
         self.cfg = cfg
         self.templates = templates
-        self.endpoint = ChatEndpoint(
-            cfg,
-            base_url=base_url,
-            model=model,
-            api_key=api_key,
-            template_hash=templates.template_hash(),
-            retry_wait=retry_wait,
-            cache=cache,
-            price=price,
-            budget=budget,
-            on_call=on_call,
-            endpoint_id=endpoint_id,
-        )
-        """The chat endpoint every call of this ranker goes through (the judge's calls too)."""
+        if endpoint is not None:
+            given = {"base_url": base_url, "model": model, "api_key": api_key, "retry_wait": retry_wait, "cache": cache,
+                     "price": price, "budget": budget, "on_call": on_call, "endpoint_id": endpoint_id}
+            if any(v is not None for v in given.values()):
+                raise ValueError(f"Ranker: endpoint= and {', '.join(k for k, v in given.items() if v is not None)} (the endpoint's own)")
+            self.endpoint = endpoint
+        elif base_url is None or model is None or api_key is None:
+            raise ValueError("Ranker: an endpoint=, or base_url=, model= and api_key=")
+        else:
+            self.endpoint = ChatEndpoint(
+                cfg,
+                base_url=base_url,
+                model=model,
+                api_key=api_key,
+                template_hash=templates.template_hash(),
+                retry_wait=retry_wait,
+                cache=cache,
+                price=price,
+                budget=budget,
+                on_call=on_call,
+                endpoint_id=endpoint_id,
+            )
+        """The chat endpoint every call of this ranker goes through (its cache keys hold the ranker
+        templates' hash, :meth:`RankerTemplates.template_hash`)."""
         self._schemas: dict[int, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
@@ -163,7 +179,7 @@ class Ranker:
 
     @property
     def on_call(self) -> Callable[[CallRecord], None] | None:
-        """Called with a :data:`CallRecord` after each paid call (settable: the cost ledger)."""
+        """The endpoint's default cost ledger, for calls made without one (settable)."""
         return self.endpoint.on_call
 
     @on_call.setter
@@ -214,7 +230,10 @@ class Ranker:
         return result
 
     def rank_all(
-        self, jobs: Sequence[RankJob], on_result: Callable[[int, RankResult], None] | None = None
+        self,
+        jobs: Sequence[RankJob],
+        on_result: Callable[[int, RankResult], None] | None = None,
+        on_call: Callable[[CallRecord], None] | None = None,
     ) -> list[RankResult]:
         """Rank every job concurrently (at most ``cfg.concurrency`` requests in flight).
 
@@ -222,6 +241,8 @@ class Ranker:
             jobs: the prompts to rank.
             on_result: called as ``on_result(index, result)`` the moment each job finishes (in
                 completion order, in this thread): the loop persists results there.
+            on_call: the cost ledger, called with a :data:`CallRecord` after each paid call
+                (None: the endpoint's default ledger, :attr:`on_call`).
 
         Returns:
             One :class:`RankResult` per job, **in job order**: ranked (``ranking`` a 0-based
@@ -243,7 +264,7 @@ class Ranker:
         results: list[RankResult | None] = [None] * len(jobs)
 
         async def one(i: int, job: RankJob) -> None:
-            results[i] = result = await self._rank_job(job)
+            results[i] = result = await self._rank_job(job, on_call)
             if on_result is not None:
                 on_result(i, result)
 
@@ -268,18 +289,19 @@ class Ranker:
         """USD billed for ``reply`` (its ``usage``; Batch API replies at the batch discount)."""
         return self.endpoint.cost_of(reply)
 
-    def record_batch_reply(self, key: str, reply: CachedReply) -> float:
-        """Store a Batch API reply in the cache and the cost ledger; returns its cost (USD)."""
-        return self.endpoint.record_batch_reply(key, reply)
+    def record_batch_reply(self, key: str, reply: CachedReply, on_call: Callable[[CallRecord], None] | None = None) -> float:
+        """Store a Batch API reply in the cache and the cost ledger ``on_call`` (None: the default);
+        returns its cost (USD)."""
+        return self.endpoint.record_batch_reply(key, reply, on_call)
 
     # -- one prompt ------------------------------------------------------------------------
-    async def _rank_job(self, job: RankJob) -> RankResult:
+    async def _rank_job(self, job: RankJob, on_call: Callable[[CallRecord], None] | None) -> RankResult:
         t0 = time.perf_counter()
         usage = Usage()
         if self.cfg.consistency == 1:
-            samples = [await self._ask(job, 0, usage)]  # no extra task per prompt in the common case
+            samples = [await self._ask(job, 0, usage, on_call)]  # no extra task per prompt in the common case
         else:
-            samples = list(await asyncio.gather(*(self._ask(job, k, usage) for k in range(self.cfg.consistency))))
+            samples = list(await asyncio.gather(*(self._ask(job, k, usage, on_call) for k in range(self.cfg.consistency))))
         latency_s = time.perf_counter() - t0
         combined = combine_samples(samples)
         result = RankResult(
@@ -312,7 +334,7 @@ class Ranker:
             schema = self._schemas[n] = ranking_json_schema(n)
         return ChatRequest(messages, temperature, schema, order)
 
-    async def _ask(self, job: RankJob, k: int, usage: Usage) -> RankSample:
+    async def _ask(self, job: RankJob, k: int, usage: Usage, on_call: Callable[[CallRecord], None] | None) -> RankSample:
         """One presentation order: ask, re-ask with corrections, map the ranking back."""
         n = len(job.responses)
         json_output = self.endpoint.structured
@@ -322,7 +344,7 @@ class Ranker:
         for attempt in range(self.cfg.max_reasks + 1):
             temperature = self.cfg.temperature if attempt == 0 else self.cfg.reask_temperature
             try:
-                reply = await self.endpoint.complete(self._request(messages, temperature, order), usage)
+                reply = await self.endpoint.complete(self._request(messages, temperature, order), usage, on_call)
             except CALL_ERRORS as e:  # retryable ones, after the retries ran out
                 why = api_error_reason(self.endpoint.describe(e))
                 log.warning("ranker: prompt %s: %s", job.prompt.id, why)

@@ -96,10 +96,11 @@ class ChatEndpoint:
         cfg: the ranker section of the run's config (retries, timeout, concurrency, RPM/TPM
             limits, ``cache``, ``structured_output``, ``max_tokens``, ``temperature``).
         template_hash: the ranker templates' hash, part of every cache key.
-        base_url, model, api_key, retry_wait, cache, price, budget, on_call, endpoint_id: as
-            for :class:`~cyclealign.ranker.client.Ranker` (``on_call`` gets a
-            :data:`~cyclealign.ranker.http.CallRecord` after each paid call; ``price`` is USD
-            per token, None: unknown).
+        base_url, model, api_key, retry_wait, cache, price, budget, endpoint_id: as for
+            :class:`~cyclealign.ranker.client.Ranker` (``price`` is USD per token, None: unknown).
+        on_call: the default cost ledger: called with a :data:`~cyclealign.ranker.http.CallRecord`
+            after each paid call made without a ledger of its own (each call can pass one:
+            ``on_call=`` of :meth:`complete`, :meth:`complete_all`, :meth:`record_batch_reply`).
 
     Raises:
         ConfigError: ``cfg.max_cost_usd`` is set but the model's price is unknown.
@@ -225,9 +226,12 @@ class ChatEndpoint:
         self.run(all_items)
         return held
 
-    def complete_all(self, requests: Sequence[ChatRequest]) -> list[CachedReply | Exception]:
+    def complete_all(
+        self, requests: Sequence[ChatRequest], on_call: Callable[[CallRecord], None] | None = None
+    ) -> list[CachedReply | Exception]:
         """Send each request once, concurrently (reply cache, budget, retries, concurrency and
-        rate limits as for rankings); used by evaluation's pairwise judge.
+        rate limits as for rankings); used by evaluation's pairwise judge. Each paid call goes to
+        the ledger ``on_call`` (None: the endpoint's default ledger).
 
         Returns:
             Per request, in order: the reply (``{"content", "usage", ...}``), or the transport
@@ -241,7 +245,7 @@ class ChatEndpoint:
 
         async def one(i: int, request: ChatRequest) -> None:
             try:
-                results[i] = await self.complete(request)
+                results[i] = await self.complete(request, on_call=on_call)
             except CALL_ERRORS as e:
                 results[i] = e
 
@@ -290,9 +294,12 @@ class ChatEndpoint:
         key = request_key(base_url=self._endpoint, request=body, template_hash=self._template_hash, order=request.order)
         return key, body
 
-    async def complete(self, request: ChatRequest, usage: Usage | None = None) -> CachedReply:
+    async def complete(
+        self, request: ChatRequest, usage: Usage | None = None, on_call: Callable[[CallRecord], None] | None = None
+    ) -> CachedReply:
         """One completion (inside :meth:`run`): from the cache, or sent (budget, concurrency and
-        rate limits applied) and stored in the cache before it is returned; counted in ``usage``.
+        rate limits applied) and stored in the cache before it is returned; counted in ``usage``;
+        a paid one is written to the ledger ``on_call`` (None: the endpoint's default ledger).
 
         Raises:
             BudgetExhausted: the call could push the run over its budget (not sent).
@@ -336,7 +343,7 @@ class ChatEndpoint:
                     if self.cache is not None:
                         # persisted before anything uses it, and before the slot frees up for the next call
                         self.cache.put(key, self.model, reply)
-                paid = self._account(key, reply)
+                paid = self._account(key, reply, on_call)
                 if usage is not None:
                     usage.add(reply, paid)
                 return reply
@@ -382,18 +389,23 @@ class ChatEndpoint:
             int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), bool(reply.get("batch"))
         )
 
-    def record_batch_reply(self, key: str, reply: CachedReply) -> float:
-        """Store a Batch API reply in the cache and the cost ledger; returns its cost (USD)."""
+    def record_batch_reply(
+        self, key: str, reply: CachedReply, on_call: Callable[[CallRecord], None] | None = None
+    ) -> float:
+        """Store a Batch API reply in the cache and the cost ledger ``on_call`` (None: the
+        endpoint's default ledger); returns its cost (USD)."""
         reply = {**reply, "batch": True}
         if self.cache is not None:
             self.cache.put(key, self.model, reply)
-        paid = self._account(key, reply)
+        paid = self._account(key, reply, on_call)
         self.budget.settle(0.0, paid)
         return paid
 
-    def _account(self, key: str, reply: CachedReply) -> float:
-        """USD billed for the paid ``reply`` of request ``key``, written to the cost ledger (``on_call``)."""
+    def _account(self, key: str, reply: CachedReply, on_call: Callable[[CallRecord], None] | None) -> float:
+        """USD billed for the paid ``reply`` of request ``key``, written to the cost ledger
+        ``on_call`` (None: the endpoint's default, :attr:`on_call`)."""
         paid = self.cost_of(reply)
-        if self.on_call is not None:
-            self.on_call(call_record(key, self.model, reply, paid))
+        ledger = on_call if on_call is not None else self.on_call
+        if ledger is not None:
+            ledger(call_record(key, self.model, reply, paid))
         return paid

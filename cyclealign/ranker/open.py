@@ -10,6 +10,7 @@ from cyclealign.config.policy import ModelConfig
 from cyclealign.models.loading import resolve_model_dir
 from cyclealign.ranker.cache import ReplyCache
 from cyclealign.ranker.client import Ranker
+from cyclealign.ranker.endpoint import ChatEndpoint
 from cyclealign.ranker.http import api_key_from_env
 from cyclealign.ranker.pricing import Budget, ranker_price
 from cyclealign.ranker.server import EmbeddedServer
@@ -52,21 +53,22 @@ def open_ranker(
             base_url, model, key, endpoint_id = server.base_url, server.model, "local", "embedded"
         else:
             base_url, model, endpoint_id = r.base_url, r.model or "", None
-        ranker = stack.enter_context(
-            Ranker(
-                r,
-                base_url=base_url,
-                model=model,
-                api_key=key,
-                templates=templates,
-                cache=cache,
-                price=price,
-                budget=budget,
-                endpoint_id=endpoint_id,
-            )
+        # One endpoint, two users: the Ranker, and evaluation's pairwise judge (through it, no
+        # Ranker involved: cyclealign.evaluation.winrate.judge_pairs). Cache keys hold the
+        # ranker templates' hash for both, as they always have.
+        endpoint = ChatEndpoint(
+            r,
+            base_url=base_url,
+            model=model,
+            api_key=key,
+            template_hash=templates.template_hash(),
+            cache=cache,
+            price=price,
+            budget=budget,
+            endpoint_id=endpoint_id,
         )
         if r.base_url is not None:
-            ranker.preflight()
-        yield ranker
+            endpoint.preflight()
+        yield stack.enter_context(Ranker(r, templates=templates, endpoint=endpoint))
 
 

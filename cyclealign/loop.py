@@ -34,6 +34,7 @@ from cyclealign.metrics import TIMED_PHASES, round_line
 from cyclealign.models.loading import resolve_device, resolve_model_dir
 from cyclealign.policy import make_policy
 from cyclealign.policy.base import GenerationBackend
+from cyclealign.policy.handle import PolicyHandle
 from cyclealign.progress import NullReporter, Reporter, timed_phase
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
@@ -206,14 +207,20 @@ class Round:
         self._timed(Phase.AGREEMENT, None, body)
 
     # -- phase 4 -------------------------------------------------------------------------
-    def train(self, model_dir: str, pad_token_id: int) -> None:
+    def train(self, policy: PolicyHandle) -> None:
         """Phase 4: LoRA fine-tuning on the black-box rankings -> ``adapter/`` and ``train.json``,
         in process or under the configured launcher (:func:`~cyclealign.train.launch.train_phase`).
+        The policy is released first (the card's memory is the trainer's; the next generation
+        reloads it) and gives the tokenizer's pad token id.
 
         Raises:
             TrainError: the launched training process failed (its log's last lines included).
         """
-        self._timed(Phase.TRAIN, None, lambda: train_phase(self.cfg, self.run, self.index, model_dir, pad_token_id, self.reporter))
+        def body() -> dict[str, Any]:
+            policy.release()
+            return train_phase(self.cfg, self.run, self.index, policy.model_dir, policy.pad_token_id, self.reporter)
+
+        self._timed(Phase.TRAIN, None, body)
 
     # -- phase 5 -------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -271,9 +278,9 @@ def iterate(
 ) -> list[dict[str, Any]]:
     """Run (or resume) ``cfg.rounds`` rounds of CycleAlign; returns every round's metrics line.
 
-    The policy (:func:`~cyclealign.policy.make_policy`, ``generation.backend``) is loaded only
-    when a generation phase is pending, closed before each pending train phase (its memory, or
-    its server's, is the trainer's) and reopened by the next generation; the ranker (and the
+    The policy (a :class:`~cyclealign.policy.handle.PolicyHandle`, ``generation.backend``) is
+    loaded only when a generation phase is pending, released before each pending train phase (its
+    memory, or its server's, is the trainer's) and reloaded by the next generation; the ranker (and the
     embedded server) is opened first of all while any ranking phase is pending. Each round
     draws the prompts no earlier round used first (the source may grow between invocations)
     and records them before it generates; ``new_prompts_only`` draws only unused ones.
@@ -321,15 +328,8 @@ def iterate(
         if changed:  # where or how the run works, not its results: kept, and said
             log.warning("resumed with %s", "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
             EventLog(run.events).emit("config_changed", changes=changed)
-        cache: dict[str, Any] = {}
-
-        def policy() -> GenerationBackend:
-            if "policy" not in cache:
-                cache["policy"] = make_policy(cfg, model_dir, environ)
-            return cache["policy"]
-
-        # The policy (its memory, or its server) is released at the end, whatever happens.
-        stack.callback(lambda: cache["policy"].shutdown() if "policy" in cache else None)
+        # Made on first use; its memory, or its server, is released at the end whatever happens.
+        policy = stack.enter_context(PolicyHandle(cfg, model_dir, environ, make=make_policy))
 
         for index in range(cfg.rounds):
             if not run.round(index).is_done(Phase.METRICS):
@@ -338,9 +338,7 @@ def iterate(
                 rnd.generate(policy)
                 rnd.rank(ranker, static_demos, previous_pool)
                 rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
-                if "policy" in cache and not rnd.rd.is_done(Phase.TRAIN):
-                    cache["policy"].close()  # the card's memory is the trainer's; the next generate reopens it
-                rnd.train(model_dir, pad_token_id=_pad_id(model_dir, cache))
+                rnd.train(policy)  # releases the policy first; the next generate reloads it
                 reporter.round_end(rnd.metrics())
             # Checked for finished rounds too: an evaluation cut off by a crash is done on resume.
             if cfg.eval.every and (index + 1) % cfg.eval.every == 0:
@@ -360,14 +358,3 @@ def _reason_counts(results: list[RankResult]) -> dict[str, int]:
     """Unranked prompts by status, under each status's label (``"api error"``, ``"unparsable"``...)."""
     return dict(Counter(r.status.label for r in results if r.status is not RankStatus.RANKED))
 
-
-def _pad_id(model_dir: str, cache: dict[str, Any]) -> int:
-    """The tokenizer's pad id, from the policy's tokenizer when there is one."""
-    tokenizer = getattr(cache.get("policy"), "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer.pad_token_id
-    if "pad_id" not in cache:
-        from cyclealign.models.tokenizer import load_tokenizer
-
-        cache["pad_id"] = load_tokenizer(model_dir).pad_token_id
-    return cache["pad_id"]

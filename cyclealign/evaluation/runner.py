@@ -37,7 +37,6 @@ win rate), :mod:`cyclealign.evaluation.reward` (reward-model scores); this modul
 
 from __future__ import annotations
 
-import functools
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -330,7 +329,7 @@ def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None 
     import os
 
     from cyclealign.models.loading import resolve_model_dir
-    from cyclealign.policy import make_policy
+    from cyclealign.policy.handle import PolicyHandle
     from cyclealign.ranker.open import open_ranker
     from cyclealign.resources import default_templates_dir
     from cyclealign.templates.ranker import RankerTemplates
@@ -339,11 +338,6 @@ def evaluate_run(cfg: Config, plan: EvalPlan, environ: Mapping[str, str] | None 
     templates = RankerTemplates(cfg.ranker.templates_dir or default_templates_dir())
     model_dir = resolve_model_dir(cfg.model)
     environ = os.environ if environ is None else environ
-    with open_ranker(cfg, run, environ, templates) as ranker:
-        # Made on first use: an evaluation whose generations are all on disk loads no model.
-        policy = functools.cache(lambda: make_policy(cfg, model_dir, environ))
-        try:
-            return evaluate_with(cfg, run, plan, ranker, policy)
-        finally:
-            if policy.cache_info().currsize:
-                policy().shutdown()
+    # The policy is made on first use: an evaluation whose generations are all on disk loads no model.
+    with open_ranker(cfg, run, environ, templates) as ranker, PolicyHandle(cfg, model_dir, environ) as policy:
+        return evaluate_with(cfg, run, plan, ranker, policy)

@@ -55,7 +55,9 @@ __all__ = ["Round", "iterate", "round_prompts"]
 
 
 class Round:
-    """The phases of one round, each reading its inputs from and writing its outputs to ``rd``."""
+    """The phases of one round. Each phase writes its outputs to ``rd`` and returns them; the next
+    phase takes them as arguments. A phase the manifest lists as done (a resumed round) is not
+    run again: its outputs are read back from ``rd`` once, by the phase's method, and returned."""
 
     def __init__(self, cfg: Config, run: RunDir, index: int, prompts: list[PromptRecord], reporter: Reporter) -> None:
         self.cfg, self.run, self.index, self.reporter = cfg, run, index, reporter
@@ -63,14 +65,23 @@ class Round:
         self.prompts = prompts
         self.by_id = {p.id: p for p in prompts}
 
-    def _timed(self, phase: Phase, total: int | None, body: Callable[[], dict[str, Any]]) -> None:
-        """Run ``phase`` unless the manifest lists it (:func:`~cyclealign.progress.timed_phase`)."""
-        if not self.rd.is_done(phase):
-            timed_phase(self.reporter, self.index, phase, total, body, lambda info: self.rd.mark_done(phase, **info))
+    def _timed(self, phase: Phase, total: int | None, body: Callable[[], dict[str, Any]]) -> bool:
+        """Run ``phase`` unless the manifest lists it (:func:`~cyclealign.progress.timed_phase`);
+        whether it ran."""
+        if self.rd.is_done(phase):
+            return False
+        timed_phase(self.reporter, self.index, phase, total, body, lambda info: self.rd.mark_done(phase, **info))
+        return True
 
     # -- phase 1 -------------------------------------------------------------------------
-    def generate(self, policy: Callable[[], GenerationBackend]) -> None:
-        """Phase 1: sample N responses per prompt with the latest adapter -> ``generations.jsonl``."""
+    def generate(self, policy: Callable[[], GenerationBackend]) -> list[Generation]:
+        """Phase 1: sample N responses per prompt with the latest adapter -> ``generations.jsonl``.
+
+        Returns:
+            The round's generations, in prompt order (read back when the phase was done).
+        """
+        out: list[Generation] = []
+
         def body() -> dict[str, Any]:
             backend = policy()
             backend.load_adapter(self.run.latest_adapter(self.index))
@@ -79,39 +90,57 @@ class Round:
             save_rng_state(self.rd.rng_state)  # before the phase is done: a resumed train phase starts from it
             write_jsonl(self.rd.generations, [g.to_json() for g in gens])
             self.rd.generation_batches.unlink(missing_ok=True)
+            out.extend(gens)
             return {
                 "prompts": len(gens),
                 "responses": sum(len(g.responses) for g in gens),
                 "generated_tokens": sum(len(ids) for g in gens for ids in g.response_token_ids),
             }
 
-        self._timed(Phase.GENERATE, len(self.prompts), body)
-
-    def generations(self) -> list[Generation]:
-        """The round's generations, read back from disk."""
-        return self.rd.read_generations()
+        return out if self._timed(Phase.GENERATE, len(self.prompts), body) else self.rd.read_generations()
 
     # -- phase 2 -------------------------------------------------------------------------
-    def rank(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> None:
+    def rank(
+        self,
+        ranker: Ranker | None,
+        static_demos: list[Demonstration],
+        pool: DemoPool,
+        generations: list[Generation] | None = None,
+    ) -> list[RankResult]:
         """Phase 2: black-box ranking of every prompt's responses, concurrently; each answer is
         appended to ``rankings.jsonl`` as it arrives (the raw replies are in the reply cache
         before that), and the file is rewritten in prompt order when the phase ends. Prompts
         already answered (resume) are not sent again; an ``api error`` is asked again.
 
+        Args:
+            ranker: the run's ranker (None only when the phase is done).
+            static_demos: the static demonstrations; with the best of ``pool``, shown in every call.
+            pool: the dynamic demonstration pool the previous round left.
+            generations: the round's generations (from :meth:`generate`; None: read back from
+                ``generations.jsonl``, for a caller that did not run that phase).
+
+        Returns:
+            The latest black-box result per prompt, in prompt order (read back when the phase was done).
+
         Raises:
             BudgetError: ``ranker.max_cost_usd`` was reached (the phase stays pending; resumable).
             RankerError: the API refused the requests (bad key, unknown model).
         """
-        gens = self.generations()
+        gens = self.rd.read_generations() if generations is None else generations
+        order = [g.prompt_id for g in gens]
         demos = round_demonstrations(self.cfg.ranker, static_demos, pool)
         shuffle_seed = round_shuffle_seed(self.cfg.seed, self.index)
+        latest: dict[str, RankResult] = {}  # per prompt, what rankings.jsonl holds last
 
         def persist(result: RankResult) -> None:
             append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
+            latest[result.prompt_id] = result
             self.reporter.advance()
 
         def body() -> dict[str, Any]:
-            done = {r.prompt_id for r in self.rankings() if r.status is not RankStatus.API_ERROR}
+            # what an interrupted run of this phase already appended
+            latest.update((r.prompt_id, r) for r in self.rd.read_rankings(order))
+            done = {pid for pid, r in latest.items() if r.status is not RankStatus.API_ERROR}
             self.reporter.advance(len(done))
             jobs, clipped = [], 0
             for g in gens:
@@ -131,13 +160,14 @@ class Round:
             batch_info: dict[str, Any] = {}
             if jobs:
                 assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
+
                 def ledger(call: CallRecord) -> None:  # the round's paid calls
                     self.run.record_call(self.index, call)
 
                 if self.cfg.ranker.batch:
                     batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=ledger)
                 ranker.rank_all(jobs, on_result=lambda _, result: persist(result), on_call=ledger)
-            results = self.rankings()
+            results = _in_order(latest, order)
             write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
             spend = self.run.ranker_spend(self.index)
             multi = [r for r in results if r.consistent is not None]
@@ -165,22 +195,29 @@ class Round:
                 **({"batch": batch_info} if batch_info else {}),
             }
 
-        self._timed(Phase.RANK, len(gens), body)
-
-    def rankings(self) -> list[RankResult]:
-        """The latest black-box result per prompt, in prompt order, read back from disk."""
-        return self.rd.read_rankings()
+        ran = self._timed(Phase.RANK, len(gens), body)
+        return _in_order(latest, order) if ran else self.rd.read_rankings(order)
 
     # -- phase 3 -------------------------------------------------------------------------
-    def agreement(self, pool: DemoPool) -> None:
+    def agreement(self, pool: DemoPool, generations: list[Generation], rankings: list[RankResult]) -> list[AgreementRow]:
         """Phase 3: white-box ranking, LCS and Kendall tau per ranked prompt -> ``agreement.jsonl``;
-        prompts whose LCS reaches the threshold join ``pool`` (saved as ``demo_pool.jsonl``)."""
+        prompts whose LCS reaches the threshold join ``pool`` (saved as ``demo_pool.jsonl``).
+
+        Args:
+            pool: the pool the previous round left; it grows here.
+            generations: the round's generations (:meth:`generate`).
+            rankings: the round's black-box results, in prompt order (:meth:`rank`).
+
+        Returns:
+            One row per ranked prompt, in prompt order (read back when the phase was done).
+        """
         threshold = self.cfg.agreement_min_length
+        out: list[AgreementRow] = []
 
         def body() -> dict[str, Any]:
-            gens = {g.prompt_id: g for g in self.generations()}
+            gens = {g.prompt_id: g for g in generations}
             rows, added = [], 0
-            for r in self.rankings():
+            for r in rankings:
                 if r.ranking is None:
                     continue
                 g = gens[r.prompt_id]
@@ -202,14 +239,16 @@ class Round:
                 )
             write_jsonl(self.rd.agreement, [row.to_json() for row in rows])
             write_pool(self.rd, pool)
+            out.extend(rows)
             return {"pool_added": added, "pool_size": len(pool)}
 
-        self._timed(Phase.AGREEMENT, None, body)
+        return out if self._timed(Phase.AGREEMENT, None, body) else self.rd.read_agreement()
 
     # -- phase 4 -------------------------------------------------------------------------
     def train(self, policy: PolicyHandle) -> None:
         """Phase 4: LoRA fine-tuning on the black-box rankings -> ``adapter/`` and ``train.json``,
-        in process or under the configured launcher (:func:`~cyclealign.train.launch.train_phase`).
+        in process or under the configured launcher (:func:`~cyclealign.train.launch.train_phase`,
+        which reads the rankings from the run directory: a launched process has only that).
         The policy is released first (the card's memory is the trainer's; the next generation
         reloads it) and gives the tokenizer's pad token id.
 
@@ -223,18 +262,25 @@ class Round:
         self._timed(Phase.TRAIN, None, body)
 
     # -- phase 5 -------------------------------------------------------------------------
-    def metrics(self) -> dict[str, Any]:
-        """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases recorded."""
+    def metrics(self, rankings: list[RankResult] | None = None, agreement: list[AgreementRow] | None = None) -> dict[str, Any]:
+        """Phase 5: the round's ``metrics.jsonl`` line, from what the other phases returned and
+        recorded in the manifest.
+
+        Args:
+            rankings: the round's black-box results (:meth:`rank`; None: read back from ``rankings.jsonl``).
+            agreement: the round's agreement rows (:meth:`agreement`; None: read back from ``agreement.jsonl``).
+        """
         def body() -> dict[str, Any]:
             # The keys, their order and the manifest fields copied: cyclealign.metrics.ROUND_METRICS.
             ph = self.rd.phases()
-            rows = self.rd.read_agreement()
+            rows = self.rd.read_agreement() if agreement is None else agreement
+            results = self.rd.read_rankings() if rankings is None else rankings
             n_ranked = len(rows)
             computed = {
                 "round": self.index,
                 "agreement_rate": sum(len(r.agreement) / r.n for r in rows) / n_ranked if n_ranked else None,
                 "kendall_tau": sum(r.kendall_tau for r in rows) / n_ranked if n_ranked else None,
-                "unranked_reasons": _reason_counts(self.rankings()),
+                "unranked_reasons": _reason_counts(results),
                 "phase_s": {p: ph[p]["wall_s"] for p in TIMED_PHASES},
             }
             return round_line(ph, computed)
@@ -334,12 +380,12 @@ def iterate(
         for index in range(cfg.rounds):
             if not run.round(index).is_done(Phase.METRICS):
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
-                previous_pool = read_pool(run, index, cfg.agreement.pool_max_size)
-                rnd.generate(policy)
-                rnd.rank(ranker, static_demos, previous_pool)
-                rnd.agreement(previous_pool)  # the pool grows here; round_k/demo_pool.jsonl keeps it
+                pool = read_pool(run, index, cfg.agreement.pool_max_size)  # as the previous round left it
+                generations = rnd.generate(policy)
+                rankings = rnd.rank(ranker, static_demos, pool, generations)
+                agreement = rnd.agreement(pool, generations, rankings)  # the pool grows here; round_k/demo_pool.jsonl keeps it
                 rnd.train(policy)  # releases the policy first; the next generate reloads it
-                reporter.round_end(rnd.metrics())
+                reporter.round_end(rnd.metrics(rankings, agreement))
             # Checked for finished rounds too: an evaluation cut off by a crash is done on resume.
             if cfg.eval.every and (index + 1) % cfg.eval.every == 0:
                 # The policy as of this round: the latest adapter (a round that ranked nothing trains none).
@@ -352,6 +398,13 @@ def iterate(
         metrics = [run.round(i).phases()[Phase.METRICS] for i in range(cfg.rounds)]
     run.rewrite_metrics()
     return metrics
+
+
+def _in_order(latest: dict[str, RankResult], order: list[str]) -> list[RankResult]:
+    """``latest``'s results in prompt order (:meth:`~cyclealign.rundir.RoundDir.read_rankings`'s
+    order: a prompt not in ``order`` comes last, in insertion order)."""
+    position = {pid: i for i, pid in enumerate(order)}
+    return sorted(latest.values(), key=lambda r: position.get(r.prompt_id, len(position)))
 
 
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:

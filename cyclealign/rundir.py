@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,13 +291,16 @@ class RoundDir:
         """The round's agreement rows (phase "agreement"), one per ranked prompt, in prompt order."""
         return [AgreementRow.from_json(d) for d in read_jsonl(self.agreement)]
 
-    def read_rankings(self) -> list[RankResult]:
+    def read_rankings(self, order: Sequence[str] | None = None) -> list[RankResult]:
         """The latest black-box result per prompt (a retried API error replaces the earlier line), in
-        prompt order: that of ``generations.jsonl`` (a prompt without a generation comes last, in file order)."""
+        prompt order: ``order`` (prompt ids), else that of ``generations.jsonl`` (a prompt without
+        a generation comes last, in file order)."""
         latest: dict[str, RankResult] = {}
         for d in read_jsonl(self.rankings):
             latest[d["prompt_id"]] = RankResult.from_json(d)
-        position = {d["prompt_id"]: i for i, d in enumerate(read_jsonl(self.generations))}
+        if order is None:
+            order = [d["prompt_id"] for d in read_jsonl(self.generations)]
+        position = {pid: i for i, pid in enumerate(order)}
         return sorted(latest.values(), key=lambda r: position.get(r.prompt_id, len(position)))
 
     def has_adapter(self) -> bool:

@@ -172,6 +172,6 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "last_metrics": last,
         "spend": run.ranker_spend(),
         "lock": holder,
-        "promoted": str(promoted) if (promoted := run.read_promoted()) is not None else None,
+        "promoted": run.promoted.read_text().strip() if run.promoted.is_file() else None,
         "stale_servers_stopped": stopped,
     }

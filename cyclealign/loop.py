@@ -255,11 +255,13 @@ class Round:
         Raises:
             TrainError: the launched training process failed (its log's last lines included).
         """
-        def body() -> dict[str, Any]:
-            policy.release()
-            return train_phase(self.cfg, self.run, self.index, policy.model_dir, policy.pad_token_id, self.reporter)
-
-        self._timed(Phase.TRAIN, None, body)
+        if not self.rd.is_done(Phase.TRAIN):
+            policy.release()  # not timed as training
+        self._timed(
+            Phase.TRAIN,
+            None,
+            lambda: train_phase(self.cfg, self.run, self.index, policy.model_dir, policy.pad_token_id, self.reporter),
+        )
 
     # -- phase 5 -------------------------------------------------------------------------
     def metrics(self, rankings: list[RankResult] | None = None, agreement: list[AgreementRow] | None = None) -> dict[str, Any]:

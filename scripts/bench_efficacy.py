@@ -386,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (spread is reported over them)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompts-per-round", type=int, default=12)
-    ap.add_argument("--heldout", type=int, default=48, help="held-out prompts of each kind the property is measured on (other: at most the 48 shipped)")
+    ap.add_argument("--heldout", type=int, default=32, help="held-out prompts of each kind the property is measured on (other: at most the 48 shipped)")
     ap.add_argument(
-        "--tau-prompts", type=int, default=48, help="held-out prompts of each kind the Kendall tau is measured on (other: at most the 48 shipped)"
+        "--tau-prompts", type=int, default=32, help="held-out prompts of each kind the Kendall tau is measured on (other: at most the 48 shipped)"
     )
     ap.add_argument("--tau-samples", type=int, default=8, help="base-policy responses per tau prompt (2-16)")
     ap.add_argument("--tune-prompts", type=int, default=24, help="HH prompts, neither trained on nor held out, the plain loop's sweep is scored on")

@@ -3,9 +3,11 @@
 Each :class:`Rule` has a graded ``score`` (higher = better; the black box ranks by it) and a
 per-response ``property`` in [0, 1] (what the efficacy benchmark reports: its mean over
 held-out samples). The rules differ in kind, and each is one a 135M policy can plausibly learn
-from a few dozen ranked lists: its base already shows the property in roughly a third to a
-half of its samples (measured on SmolLM2-135M-Instruct's HH-RLHF and instruction samples), so
-most lists of N=4 samples carry a signal.
+from a few dozen ranked lists: the graded score tells most lists of N=4 of SmolLM2-135M-Instruct's
+samples apart (on 32 HH-RLHF and 32 instruction prompts, seed 0: 88-100% of lists for
+``marker``, ``caution``, ``brevity`` and ``formal``, 75-78% for ``paragraphs``, 22-38% for
+``question``), even where the property itself is rare in the base samples (``brevity`` 7%,
+``question`` 6-12%, ``formal`` 22-29%, against 41-70% for the other three).
 
 - ``marker`` (a word): responses that address the user ("you", "your") more rank higher;
 - ``paragraphs`` (a format): responses split into paragraphs (blank lines) rank higher;

@@ -6,6 +6,9 @@ Every line has ``time`` (ISO 8601, UTC), ``event`` and the event's fields:
 event               fields
 ==================  =====================================================================
 ``run_start``       ``pid``, ``rounds`` (scheduled in total), ``resume``, ``command``
+``run_plan``        what the run is about to do: ``policy``, ``backend``, ``ranker``, ``prompts``,
+                    ``run_dir``, ``resume``, ``rounds``, ``rounds_done``, ``prompts_per_round``,
+                    ``num_samples``, ``ranker_calls`` (first asks of the pending rounds)
 ``lock_takeover``   ``stale`` (the dead holder's pid, host, start time)
 ``stale_servers_stopped``  ``pids`` (servers a killed run of the directory had left running)
 ``phase_start``     ``round``, ``phase``, ``total`` (progress steps or null)

@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cyclealign.cli import app
+from cyclealign.rundir import read_jsonl
 from scripted_api import ScriptedAPI
 from scripted_run import reverse_ranker
 
@@ -44,6 +45,13 @@ def test_config_file_with_explicit_flag_override(tmp_path):
     assert result.exit_code == 2 and "generation.num_samples" in result.output
 
 
+def test_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"cyclealign {version('cyclealign')}"
+
+
 @pytest.mark.slow
 def test_cli_runs_a_round_and_prints_the_summary(tmp_path):
     prompts = tmp_path / "p.jsonl"
@@ -59,6 +67,12 @@ def test_cli_runs_a_round_and_prints_the_summary(tmp_path):
         assert result.exit_code == 0, result.output
         assert "agreement rate" in result.output and "Kendall tau" in result.output
         assert "ranker cost USD" in result.output
+        # The start block says what is about to happen; the round's table is printed once.
+        out = " ".join(result.output.split())
+        assert f"scripted at {api.base_url}" in out and "2 per round, N=2" in out and "about 2 first asks" in out
+        assert result.output.count("Kendall tau") == 1
+        plan = next(e for e in read_jsonl(tmp_path / "run" / "events.jsonl") if e["event"] == "run_plan")
+        assert plan["ranker_calls"] == 2 and plan["rounds"] == 1 and plan["resume"] is False
         assert (tmp_path / "run" / "round_000" / "adapter" / "adapter_config.json").is_file()
 
         # A budget too small for one call: the run stops cleanly (exit code 3), resumable.

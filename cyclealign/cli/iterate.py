@@ -19,7 +19,7 @@ from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
 from cyclealign.metrics import round_metric
 
-__all__ = ["RichReporter", "iterate", "print_plan", "summary_line"]
+__all__ = ["RichReporter", "iterate", "plan_table", "print_plan", "start_plan", "summary_line"]
 
 
 class RichReporter:
@@ -157,6 +157,10 @@ def iterate(
         if lock.stopped_servers:
             events.emit("stale_servers_stopped", pids=lock.stopped_servers)
             console.print(f"[yellow]stopped server(s) left running by a killed run:[/yellow] pid {', '.join(map(str, lock.stopped_servers))}")
+        plan = start_plan(cfg, run, resume)
+        events.emit("run_plan", **plan)
+        if not quiet:
+            console.print(plan_table(plan), soft_wrap=True)
         if quiet:
             reporter = EventReporter(events)
             metrics = run_iterate(cfg, resume=resume, environ=os.environ, reporter=reporter, new_prompts_only=new_prompts_only)
@@ -173,8 +177,7 @@ def iterate(
         idle = finished_before >= cfg.rounds and not reporter.phases_run  # every round was done, no evaluation was due
         code = EXIT_CODES["nothing_to_do"] if idle else EXIT_CODES["done"]
         events.emit("run_end", exit_code=code, rounds_done=run.finished_rounds(), wall_s=round(time.perf_counter() - t0, 3))
-    if not quiet:
-        console.print(round_table(metrics))
+    # Each round's table was printed as the round ended; only the summary line comes at the end.
     if promotion is not None:
         verdict = f"promoted round {promotion.round}: {promotion.adapter}" if promotion.promoted else f"not promoted: {promotion.reason}"
         console.print(verdict, soft_wrap=True)
@@ -182,6 +185,60 @@ def iterate(
     if code != EXIT_CODES["done"]:
         console.print(f"nothing to do: all {cfg.rounds} rounds were already finished")
         raise typer.Exit(code=code)
+
+
+def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
+    """What ``iterate`` is about to do, printed as a block at its start and written as the
+    ``run_plan`` event: the policy and its backend, the ranker's endpoint and model, the prompt
+    source, the run directory, the rounds, and the first asks the pending rounds will send the
+    ranker (rounds not yet ranked x prompts per round x consistency orders; correction re-asks
+    and cache hits aside). ``run``: the :class:`~cyclealign.rundir.RunDir`."""
+    from cyclealign.rundir import Phase
+
+    done = run.finished_rounds() if resume else 0
+    to_rank = sum(not run.round(k).is_done(Phase.RANK) for k in range(cfg.rounds)) if resume else cfg.rounds
+    backend = cfg.generation.backend
+    if backend == "vllm":
+        backend += f" at {cfg.vllm.base_url}" if cfg.vllm.base_url else " (a server it starts)"
+    else:
+        backend += f" on {cfg.model.device}"
+    return {
+        "policy": cfg.model.name_or_path or "embedded SmolLM2-135M-Instruct",
+        "backend": backend,
+        "ranker": (
+            "embedded SmolLM2-135M-Instruct (a local server, free)"
+            if cfg.ranker.base_url is None
+            else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
+        ),
+        "prompts": str(cfg.prompts) if cfg.prompts else "the shipped prompt set",
+        "run_dir": str(cfg.run_dir),
+        "resume": resume,
+        "rounds": cfg.rounds,
+        "rounds_done": done,
+        "prompts_per_round": cfg.prompts_per_round,
+        "num_samples": cfg.generation.num_samples,
+        "ranker_calls": to_rank * cfg.prompts_per_round * cfg.ranker.consistency,
+    }
+
+
+def plan_table(plan: dict[str, Any]) -> Any:
+    """The start block of :func:`start_plan` as a two-column rich table."""
+    from rich.table import Table
+
+    table = Table(title="cyclealign iterate", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("plan", overflow="fold")
+    rounds = f"{plan['rounds']} in all" + (f", {plan['rounds_done']} already done" if plan["rounds_done"] else "")
+    for what, value in [
+        ("policy", f"{plan['policy']} ({plan['backend']})"),
+        ("ranker", plan["ranker"]),
+        ("prompts", f"{plan['prompts']}, {plan['prompts_per_round']} per round, N={plan['num_samples']} responses each"),
+        ("run directory", f"{plan['run_dir']} ({'resumed' if plan['resume'] else 'new'})"),
+        ("rounds", rounds),
+        ("ranker calls", f"about {plan['ranker_calls']} first asks (cache hits are free; re-asks come on top)"),
+    ]:
+        table.add_row(what, value)
+    return table
 
 
 def print_plan(cfg: Config, resume: bool) -> None:

@@ -129,7 +129,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     """Where a run stands: ``rounds_scheduled``, ``rounds_done``, ``state`` (``done``,
     ``running``, ``interrupted`` or ``not started``), the pending ``round`` with its
     ``phases_done`` and ``phase_pending``, the ``last_metrics`` line, ranker ``spend`` (calls,
-    tokens, USD), the ``lock`` holder (``live`` false for a stale one), ``promoted``
+    tokens, USD), the ``ranker`` model (None: the embedded one, free), the ``lock`` holder (``live`` false for a stale one), ``promoted``
     (the adapter path, or None) and ``stale_servers_stopped``: the process ids of servers a
     killed run had left running, stopped now (only while no run holds the lock).
 
@@ -171,6 +171,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "phase_pending": next((p for p in PHASES if p not in phases_done), None) if started else None,
         "last_metrics": last,
         "spend": run.ranker_spend(),
+        "ranker": None if cfg.ranker.base_url is None else cfg.ranker.model,
         "lock": holder,
         "promoted": run.promoted.read_text().strip() if run.promoted.is_file() else None,
         "stale_servers_stopped": stopped,

@@ -123,13 +123,18 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def spend_text(spend: Mapping[str, float], tokens: bool = True) -> str:
+def spend_text(spend: Mapping[str, float], tokens: bool = True, embedded: bool = False) -> str:
     """The ranker spend of a run (:meth:`~cyclealign.rundir.RunDir.ranker_spend`) in words: paid
-    calls, with ``tokens`` prompt + completion tokens, and USD.
+    calls, with ``tokens`` prompt + completion tokens, and USD; with ``embedded`` (the local
+    embedded ranker, which costs nothing) the calls only.
 
     >>> spend = {"calls": 2.0, "prompt_tokens": 900.0, "completion_tokens": 30.0, "cost_usd": 0.0021}
     >>> spend_text(spend), spend_text(spend, tokens=False)
     ('2 paid calls, 900 + 30 tokens, 0.0021 USD', '2 paid calls, 0.0021 USD')
+    >>> spend_text({**spend, "cost_usd": 0.0}, tokens=False, embedded=True)
+    '2 calls to the embedded ranker (free)'
     """
+    if embedded:
+        return f"{int(spend['calls'])} calls to the embedded ranker (free)"
     used = f", {int(spend['prompt_tokens'])} + {int(spend['completion_tokens'])} tokens" if tokens else ""
     return f"{int(spend['calls'])} paid calls{used}, {spend['cost_usd']:.4f} USD"

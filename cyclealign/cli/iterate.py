@@ -294,6 +294,6 @@ def summary_line(cfg: Config, metrics: list[dict[str, Any]], run: Any) -> str:
     agreement, loss = round_metric("agreement_rate"), round_metric("train_loss")
     return (
         f"rounds done {len(metrics)}/{cfg.rounds}; last round: {agreement.label} {cell(last.get(agreement.key))}, "
-        f"{loss.label} {cell(last.get(loss.key))}; ranker {spend_text(run.ranker_spend(), tokens=False)}; "
+        f"{loss.label} {cell(last.get(loss.key))}; ranker {spend_text(run.ranker_spend(), tokens=False, embedded=cfg.ranker.base_url is None)}; "
         f"run directory: {cfg.run_dir} (metrics: {run.metrics})"
     )

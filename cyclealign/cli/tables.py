@@ -92,7 +92,7 @@ def status_table(st: dict[str, Any], title: str) -> Table:
     lock = st["lock"]
     holder = "free" if lock is None else f"pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}"
     table.add_row("lock", holder + ("" if lock is None or lock["live"] else " (stale: that process died)"))
-    table.add_row("ranker spend", spend_text(st["spend"]))
+    table.add_row("ranker spend", spend_text(st["spend"], embedded=st.get("ranker", "") is None))
     last = st["last_metrics"] or {}
     table.add_row("last round", cell(last.get("round")))
     for key in STATUS_ROWS:

@@ -111,6 +111,8 @@ def test_check_refuses_a_typo_and_a_missing_folder(tmp_path):
         RankerTemplates(folder)
     result = invoke("check", tmp_path / "nowhere")
     assert result.exit_code == 2 and "templates folder not found" in flat(result.output)
+    result = invoke("check", folder / "ranker_sytem.jinja")  # a file given for the folder
+    assert result.exit_code == 2 and "a file, not a templates folder" in flat(result.output)
 
 
 # -- the overlay -----------------------------------------------------------------------------
@@ -188,6 +190,9 @@ def test_render_without_a_run_shows_the_first_shipped_demonstration():
     assert [m["role"] for m in judge] == ["system", "user"] and demos[0].responses[1] in judge[1]["content"]
     text = invoke("render", "ranker").output
     assert "system" in text and messages[0]["content"].splitlines()[0] in text
+    # A prompt or round of no run is refused, not ignored.
+    result = invoke("render", "ranker", "--prompt-id", "p3")
+    assert result.exit_code == 2 and "pass the run with --run" in flat(result.output)
 
 
 # -- render == what the ranker sends; hashes per round ----------------------------------------

@@ -113,6 +113,8 @@ def render(
     with _exit_codes():
         if name not in ("ranker", "judge"):
             raise TemplateError(f"render: unknown call {name!r} (ranker or judge)")
+        if run is None and (prompt_id is not None or round_index != 0):
+            raise TemplateError("render: --prompt-id and --round choose a call of a run; pass the run with --run")
         call = run_call(run, round_index, prompt_id) if run is not None else sample_call()
         folder = templates if templates is not None else call.cfg.ranker.templates_dir
         if name == "ranker":

@@ -10,7 +10,7 @@ import typer
 
 from cyclealign.cli.common import console, exit_codes
 
-__all__ = ["train_round_command"]
+__all__ = ["train_round_command", "train_summary_line"]
 
 
 def train_round_command(
@@ -47,4 +47,22 @@ def train_round_command(
             is_main_process=state.is_main_process,
         )
     if state.is_main_process:
-        console.print(summary)
+        console.print(train_summary_line(round_index, summary, run.round(round_index).adapter), soft_wrap=True, markup=False)
+
+
+def train_summary_line(round_index: int, summary: dict, adapter: Path) -> str:
+    """One line for what :func:`~cyclealign.train.phase.run_train_phase` returned.
+
+    >>> train_summary_line(1, {"adapter": False, "skipped": "no ranked prompt this round"}, Path("r/round_001/adapter"))
+    'round 1: no adapter trained (no ranked prompt this round)'
+    >>> s = {"adapter": True, "lists": 12, "steps": 24, "train_loss": 4.3201, "ranking_accuracy": 0.625}
+    >>> train_summary_line(1, s, Path("r/round_001/adapter"))
+    'round 1 trained: 12 lists, 24 steps, loss 4.320, ranking accuracy 0.625; adapter r/round_001/adapter'
+    """
+    if not summary.get("adapter"):
+        return f"round {round_index}: no adapter trained ({summary.get('skipped', 'nothing to train')})"
+    return (
+        f"round {round_index} trained: {summary.get('lists')} lists, {summary.get('steps')} steps, "
+        f"loss {summary.get('train_loss', float('nan')):.3f}, ranking accuracy {summary.get('ranking_accuracy', float('nan')):.3f}; "
+        f"adapter {adapter}"
+    )

@@ -110,6 +110,8 @@ class TemplateFiles:
         self.shipped = Path(shipped) if shipped is not None else default_templates_dir()
         self.user = Path(user) if user is not None else None
         if self.user is not None:
+            if self.user.is_file():
+                raise TemplateError(f"{self.user}: a file, not a templates folder (pass the folder that holds your *.jinja files)")
             if not self.user.is_dir():
                 raise TemplateError(f"{self.user}: templates folder not found")
             unknown = sorted(p.name for p in self.user.glob("*.jinja") if p.name not in TEMPLATE_NAMES)

@@ -135,6 +135,28 @@ def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, 
     assert result.exit_code == 2 and "eval.decoding" in result.output
 
 
+def test_eval_defaults_to_the_runs_saved_eval_settings(tmp_path, monkeypatch):
+    import cyclealign.evaluation.runner
+    from cyclealign.config import build_config
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = {"run_dir": run_dir, "eval.prompts": [str(a), str(b)], "eval.num_prompts": 5, "eval.reward_model": "rm"}
+    (run_dir / "config.json").write_text(build_config(**saved).to_json())
+    plans = []
+    line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
+    monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
+    assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
+    assert runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--num-prompts", "7"]).exit_code == 0
+    assert [(p.prompts, p.num_prompts, p.reward_model) for p in plans] == [([a, b], 5, "rm"), (a, 7, "rm")]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(build_config(run_dir=bare).to_json())
+    result = runner.invoke(app, ["eval", str(bare)])
+    assert result.exit_code == 2 and "pass the held-out prompts with --prompts" in " ".join(result.output.split())
+
+
 def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):
     import cyclealign.loop
 

@@ -33,6 +33,37 @@ def show(*args: str) -> dict:
 # -- config --------------------------------------------------------------------------------
 
 
+def test_config_show_takes_iterates_flags_and_shows_what_iterate_would_run(tmp_path, monkeypatch):
+    import cyclealign.loop
+
+    seen = []
+    monkeypatch.setattr(cyclealign.loop, "iterate", lambda cfg, **kw: seen.append(cfg) or [])
+    flags = ["--run-dir", str(tmp_path / "run"), "--num-samples", "3", "--lora-r", "8", "--max-grad-norm", "0.5",
+             "--ranker-consistency", "3", "--eval-max-new-tokens", "96", "--set", "train.epochs=3"]
+    assert runner.invoke(app, ["iterate", *flags]).exit_code == 0
+    assert show(*flags) == json.loads(seen[-1].to_json())
+    # A run directory that holds a run is shown as a resume of it, under the path given now.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(build_config(run_dir="elsewhere/run", **{"train.lora_r": 4}).to_json())
+    shown = show("--run-dir", str(tmp_path / "run"), "--rounds", "5")
+    assert (shown["run_dir"], shown["train"]["lora_r"], shown["rounds"]) == (str(tmp_path / "run"), 4, 5)
+
+
+def test_config_fields_lists_every_field_with_its_default_and_meaning():
+    from cyclealign.config import Config, build_config
+    from cyclealign.config.fields import config_fields
+    from cyclealign.config.files import flatten
+
+    rows = {r.name: r for r in config_fields(Config)}
+    assert set(rows) == set(flatten(json.loads(build_config().to_json())))  # every field, each once
+    assert (rows["train.loss"].type, rows["train.loss"].default) == ("pro | rrhf | dpo-pl | lipo | dpo", "pro")
+    assert rows["train.learning_rate"].description
+    result = runner.invoke(app, ["config", "fields", "train"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "train.max_grad_norm" in result.output and "ranker.model" not in result.output
+    result = runner.invoke(app, ["config", "fields", "nope"])
+    assert result.exit_code == 2 and "not a section" in result.output
+
+
 def test_precedence_defaults_file_flags_for_a_nested_field(tmp_path, monkeypatch):
     import cyclealign.loop
 

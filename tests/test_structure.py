@@ -132,7 +132,7 @@ def test_light_commands_load_no_torch_transformers_or_openai(tmp_path):
         ["--help"], ["iterate", "--help"], ["eval", "--help"], ["status", run], ["status", run, "--json"], ["reparse", run],
         ["templates", "list"], ["templates", "show", "ranker_system"], ["templates", "path"], ["templates", "copy", folder],
         ["templates", "check", folder], ["templates", "render", "ranker"], ["templates", "render", "judge"],
-        ["config", "show"], ["config", "schema"], ["config", "show", "--run-dir", run],
+        ["config", "show"], ["config", "schema"], ["config", "show", "--run-dir", run], ["config", "fields"], ["--version"],
     ]
     code = LIGHT.format(heavy=HEAVY, commands=commands)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)

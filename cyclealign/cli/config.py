@@ -2,48 +2,92 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 
 from cyclealign.cli.common import exit_codes
 from cyclealign.cli.tables import status_table
-from cyclealign.config import Config, layer_config, parse_set_options
-from cyclealign.config.files import flatten, read_config_file
+from cyclealign.config import Config
 from cyclealign.errors import ConfigError
 
 __all__ = ["config_app", "status_command"]
 
-config_app = typer.Typer(no_args_is_help=True, help="The run configuration: the effective config, its schema.")
+config_app = typer.Typer(no_args_is_help=True, help="The run configuration: the effective config, its fields, its schema.")
 
 
-@config_app.command("show")
-def config_show(
-    ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option(help="A config file (YAML or JSON).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.field=value (repeatable).")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Start from this run's saved config (as --resume does).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="yaml | json")] = "yaml",
-) -> None:
-    """Print the effective config (defaults < --run-dir's saved config < --config < --set) as YAML:
-    a file to edit and pass back with --config."""
+# Flags of ``iterate`` that do not shape the config (what the command does with it).
+_NOT_CONFIG = ("dry_run", "quiet", "verbose", "promote_if", "new_prompts_only")
+
+
+def config_show(ctx: typer.Context, **flags: Any) -> None:
+    """Print the effective config of an iterate command line as YAML: a file to edit and pass
+    back with --config. It takes every flag iterate takes and layers them as iterate does
+    (defaults < the run's saved config when resuming < --config < flags < --set); a --run-dir
+    that holds a run is read as a resume of it."""
+    from cyclealign.cli.flags import iterate_config
     from cyclealign.rundir import RunDir
 
+    fmt = flags["fmt"]
     with exit_codes():
-        saved = flatten(RunDir(run_dir).read_config().model_dump(mode="json")) if run_dir is not None else {}
-        file_layer = flatten(read_config_file(config)) if config is not None else {}
-        cfg = layer_config(saved, file_layer, parse_set_options(set_))
         if fmt not in ("yaml", "json"):
             raise ConfigError(f"--format {fmt!r}: expected yaml or json")
+        explicit_run = getattr(ctx.get_parameter_source("run_dir"), "name", None) == "COMMANDLINE"
+        resume = flags["resume"] or (explicit_run and RunDir(flags["run_dir"]).config.exists())
+        cfg, _ = iterate_config(ctx, flags["config"], flags["set_"], resume, flags["add_rounds"])
     typer.echo(cfg.to_yaml() if fmt == "yaml" else cfg.to_json(), nl=fmt == "json")
+
+
+def _show_signature() -> None:
+    """Give :func:`config_show` ``iterate``'s parameters (less :data:`_NOT_CONFIG`) plus --format,
+    so typer builds the same flags for both commands."""
+    from cyclealign.cli.iterate import iterate
+
+    hints = get_type_hints(iterate, include_extras=True)
+    params = [
+        p.replace(annotation=hints[name])
+        for name, p in inspect.signature(iterate).parameters.items()
+        if name not in _NOT_CONFIG
+    ]
+    fmt = inspect.Parameter(
+        "fmt", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="yaml",
+        annotation=Annotated[str, typer.Option("--format", help="yaml | json", rich_help_panel="Output")],
+    )
+    config_show.__signature__ = inspect.Signature([*params, fmt])  # type: ignore[attr-defined]
+    config_show.__annotations__ = {p.name: p.annotation for p in [*params, fmt]}
+
+
+_show_signature()
+config_app.command("show")(config_show)
 
 
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON schema of a config file (every field, its type, default and description)."""
     typer.echo(Config.schema_json())
+
+
+@config_app.command("fields")
+def config_fields(
+    section: Annotated[str | None, typer.Argument(help="Only this section's fields (e.g. train); default: all.")] = None,
+) -> None:
+    """List every config field: its dotted name, type, default and meaning (what --set and a
+    config file take; `config schema` prints the same as JSON schema)."""
+    from rich.table import Table
+
+    from cyclealign.config.fields import config_fields as fields
+
+    with exit_codes():
+        rows = fields(Config, section)
+    table = Table(title="config fields" + (f": {section}" if section else ""), show_lines=False)
+    for column in ("field", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row.name, row.type, row.default, row.description)
+    Console().print(table)
 
 
 def status_command(

@@ -77,6 +77,7 @@ def config_fields(
     """List every config field: its dotted name, type, default and meaning (what --set and a
     config file take; `config schema` prints the same as JSON schema)."""
     from rich.table import Table
+    from rich.text import Text
 
     from cyclealign.config.fields import config_fields as fields
 
@@ -86,7 +87,7 @@ def config_fields(
     for column in ("field", "type", "default", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row.name, row.type, row.default, row.description)
+        table.add_row(*(Text(cell) for cell in (row.name, row.type, row.default, row.description)))  # no markup: defaults hold [brackets]
     Console().print(table)
 
 

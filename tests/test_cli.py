@@ -189,3 +189,27 @@ def test_iterate_train_flags_reach_the_config_and_unset_ones_keep_its_defaults(t
     t = seen[1].train
     assert (t.target, t.sft_pro_scale, t.sft_reduction, t.pro_reward_gap, t.lora_r, t.epochs) == ("agreement", True, "sum", True, 4, 1.0)
     assert (t.carry_optimizer, t.max_grad_norm, t.replay_rounds) == (False, 0.0, 2)
+
+
+def _commands(group, path=()):
+    """Every command of the typer app as (name path, click-level command)."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_help_says_what_an_option_takes_not_a_python_type():
+    import typer.main
+
+    for path, _ in _commands(typer.main.get_command(app)):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        options = result.output.split("Options", 1)[-1]
+        for python_type in ("<bool>", "<list[", "<str>", "<int>", "<float>", "<path>"):
+            assert python_type not in options, (path, python_type)
+    text = runner.invoke(app, ["iterate", "--help"], env={"COLUMNS": "200"}).output
+    panels = [line.split("─ ", 1)[1].split(" ")[0] for line in text.splitlines() if line.startswith("╭─ ")]
+    assert panels == ["Options", "Run", "Policy", "Ranker", "Evaluation", "Training"]
+    assert "KEY=VALUE" in text

@@ -24,6 +24,7 @@ from __future__ import annotations
 import typer
 
 from cyclealign.cli.artifacts import export_command, publish_command, reparse, report_command
+from cyclealign.cli.common import ValueMetavarCommand, ValueMetavarGroup
 from cyclealign.cli.config import config_app, status_command
 from cyclealign.cli.eval import eval_command
 from cyclealign.cli.iterate import iterate
@@ -32,7 +33,7 @@ from cyclealign.cli.train import train_round_command
 
 __all__ = ["app"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
+app = typer.Typer(cls=ValueMetavarGroup, add_completion=False, no_args_is_help=True, help="CycleAlign: align a white-box LLM with a black-box API LLM.")
 
 
 def _print_version(value: bool) -> None:
@@ -50,13 +51,13 @@ def _root(
     """CycleAlign: align a white-box LLM with a black-box API LLM (Hong et al. 2023)."""
 
 
-app.command()(iterate)
-app.command("train-round")(train_round_command)
-app.command("eval")(eval_command)
-app.command()(reparse)
-app.command("export")(export_command)
-app.command("report")(report_command)
-app.command("publish")(publish_command)
+app.command(cls=ValueMetavarCommand)(iterate)
+app.command("train-round", cls=ValueMetavarCommand)(train_round_command)
+app.command("eval", cls=ValueMetavarCommand)(eval_command)
+app.command(cls=ValueMetavarCommand)(reparse)
+app.command("export", cls=ValueMetavarCommand)(export_command)
+app.command("report", cls=ValueMetavarCommand)(report_command)
+app.command("publish", cls=ValueMetavarCommand)(publish_command)
 app.add_typer(templates_app, name="templates")
 app.add_typer(config_app, name="config")
-app.command("status")(status_command)
+app.command("status", cls=ValueMetavarCommand)(status_command)

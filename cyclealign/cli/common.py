@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 from rich.console import Console
 from rich.markup import escape
 
@@ -19,7 +22,7 @@ from cyclealign.metrics import fmt
 if TYPE_CHECKING:
     from cyclealign.events import EventLog
 
-__all__ = ["cell", "console", "exit_codes", "setup_logging", "spend_text", "stop_on_signals"]
+__all__ = ["ValueMetavarCommand", "ValueMetavarGroup", "cell", "console", "exit_codes", "setup_logging", "spend_text", "stop_on_signals", "value_metavar"]
 
 console = Console(stderr=True)
 """Progress, messages and summaries go to stderr; a command's result (a table, a name) to stdout."""
@@ -138,3 +141,40 @@ def spend_text(spend: Mapping[str, float], tokens: bool = True, embedded: bool =
         return f"{int(spend['calls'])} calls to the embedded ranker (free)"
     used = f", {int(spend['prompt_tokens'])} + {int(spend['completion_tokens'])} tokens" if tokens else ""
     return f"{int(spend['calls'])} paid calls{used}, {spend['cost_usd']:.4f} USD"
+
+
+def value_metavar(option: Any) -> str | None:
+    """What an option takes, as ``--help`` shows it: nothing for a flag, ``PATH``, ``N`` (an
+    integer), ``NUMBER``, ``TEXT``; None (typer's own) for anything else.
+
+    Raises nothing; ``option`` is a typer option (``is_flag``, ``type_descriptor``).
+    """
+    if getattr(option, "is_flag", False):
+        return ""
+    annotation = option.type_descriptor.annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and len(args) == 1:
+        annotation = args[0]
+    return {Path: "PATH", int: "N", float: "NUMBER", str: "TEXT"}.get(annotation)
+
+
+def _value_metavars(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = value_metavar(param)
+    return params
+
+
+class ValueMetavarCommand(TyperCommand):
+    """A typer command whose ``--help`` says what each option takes (:func:`value_metavar`)
+    instead of a Python type (``<bool>``, ``<list[str]>``); an option's own ``metavar`` wins."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _value_metavars(super().get_params(ctx))
+
+
+class ValueMetavarGroup(TyperGroup):
+    """:class:`ValueMetavarCommand` for a command group (the app and its sub-apps)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _value_metavars(super().get_params(ctx))

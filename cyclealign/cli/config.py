@@ -9,14 +9,14 @@ from typing import Annotated, Any, get_type_hints
 import typer
 from rich.console import Console
 
-from cyclealign.cli.common import exit_codes
+from cyclealign.cli.common import ValueMetavarCommand, ValueMetavarGroup, exit_codes
 from cyclealign.cli.tables import status_table
 from cyclealign.config import Config
 from cyclealign.errors import ConfigError
 
 __all__ = ["config_app", "status_command"]
 
-config_app = typer.Typer(no_args_is_help=True, help="The run configuration: the effective config, its fields, its schema.")
+config_app = typer.Typer(cls=ValueMetavarGroup, no_args_is_help=True, help="The run configuration: the effective config, its fields, its schema.")
 
 
 # Flags of ``iterate`` that do not shape the config (what the command does with it).
@@ -61,16 +61,16 @@ def _show_signature() -> None:
 
 
 _show_signature()
-config_app.command("show")(config_show)
+config_app.command("show", cls=ValueMetavarCommand)(config_show)
 
 
-@config_app.command("schema")
+@config_app.command("schema", cls=ValueMetavarCommand)
 def config_schema() -> None:
     """Print the JSON schema of a config file (every field, its type, default and description)."""
     typer.echo(Config.schema_json())
 
 
-@config_app.command("fields")
+@config_app.command("fields", cls=ValueMetavarCommand)
 def config_fields(
     section: Annotated[str | None, typer.Argument(help="Only this section's fields (e.g. train); default: all.")] = None,
 ) -> None:

@@ -19,13 +19,14 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from cyclealign.cli.common import ValueMetavarCommand, ValueMetavarGroup
 from cyclealign.errors import CycleAlignError, TemplateError
 from cyclealign.resources import default_templates_dir
 from cyclealign.templates.files import TEMPLATE_NAMES, TemplateFiles, template_name
 
 __all__ = ["templates_app"]
 
-templates_app = typer.Typer(
+templates_app = typer.Typer(cls=ValueMetavarGroup, 
     add_completion=False, no_args_is_help=True, help="List, show, copy, render and check the ranker and judge templates."
 )
 out = Console(highlight=False, soft_wrap=True)
@@ -47,7 +48,7 @@ def _exit_codes() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
-@templates_app.command("list")
+@templates_app.command("list", cls=ValueMetavarCommand)
 def list_templates(templates: TemplatesOpt = None) -> None:
     """Every template, which file wins (user: yours, or shipped) and its path, one per line."""
     with _exit_codes():
@@ -57,7 +58,7 @@ def list_templates(templates: TemplatesOpt = None) -> None:
         typer.echo(f"{name.removesuffix('.jinja'):<18} {origin:<8} {file}")
 
 
-@templates_app.command("show")
+@templates_app.command("show", cls=ValueMetavarCommand)
 def show(name: Annotated[str, typer.Argument(help="Template name, e.g. ranker_system (.jinja optional).")], templates: TemplatesOpt = None) -> None:
     """Print the text of the file that wins for template NAME."""
     with _exit_codes():
@@ -65,13 +66,13 @@ def show(name: Annotated[str, typer.Argument(help="Template name, e.g. ranker_sy
     typer.echo(text, nl=not text.endswith("\n"))
 
 
-@templates_app.command("path")
+@templates_app.command("path", cls=ValueMetavarCommand)
 def path() -> None:
     """Print the folder of the shipped templates."""
     typer.echo(str(default_templates_dir()))
 
 
-@templates_app.command("copy")
+@templates_app.command("copy", cls=ValueMetavarCommand)
 def copy(
     folder: Annotated[Path, typer.Argument(help="Folder to copy the shipped templates into (created).")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite template files already there.")] = False,
@@ -90,7 +91,7 @@ def copy(
     out.print(f"copied {len(TEMPLATE_NAMES)} templates to {folder}", markup=False)
 
 
-@templates_app.command("render")
+@templates_app.command("render", cls=ValueMetavarCommand)
 def render(
     name: Annotated[str, typer.Argument(help="ranker or judge: the call to render.")],
     templates: TemplatesOpt = None,
@@ -131,7 +132,7 @@ def render(
         out.print(m["content"], markup=False)
 
 
-@templates_app.command("check")
+@templates_app.command("check", cls=ValueMetavarCommand)
 def check(folder: Annotated[Path, typer.Argument(help="Your templates folder (only the files it overrides).")]) -> None:
     """Check FOLDER laid over the shipped templates: syntax, variables, and that a rendering still
     asks for an answer the reply parser accepts. Exit 0 when fine, 2 with errors."""

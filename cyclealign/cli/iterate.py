@@ -19,7 +19,7 @@ from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
 from cyclealign.metrics import round_metric
 
-__all__ = ["RichReporter", "iterate", "plan_table", "print_plan", "start_plan", "summary_line"]
+__all__ = ["RichReporter", "iterate", "plan_table", "print_plan", "ranker_text", "start_plan", "summary_line"]
 
 
 class RichReporter:
@@ -187,6 +187,11 @@ def iterate(
         raise typer.Exit(code=code)
 
 
+def ranker_text(cfg: Config) -> str:
+    """The ranker a run calls, in words (the start block and ``--dry-run``)."""
+    return "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
+
+
 def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
     """What ``iterate`` is about to do, printed as a block at its start and written as the
     ``run_plan`` event: the policy and its backend, the ranker's endpoint and model, the prompt
@@ -205,12 +210,8 @@ def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
     return {
         "policy": cfg.model.name_or_path or "embedded SmolLM2-135M-Instruct",
         "backend": backend,
-        "ranker": (
-            "embedded SmolLM2-135M-Instruct (a local server, free)"
-            if cfg.ranker.base_url is None
-            else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
-        ),
-        "prompts": str(cfg.prompts) if cfg.prompts else "the shipped prompt set",
+        "ranker": ranker_text(cfg),
+        "prompts": str(cfg.prompts or "the shipped prompt set"),
         "run_dir": str(cfg.run_dir),
         "resume": resume,
         "rounds": cfg.rounds,
@@ -265,7 +266,6 @@ def print_plan(cfg: Config, resume: bool) -> None:
     demos = static_demonstrations(cfg.ranker)
     rounds = sum(not run.round(k).is_done(Phase.RANK) for k in range(cfg.rounds))
     est = estimate_run(cfg, prompts, templates, demos, rounds)
-    ranker = "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
     if est.cost_usd is None:
         cost = "unknown (no price for this model: --set ranker.price_input_per_mtok=... ranker.price_output_per_mtok=...)"
     else:
@@ -274,7 +274,7 @@ def print_plan(cfg: Config, resume: bool) -> None:
     table.add_column("what")
     table.add_column("plan")
     for what, plan in [
-        ("ranker", ranker),
+        ("ranker", ranker_text(cfg)),
         ("prompt source", f"{cfg.prompts or 'the shipped prompt set'} ({len(prompts)} prompts)"),
         ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"),
         ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders; correction re-asks come on top)"),

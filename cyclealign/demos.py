@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cyclealign.records import Demonstration
-from cyclealign.rundir import RoundDir, RunDir, read_jsonl, write_jsonl
+from cyclealign.rundir import RoundDir, RunDir, read_records, write_jsonl
 
 if TYPE_CHECKING:
     from cyclealign.config.ranker import RankerConfig
@@ -132,8 +132,7 @@ def read_pool(run: RunDir, index: int, max_size: int) -> DemoPool:
     """
     if index == 0:
         return DemoPool(max_size=max_size)
-    rows = read_jsonl(run.round(index - 1).demo_pool)
-    return DemoPool([Demonstration.from_json(d) for d in rows], max_size=max_size)
+    return DemoPool(read_records(run.round(index - 1).demo_pool, Demonstration), max_size=max_size)
 
 
 def write_pool(rd: RoundDir, pool: DemoPool) -> None:

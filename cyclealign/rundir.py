@@ -213,6 +213,24 @@ def read_jsonl(path: Path) -> list[Any]:
     return rows
 
 
+def read_records(path: Path, cls: Any) -> list[Any]:
+    """Read JSON lines (:func:`read_jsonl`, a torn last line left out) as records: ``cls.from_json``
+    of each row (``cls``: a record class of :mod:`cyclealign.records`).
+
+    Raises:
+        RunDirError: a line is corrupt, or its row is not a ``cls`` (a missing or unknown field,
+            a wrong type); names the file and the line.
+    """
+    out = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        try:
+            out.append(cls.from_json(row))
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            name = getattr(cls, "__name__", "record")
+            raise RunDirError(f"{path}:{i}: not a {name} row ({type(e).__name__}: {e})") from None
+    return out
+
+
 class GenerationJournal:
     """A round's finished generation batches (``round_k/generation_batches.jsonl``), one JSON line
     each, appended and fsynced as each batch finishes: a run killed or failed mid-generation
@@ -285,19 +303,19 @@ class RoundDir:
 
     def read_generations(self) -> list[Generation]:
         """The round's generations (phase "generate"), in prompt order."""
-        return [Generation.from_json(d) for d in read_jsonl(self.generations)]
+        return read_records(self.generations, Generation)
 
     def read_agreement(self) -> list[AgreementRow]:
         """The round's agreement rows (phase "agreement"), one per ranked prompt, in prompt order."""
-        return [AgreementRow.from_json(d) for d in read_jsonl(self.agreement)]
+        return read_records(self.agreement, AgreementRow)
 
     def read_rankings(self, order: Sequence[str] | None = None) -> list[RankResult]:
         """The latest black-box result per prompt (a retried API error replaces the earlier line), in
         prompt order: ``order`` (prompt ids), else that of ``generations.jsonl`` (a prompt without
         a generation comes last, in file order)."""
         latest: dict[str, RankResult] = {}
-        for d in read_jsonl(self.rankings):
-            latest[d["prompt_id"]] = RankResult.from_json(d)
+        for r in read_records(self.rankings, RankResult):
+            latest[r.prompt_id] = r
         if order is None:
             order = [d["prompt_id"] for d in read_jsonl(self.generations)]
         position = {pid: i for i, pid in enumerate(order)}

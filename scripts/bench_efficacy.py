@@ -74,6 +74,7 @@ from cyclealign.efficacy.measure import (  # noqa: E402
     bootstrap_ratio,
     bootstrap_tau_change,
     loglik_scores,
+    mean_score,
     prompt_properties,
     prompt_taus,
     property_rate,
@@ -152,6 +153,20 @@ def tau_scores(folder: Path, model_dir: str, adapter: Path | None, tau_set: dict
     scores = scores_under(model_dir, adapter, tau_set, cfg, device)
     write_json(path, scores)
     return scores
+
+
+def fluency(folder: Path, model_dir: str, own: dict, cfg, device, key: str) -> dict[str, float]:
+    """Per held-out kind, the base policy's mean log-likelihood per token (nats) of a policy's own
+    held-out samples ``own``, cached in ``folder`` (:func:`cyclealign.efficacy.measure.mean_score`).
+    A trained policy whose text the base policy finds much less likely than its own samples has
+    drifted from fluent text (garbled or degenerate output wins some rules cheaply)."""
+    path = folder / f"fluency_{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = scores_under(model_dir, None, own, cfg, device)
+    out = {kind: mean_score(s) for kind, s in scores.items()}
+    write_json(path, out)
+    return out
 
 
 def taus(rule: Rule, tau_set: dict, scores: dict) -> dict[str, dict[str, Any]]:
@@ -309,7 +324,7 @@ def choose_plain_point(rule: Rule, args, grid: list[PlainLoopPoint], train_promp
     return record
 
 
-def measure(rule: Rule, heldout: dict, base, own: dict[str, dict], scores: dict[str, dict]) -> dict[str, Any]:
+def measure(rule: Rule, heldout: dict, base, own: dict[str, dict], scores: dict[str, dict], fluent: dict[str, dict]) -> dict[str, Any]:
     """Per held-out kind, the property before and after for CycleAlign and the plain loop, their
     movements and ratio, and the tau before and after (with the per-prompt terms the bootstrap
     intervals resample)."""
@@ -328,6 +343,7 @@ def measure(rule: Rule, heldout: dict, base, own: dict[str, dict], scores: dict[
             "moved_baseline": p - b,
             "ratio": (c - b) / (p - b) if p > b else None,
             **{f"tau_{name}": t[kind]["tau"] for name, t in tau_of.items()},
+            **{f"fluency_{name}": f[kind] for name, f in fluent.items()},
             "per_prompt": per_prompt,
             "tau_per_prompt": {name: t[kind]["tau_per_prompt"] for name, t in tau_of.items()},
         }
@@ -345,7 +361,14 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     bl_cfg, bl_dir, bl_adapter, bl = run_plain_loop(rule, seed, args, point, train_prompts_path, base, run_dir, root)
     bl_own = held_out_samples(bl_cfg, model_dir, bl_adapter, heldout, seed, bl_dir / f"heldout_{args.heldout}")
     bl_scores = tau_scores(bl_dir, model_dir, bl_adapter, base["tau_set"], bl_cfg, device, base["tau_key"])
-    measured = measure(rule, heldout, base, {"cyclealign": cyc_own, "baseline": bl_own}, {"cyclealign": cyc_scores, "baseline": bl_scores})
+    fluent = {
+        "before": base["fluency"],
+        "cyclealign": fluency(run_dir, model_dir, cyc_own, cfg, device, str(args.heldout)),
+        "baseline": fluency(bl_dir, model_dir, bl_own, bl_cfg, device, str(args.heldout)),
+    }
+    measured = measure(
+        rule, heldout, base, {"cyclealign": cyc_own, "baseline": bl_own}, {"cyclealign": cyc_scores, "baseline": bl_scores}, fluent
+    )
     return {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "baseline_point": point.name, "train": cyc.get("train"), **measured}
 
 
@@ -358,7 +381,8 @@ def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry[kind] = {
             field: spread([r[kind][field] for r in runs])
             for field in ("before", "cyclealign", "baseline", "moved_cyclealign", "moved_baseline", "ratio",
-                          "tau_before", "tau_cyclealign", "tau_baseline")
+                          "tau_before", "tau_cyclealign", "tau_baseline",
+                          "fluency_before", "fluency_cyclealign", "fluency_baseline")
         }
         moved_c = statistics.fmean(r[kind]["moved_cyclealign"] for r in runs)
         moved_b = statistics.fmean(r[kind]["moved_baseline"] for r in runs)
@@ -463,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "tau_set": tau_set,
             "tau_key": tau_key,
             "tau_scores": tau_scores(base_dir, model_dir, None, tau_set, base_cfg, device, tau_key),
+            "fluency": fluency(base_dir / f"heldout_{args.heldout}", model_dir, base_gens, base_cfg, device, str(args.heldout)),
         }
         if seed == args.sweep_seed:
             base["tune"] = tune

@@ -246,6 +246,7 @@ def test_bench_summary_of_a_rule_pools_its_seeds(bench):
             "moved_cyclealign": rate(c) - rate(b), "moved_baseline": rate(p) - rate(b),
             "ratio": (rate(c) - rate(b)) / (rate(p) - rate(b)),
             "tau_before": 0.0857, "tau_cyclealign": 0.0857 + tau_after, "tau_baseline": 0.0857,
+            "fluency_before": -2.0, "fluency_cyclealign": -2.0 - tau_after, "fluency_baseline": -2.1,
             "per_prompt": {"before": b, "cyclealign": c, "baseline": p},
             "tau_per_prompt": {"before": taus, "cyclealign": after, "baseline": taus},
         }
@@ -263,6 +264,7 @@ def test_bench_summary_of_a_rule_pools_its_seeds(bench):
     assert entry["hh"]["ratio_of_means_90"] == (pytest.approx(1.5), pytest.approx(1.5))
     assert entry["hh"]["tau_rise_cyclealign_90"] == (pytest.approx(0.1), pytest.approx(0.1))
     assert entry["hh"]["tau_rise_baseline_90"] == (0.0, 0.0)
+    assert entry["hh"]["fluency_cyclealign"]["mean"] == pytest.approx(-2.1) and entry["other"]["fluency_baseline"]["max"] == -2.1
 
 
 def test_plain_loop_points_and_the_choice_of_the_best():

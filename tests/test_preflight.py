@@ -70,6 +70,23 @@ def test_a_broken_run_directory_is_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_run_file_row_that_is_not_a_record_is_one_line(tmp_path):
+    """A line of generations.jsonl that parses as JSON but is no Generation (a hand edit, another
+    tool's file) gives exit 2 naming the file and line (every reader goes through
+    ``rundir.read_records``: ``tests/test_rundir.py`` checks each record file)."""
+    run = tmp_path / "r"
+    (run / "round_000").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"run_dir": str(run)}))
+    (run / "round_000" / "manifest.json").write_text(json.dumps({"phases": {"generate": {}, "rank": {}}}))
+    (run / "round_000" / "generations.jsonl").write_text('{"prompt_id": "p0", "colour": "blue"}\n')
+    (run / "round_000" / "rankings.jsonl").write_text('{"prompt_id": "p0", "ranking": [0]}\n')
+    for args in (["reparse", str(run)], ["reparse", str(run), "--dry-run"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "round_000/generations.jsonl:1: not a Generation row" in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
 def test_a_refused_connection_is_told_at_once_and_leaves_no_run(tmp_path):
     import socket
     import time

@@ -109,3 +109,14 @@ def test_agreement_rows_keep_their_bytes(tmp_path):
     assert row == AgreementRow(prompt_id="p", blackbox=[2, 0, 1], whitebox=[1, 0, 2], agreement=[0, 1], n=3, kendall_tau=-0.3333333333333333, joined_pool=True)
     write_jsonl(tmp_path / "again.jsonl", [row.to_json()])
     assert (tmp_path / "again.jsonl").read_text() == line
+
+
+@pytest.mark.parametrize("name", ["generations", "rankings", "agreement"])
+def test_a_row_that_is_not_a_record_names_file_and_line(tmp_path, name):
+    rd = RunDir(tmp_path / "run").round(0)
+    path = getattr(rd, name)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"prompt_id": "p0"}\n{"prompt_id": "p1", "colour": "blue"}\n' if name != "rankings" else '{"colour": 1}\n')
+    read = {"generations": rd.read_generations, "rankings": rd.read_rankings, "agreement": rd.read_agreement}[name]
+    with pytest.raises(RunDirError, match=rf"{name}.jsonl:\d: not a \w+ row"):
+        read()

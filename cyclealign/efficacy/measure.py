@@ -182,6 +182,17 @@ def loglik_scores(
     return [[s / max(n, 1) for s, n in zip(sums, lengths)] for sums, lengths in scored]
 
 
+def mean_score(scores: Sequence[Sequence[float]]) -> float:
+    """Mean over every response of per-response scores (``[prompts][N]``, as :func:`loglik_scores`
+    returns them); 0.0 for none.
+
+    >>> mean_score([[-1.0, -2.0], [-3.0]])
+    -2.0
+    """
+    flat = [s for row in scores for s in row]
+    return sum(flat) / len(flat) if flat else 0.0
+
+
 def prompt_taus(rule: Rule, gens: Sequence[Generation], policy_scores: Sequence[Sequence[float]]) -> list[float | None]:
     """Per prompt of ``gens``, the Kendall tau-b between the rule's scores of its responses and
     ``policy_scores`` (as :func:`loglik_scores` returns them); None where undefined (fewer than 2

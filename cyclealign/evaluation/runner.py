@@ -56,7 +56,7 @@ from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import CallRecord
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import Generation, PromptRecord
-from cyclealign.rundir import Phase, RunDir, read_jsonl, write_jsonl
+from cyclealign.rundir import Phase, RunDir, read_jsonl, read_records, write_jsonl
 from cyclealign.templates.judge import JudgeTemplates
 
 __all__ = ["evaluate_run", "evaluate_with", "evaluated", "judge_templates", "run_evaluation"]
@@ -204,7 +204,7 @@ def _generations(
     seed for every policy) or one greedy response; at most ``max_new_tokens`` tokens each. Reused
     from :func:`generations_path` when its prompts match (``policy()`` is called only when not)."""
     path = generations_path(out, k, kind, max_new_tokens)
-    cached = [Generation.from_json(d) for d in read_jsonl(path)]
+    cached = read_records(path, Generation)
     if [g.prompt_id for g in cached] == [p.id for p in prompts]:
         return cached
     backend = policy()

@@ -104,12 +104,12 @@ def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(t
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append((cfg, plan)) or [line])
     held = tmp_path / "held.jsonl"
-    for extra in ([], ["--judge-max-tokens", "7"]):
-        result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), *extra])
+    for extra in ([], ["--eval-judge-max-tokens", "7"]):
+        result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(held), *extra])
         assert result.exit_code == 0, result.output
     assert [plan.judge_max_tokens for _, plan in plans] == [24, 7]
     assert {cfg.eval.judge_max_tokens for cfg, _ in plans} == {24}  # the run's config is left as saved
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--judge-max-tokens", "3"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(held), "--eval-judge-max-tokens", "3"])
     assert result.exit_code == 2  # min=4
 
 
@@ -125,13 +125,13 @@ def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, 
             "by_source": {"a": {"prompts": 0}, "b": {"prompts": 0}}}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a)])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a)])
     assert result.exit_code == 0, result.output
     assert "sample, 128 tok" in result.output and "b: win rate" in result.output
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--prompts", str(b), "--decoding", "greedy", "--max-new-tokens", "48"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-prompts", str(b), "--eval-decoding", "greedy", "--eval-max-new-tokens", "48"])
     assert result.exit_code == 0, result.output
     assert [(p.prompts, p.decoding, p.max_new_tokens) for p in plans] == [(a, "sample", 128), ([a, b], "greedy", 48)]
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--decoding", "beam"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-decoding", "beam"])
     assert result.exit_code == 2 and "eval.decoding" in result.output
 
 
@@ -147,14 +147,14 @@ def test_eval_defaults_to_the_runs_saved_eval_settings(tmp_path, monkeypatch):
     plans = []
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
-    assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
-    assert runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--num-prompts", "7"]).exit_code == 0
+    assert runner.invoke(app, ["eval", "--run-dir", str(run_dir)]).exit_code == 0
+    assert runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-num-prompts", "7"]).exit_code == 0
     assert [(p.prompts, p.num_prompts, p.reward_model) for p in plans] == [([a, b], 5, "rm"), (a, 7, "rm")]
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text(build_config(run_dir=bare).to_json())
-    result = runner.invoke(app, ["eval", str(bare)])
-    assert result.exit_code == 2 and "pass the held-out prompts with --prompts" in " ".join(result.output.split())
+    result = runner.invoke(app, ["eval", "--run-dir", str(bare)])
+    assert result.exit_code == 2 and "pass the held-out prompts with --eval-prompts" in " ".join(result.output.split())
 
 
 def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):
@@ -213,3 +213,4 @@ def test_every_help_says_what_an_option_takes_not_a_python_type():
     panels = [line.split("─ ", 1)[1].split(" ")[0] for line in text.splitlines() if line.startswith("╭─ ")]
     assert panels == ["Options", "Run", "Policy", "Ranker", "Evaluation", "Training"]
     assert "KEY=VALUE" in text
+

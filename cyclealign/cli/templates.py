@@ -149,7 +149,7 @@ def render(
 
 @templates_app.command("check", cls=ValueMetavarCommand)
 def check(
-    templates: Annotated[Optional[Path], typer.Option("--templates", help="Your templates folder (only the files it overrides; required).")] = None,
+    templates: Annotated[Optional[Path], typer.Option("--templates", help="Folder of templates overriding the shipped ones file by file (required).")] = None,
     old_folder: OldTemplatesArgument = None,
 ) -> None:
     """Check the --templates folder laid over the shipped templates: syntax, variables, and that a

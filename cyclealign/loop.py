@@ -353,7 +353,7 @@ def iterate(
     if cfg.ranker.templates_dir is not None:  # the whole of `templates check`, not only syntax and names
         problems = [p for c in check_templates(cfg.ranker.templates_dir) for p in c.problems]
         if problems:
-            raise TemplateError(f"{cfg.ranker.templates_dir}: {len(problems)} problem(s), `cyclealign templates check` lists them: {problems[0]}")
+            raise TemplateError(f"{cfg.ranker.templates_dir}: {len(problems)} problem(s), `cyclealign templates check --templates {cfg.ranker.templates_dir}` lists them: {problems[0]}")
     run = RunDir(cfg.run_dir)
     if new_prompts_only and resume:  # before anything is written or started: a night without new prompts costs nothing
         pending = next((i for i in range(cfg.rounds) if not run.round(i).is_done(Phase.METRICS)), None)

@@ -3,7 +3,7 @@
 A nightly ``cyclealign iterate --run-dir DIR --add-rounds 1`` (cron, a systemd timer) does one
 more round; ``--promote-if 'win_rate>=0.5'`` then writes ``DIR/promoted`` (the path of the
 adapter a server should load) only when the round's evaluation passes; ``cyclealign status
-DIR`` tells where the run stands.
+--run-dir DIR`` tells where the run stands.
 """
 
 from __future__ import annotations

@@ -104,12 +104,12 @@ def test_eval_judge_max_tokens_goes_into_the_plan_defaulting_to_the_run_config(t
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append((cfg, plan)) or [line])
     held = tmp_path / "held.jsonl"
-    for extra in ([], ["--judge-max-tokens", "7"]):
-        result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), *extra])
+    for extra in ([], ["--eval-judge-max-tokens", "7"]):
+        result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(held), *extra])
         assert result.exit_code == 0, result.output
     assert [plan.judge_max_tokens for _, plan in plans] == [24, 7]
     assert {cfg.eval.judge_max_tokens for cfg, _ in plans} == {24}  # the run's config is left as saved
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--judge-max-tokens", "3"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(held), "--eval-judge-max-tokens", "3"])
     assert result.exit_code == 2  # min=4
 
 
@@ -125,13 +125,13 @@ def test_eval_decoding_token_cap_and_several_sources_go_into_the_plan(tmp_path, 
             "by_source": {"a": {"prompts": 0}, "b": {"prompts": 0}}}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a)])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a)])
     assert result.exit_code == 0, result.output
     assert "sample, 128 tok" in result.output and "b: win rate" in result.output
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--prompts", str(b), "--decoding", "greedy", "--max-new-tokens", "48"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-prompts", str(b), "--eval-decoding", "greedy", "--eval-max-new-tokens", "48"])
     assert result.exit_code == 0, result.output
     assert [(p.prompts, p.decoding, p.max_new_tokens) for p in plans] == [(a, "sample", 128), ([a, b], "greedy", 48)]
-    result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--decoding", "beam"])
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-decoding", "beam"])
     assert result.exit_code == 2 and "eval.decoding" in result.output
 
 
@@ -147,14 +147,14 @@ def test_eval_defaults_to_the_runs_saved_eval_settings(tmp_path, monkeypatch):
     plans = []
     line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
     monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
-    assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
-    assert runner.invoke(app, ["eval", str(run_dir), "--prompts", str(a), "--num-prompts", "7"]).exit_code == 0
+    assert runner.invoke(app, ["eval", "--run-dir", str(run_dir)]).exit_code == 0
+    assert runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(a), "--eval-num-prompts", "7"]).exit_code == 0
     assert [(p.prompts, p.num_prompts, p.reward_model) for p in plans] == [([a, b], 5, "rm"), (a, 7, "rm")]
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text(build_config(run_dir=bare).to_json())
-    result = runner.invoke(app, ["eval", str(bare)])
-    assert result.exit_code == 2 and "pass the held-out prompts with --prompts" in " ".join(result.output.split())
+    result = runner.invoke(app, ["eval", "--run-dir", str(bare)])
+    assert result.exit_code == 2 and "pass the held-out prompts with --eval-prompts" in " ".join(result.output.split())
 
 
 def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):
@@ -213,3 +213,143 @@ def test_every_help_says_what_an_option_takes_not_a_python_type():
     panels = [line.split("─ ", 1)[1].split(" ")[0] for line in text.splitlines() if line.startswith("╭─ ")]
     assert panels == ["Options", "Run", "Policy", "Ranker", "Evaluation", "Training"]
     assert "KEY=VALUE" in text
+
+
+# -- one spelling per concept (cyclealign/cli/common.py) ---------------------------------------------
+
+# Positional arguments that stay: a template's name (``templates show/render NAME``) and a config section
+# (``config fields SECTION``); a run directory or a folder is always an option.
+POSITIONALS = {"name", "section"}
+# ``--rounds N`` is iterate's count of rounds (``config show`` takes iterate's flags); choosing rounds is ``--round R``.
+ROUND_COUNT = {("iterate",), ("config", "show")}
+
+
+def _params(cmd):
+    """(visible options, visible arguments, hidden parameters) of a typer command."""
+    params = [p for p in cmd.params if p.name != "help"]
+    return ([p for p in params if p.param_type_name == "option" and not p.hidden],
+            [p for p in params if p.param_type_name == "argument" and not p.hidden],
+            [p for p in params if p.hidden])
+
+
+def _config_field(path, param):
+    """The dotted config field an option sets: iterate's (and config show's) from their flag table,
+    any other command's from the ``eval.x`` its help names (``default: the run's eval.x``)."""
+    import re
+
+    from cyclealign.cli.flags import FLAG_FIELDS
+
+    if path in ROUND_COUNT:
+        return FLAG_FIELDS.get(param.name)
+    found = re.search(r"\beval\.(\w+)", param.help or "")
+    return f"eval.{found.group(1)}" if found else None
+
+
+def test_every_command_spells_each_concept_one_way():
+    import typer.main
+
+    commands = list(_commands(typer.main.get_command(app)))
+    spellings, names = {}, {}
+    for path, cmd in commands:
+        options, arguments, hidden = _params(cmd)
+        assert {a.name for a in arguments} <= POSITIONALS, (path, [a.name for a in arguments])
+        for p in options:
+            opts = tuple(p.opts + p.secondary_opts)
+            spellings.setdefault(p.name, set()).add(opts)
+            for opt in opts:
+                names.setdefault(opt, set()).add(p.name)
+            assert "--run" not in opts, path
+            assert "--rounds" not in opts or (path in ROUND_COUNT and p.name == "rounds" and p.type_descriptor.annotation is int), path
+            field = _config_field(path, p)
+            if field is not None and field.startswith("eval."):
+                assert opts == ("--eval-" + field.removeprefix("eval.").replace("_", "-"),), (path, opts, field)
+        for p in hidden:  # a hidden parameter is the deprecated spelling of a visible one
+            assert p.name.startswith("old_"), (path, p.name)
+    assert spellings["run_dir"] == {("--run-dir",)}
+    assert spellings["templates"] == {("--templates",)}
+    assert spellings["round_index"] == {("--round",)}
+    assert spellings["verbose"] == {("--verbose", "-v")}
+    one_way = {name: opts for name, opts in spellings.items() if len(opts) > 1}
+    assert one_way == {}, one_way  # the same parameter spelled two ways in two commands
+    one_name = {opt: n for opt, n in names.items() if len(n) > 1}
+    assert one_name == {}, one_name  # one option string, two meanings
+    takes_run = {" ".join(path) for path, cmd in commands if "run_dir" in {p.name for p in cmd.params}}
+    assert takes_run == {"iterate", "config show", "train-round", "eval", "reparse", "export", "report", "publish", "templates render", "status"}
+
+
+def test_help_hides_the_deprecated_spellings():
+    import re
+
+    import typer.main
+
+    for path, cmd in _commands(typer.main.get_command(app)):
+        _, _, hidden = _params(cmd)
+        text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        for p in hidden:
+            for spelling in getattr(p, "opts", []):
+                if spelling.startswith("--"):
+                    assert not re.search(rf"(?<![\w-]){spelling}(?![\w-])", text), (path, spelling)
+            if p.metavar:  # a hidden positional: not in the usage line either
+                assert p.metavar not in usage, (path, usage)
+
+
+def _new_run(tmp_path):
+    from cyclealign.config import build_config
+    from cyclealign.rundir import RunDir
+
+    cfg = build_config(run_dir=tmp_path / "run", rounds=1)
+    RunDir(cfg.run_dir).prepare(cfg.to_json(), resume=False)
+    return str(cfg.run_dir)
+
+
+RUN_DIR_NOTE = "cyclealign: the positional RUN_DIR is deprecated; use --run-dir RUN_DIR (the old form goes in the next release)"
+
+
+def test_the_positional_run_dir_still_works_for_one_release_with_a_note(tmp_path):
+    run = _new_run(tmp_path)
+    new = runner.invoke(app, ["status", "--run-dir", run, "--json"])
+    old = runner.invoke(app, ["status", run, "--json"])
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert old.stdout == new.stdout and json.loads(new.stdout)["rounds_scheduled"] == 1
+    assert new.stderr == "" and old.stderr.splitlines() == [RUN_DIR_NOTE]
+    assert runner.invoke(app, ["status", "--run-dir", run, run, "--json"]).exit_code == 0  # both, the same path
+    other = str(tmp_path / "other")
+    both = runner.invoke(app, ["status", "--run-dir", other, run])
+    assert both.exit_code == 2 and both.stdout == ""
+    assert both.stderr.splitlines() == [f"error: --run-dir {other} disagrees with {run} given as the positional RUN_DIR (deprecated); give --run-dir only"]
+    # every command that took the positional: the note, then the command's own error about that folder
+    nowhere = str(tmp_path / "nowhere")
+    for args in (["status"], ["report"], ["reparse"], ["eval"], ["publish", "--to", "http://127.0.0.1:9"],
+                 ["export", "--format", "dpo", "--out", str(tmp_path / "out")]):
+        old = runner.invoke(app, [args[0], nowhere, *args[1:]])
+        lines = old.stderr.splitlines()
+        assert old.exit_code == 2 and lines[0] == RUN_DIR_NOTE and nowhere in lines[1], (args, old.output)
+        neither = runner.invoke(app, args)
+        assert neither.exit_code == 2 and neither.stderr.splitlines() == ["error: missing option --run-dir RUN_DIR"], (args, neither.output)
+
+
+def test_eval_takes_its_old_flag_names_for_one_release_with_a_note(tmp_path, monkeypatch):
+    import cyclealign.evaluation.runner
+    from cyclealign.config import build_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(build_config(run_dir=run_dir).to_json())
+    plans = []
+    line = {"round": -1, "label": "base", "vs": "base", "prompts": 0}
+    monkeypatch.setattr(cyclealign.evaluation.runner, "evaluate_run", lambda cfg, plan, environ=None: plans.append(plan) or [line])
+    held = tmp_path / "held.jsonl"
+    old = ["--prompts", str(held), "--num-prompts", "3", "--decoding", "sample", "--max-new-tokens", "40",
+           "--judge-max-tokens", "8", "--reward-model", "rm"]
+    new = ["--eval-prompts", str(held), "--eval-num-prompts", "3", "--eval-decoding", "sample", "--eval-max-new-tokens", "40",
+           "--eval-judge-max-tokens", "8", "--eval-reward-model", "rm"]
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), *old])
+    assert result.exit_code == 0, result.output
+    notes = [ln for ln in result.stderr.splitlines() if "deprecated" in ln]
+    assert sorted(notes) == sorted(f"cyclealign: {o} is deprecated; use {n} (the old form goes in the next release)" for o, n in zip(old[::2], new[::2]))
+    assert runner.invoke(app, ["eval", "--run-dir", str(run_dir), *new]).exit_code == 0
+    assert plans[0] == plans[1] and (plans[0].num_prompts, plans[0].decoding, plans[0].reward_model) == (3, "sample", "rm")
+    result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-num-prompts", "3", "--num-prompts", "4"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: --eval-num-prompts 3 disagrees with 4 given as --num-prompts (deprecated); give --eval-num-prompts only"]

@@ -124,19 +124,26 @@ def test_prompt_source_changed_since_the_run_is_detected(tmp_path):
 
 def test_cli_export_prints_counts_and_fails_with_one_line(tmp_path):
     run, prompts, _ = make_run(tmp_path)
-    result = runner.invoke(app, ["export", str(run.path), "--format", "dpo", "--out", str(tmp_path / "dpo"), "--rounds", "0,1"])
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "dpo", "--out", str(tmp_path / "dpo"), "--round", "0", "--round", "1"])
     assert result.exit_code == 0, result.output
     assert "10 rows" in flat(result.output) and "3 ranked prompts" in flat(result.output)
     assert datasets.load_from_disk(str(tmp_path / "dpo")).num_rows == 10
-    result = runner.invoke(app, ["export", str(run.path), "--format", "ranking", "--out", str(tmp_path / "rk"), "--rounds", "1"])
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "ranking", "--out", str(tmp_path / "rk"), "--round", "1"])
     assert result.exit_code == 0 and "2 rows" in flat(result.output) and "2 ranked prompts" in flat(result.output)
 
-    result = runner.invoke(app, ["export", str(run.path), "--format", "ranking", "--out", str(tmp_path / "x"), "--rounds", "0,a"])
+    # the previous release's spelling (positional run directory, --rounds 0,1) works, with a note per change
+    result = runner.invoke(app, ["export", str(run.path), "--format", "ranking", "--out", str(tmp_path / "old"), "--rounds", "1"])
+    assert result.exit_code == 0 and "2 rows" in flat(result.output)
+    assert [line.split(";")[0] for line in result.stderr.splitlines() if "deprecated" in line] == [
+        "cyclealign: the positional RUN_DIR is deprecated", "cyclealign: --rounds is deprecated"]
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "ranking", "--out", str(tmp_path / "x"), "--rounds", "0,a"])
     assert result.exit_code == 2 and "error:" in flat(result.output) and "'a'" in flat(result.output)
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "ranking", "--out", str(tmp_path / "x"), "--round", "1", "--rounds", "0,1"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == ["error: --round 1 disagrees with 0,1 given as --rounds (deprecated); give --round only"]
     prompts.unlink()
-    result = runner.invoke(app, ["export", str(run.path), "--format", "dpo", "--out", str(tmp_path / "y")])
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "dpo", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "prompts.jsonl" in flat(result.output) and "Traceback" not in flat(result.output)
-    result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--format", "dpo", "--out", str(tmp_path / "z")])
+    result = runner.invoke(app, ["export", "--run-dir", str(tmp_path / "nowhere"), "--format", "dpo", "--out", str(tmp_path / "z")])
     assert result.exit_code == 2 and "config.json: not found" in flat(result.output)
 
 
@@ -176,7 +183,7 @@ def test_push_to_hub_offline_is_one_line_and_the_local_export_is_kept(tmp_path, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run, _, _ = make_run(tmp_path)
     out = tmp_path / "dpo"
-    result = runner.invoke(app, ["export", str(run.path), "--format", "dpo", "--out", str(out), "--push-to-hub", "someone/prefs"])
+    result = runner.invoke(app, ["export", "--run-dir", str(run.path), "--format", "dpo", "--out", str(out), "--push-to-hub", "someone/prefs"])
     assert result.exit_code == 2, result.output
     assert "could not push to the Hugging Face Hub repo 'someone/prefs'" in flat(result.output) and "Traceback" not in result.output
     assert datasets.load_from_disk(str(out)).num_rows == 10  # saved before the push was tried

@@ -63,9 +63,9 @@ def test_a_broken_run_directory_is_one_line(tmp_path):
     (run / "round_000").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"run_dir": str(run)}))
     (run / "round_000" / "manifest.json").write_text('{"phases": {"gen')  # torn by a crash
-    result = runner.invoke(app, ["status", str(run)])
+    result = runner.invoke(app, ["status", "--run-dir", str(run)])
     assert result.exit_code == 2 and "round_000/manifest.json: not valid JSON" in result.output, result.output
-    result = runner.invoke(app, ["publish", str(run), "--to", "notaurl"])
+    result = runner.invoke(app, ["publish", "--run-dir", str(run), "--to", "notaurl"])
     assert result.exit_code == 2 and "--to 'notaurl': not an http(s):// URL" in result.output, result.output
     assert "Traceback" not in result.output
 
@@ -167,7 +167,7 @@ def read_only_run(tmp_path):
 
 
 def test_a_read_only_run_directory_is_one_line(read_only_run):
-    for args in (["iterate", "--run-dir", str(read_only_run), "--resume"], ["reparse", str(read_only_run), "--rewind"]):
+    for args in (["iterate", "--run-dir", str(read_only_run), "--resume"], ["reparse", "--run-dir", str(read_only_run), "--rewind"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Read-only file system" in result.output and "Traceback" not in result.output, (args, result.output)

@@ -86,11 +86,11 @@ def test_reparse_refuses_to_silently_change_a_round_already_trained_on(tmp_path)
 
 def test_reparse_cli(tmp_path):
     run = make_run(tmp_path, results())
-    out = CliRunner().invoke(app, ["reparse", str(run.path), "--dry-run"])
+    out = CliRunner().invoke(app, ["reparse", "--run-dir", str(run.path), "--dry-run"])
     assert out.exit_code == 0, out.output
     assert "dry run" in out.output
     assert read_jsonl(run.round(0).rankings)[1]["ranking"] is None  # dry run wrote nothing
-    out = CliRunner().invoke(app, ["reparse", str(tmp_path / "nothing")])
+    out = CliRunner().invoke(app, ["reparse", "--run-dir", str(tmp_path / "nothing")])
     assert out.exit_code == 2 and "no run here" in out.output
 
 

@@ -144,11 +144,11 @@ def test_interrupted_run_reports_from_round_manifests(tmp_path):
 
 def test_cli_report(tmp_path):
     run = make_run(tmp_path)
-    result = runner.invoke(app, ["report", str(run.path)])
+    result = runner.invoke(app, ["report", "--run-dir", str(run.path)])
     assert result.exit_code == 0, result.output
     assert str(run.path / "report" / "report.html") in flat(result.output)
     assert (run.path / "report" / "win_rate.png").is_file()
-    result = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    result = runner.invoke(app, ["report", "--run-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "error:" in flat(result.output) and "nothing to report" in flat(result.output)
 
 

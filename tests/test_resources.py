@@ -31,6 +31,7 @@ def test_accelerate_config_takes_a_shipped_name_or_a_path_resolved_at_launch(tmp
         cfg = build_config(**{"train.launcher": "accelerate", "train.accelerate_config": value})
         assert str(cfg.train.accelerate_config) == value  # stored as given (config.json moves between machines)
         cmd = launch_command(cfg, tmp_path / "run", 0)
+        assert cmd[-5:] == ["train-round", "--run-dir", str(tmp_path / "run"), "--round", "0"]
         return cmd[cmd.index("--config_file") + 1]
 
     assert config_file("zero2") == str(resources.accelerate_config_path("zero2"))

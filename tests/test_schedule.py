@@ -296,15 +296,15 @@ def test_status_reports_rounds_phase_spend_and_lock(tmp_path):
     assert st["spend"]["cost_usd"] == pytest.approx(0.002) and st["last_metrics"]["agreement_rate"] == 0.5
     with RunLock(run.path):
         assert run_status(run.path)["state"] == "running"
-        result = runner.invoke(app, ["status", str(run.path)])
+        result = runner.invoke(app, ["status", "--run-dir", str(run.path)])
     assert result.exit_code == 0 and "running" in result.output and "next: rank" in result.output
     # The embedded ranker costs nothing: its calls are not shown as paid ones at 0 USD.
     assert "1 calls to the embedded ranker (free)" in result.output and "USD" not in result.output
-    result = runner.invoke(app, ["status", str(run.path), "--json"])
+    result = runner.invoke(app, ["status", "--run-dir", str(run.path), "--json"])
     assert json.loads(result.output)["lock"] is None and json.loads(result.output)["ranker"] is None
     paid = RunDir(tmp_path / "paid")
     paid.path.mkdir()
     paid.config.write_text(build_config(run_dir=paid.path, **{"ranker.base_url": "http://127.0.0.1:9/v1", "ranker.model": "gpt-x"}).to_json())
     paid.record_call(0, {"prompt_tokens": 100, "completion_tokens": 10, "cost_usd": 0.002})
-    assert "1 paid calls, 100 + 10 tokens, 0.0020 USD" in " ".join(runner.invoke(app, ["status", str(paid.path)]).output.split())
-    assert runner.invoke(app, ["status", str(tmp_path / "nothing")]).exit_code == 2
+    assert "1 paid calls, 100 + 10 tokens, 0.0020 USD" in " ".join(runner.invoke(app, ["status", "--run-dir", str(paid.path)]).output.split())
+    assert runner.invoke(app, ["status", "--run-dir", str(tmp_path / "nothing")]).exit_code == 2

@@ -120,7 +120,7 @@ def test_a_second_iterate_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_pa
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
-        status = runner.invoke(app, ["status", str(run_dir), "--json"])
+        status = runner.invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
         if status.exit_code == 0:  # the first got as far as writing its config
             assert json.loads(status.output)["lock"]["live"] is False
         resume = ["--resume"] if (run_dir / "config.json").exists() else []

@@ -87,7 +87,7 @@ def test_after_sigkill_the_server_dies_with_its_parent(tmp_path, prompts_file):
             proc.kill()
     wait_for(lambda: process_start(server["pid"]) is None, 60, "the orphaned server to stop")
     # the pid file is left: status finds nothing running under it any more and clears it
-    result = CliRunner().invoke(app, ["status", str(run_dir), "--json"])
+    result = CliRunner().invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["stale_servers_stopped"] == [] and not (run_dir / "server.pid").exists()
 
@@ -116,7 +116,7 @@ def test_a_server_left_behind_is_stopped_by_status_and_by_the_next_run(tmp_path,
     RunDir(run_dir).prepare(build_config(**{"run_dir": run_dir}).to_json(), False)
     left, _ = sleeper(tmp_path)
     (tmp_path / "server.pid").rename(run_dir / "server.pid")
-    result = CliRunner().invoke(app, ["status", str(run_dir), "--json"])
+    result = CliRunner().invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["stale_servers_stopped"] == [left.pid] and left.wait(timeout=10) == -signal.SIGTERM
 

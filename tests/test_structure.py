@@ -129,9 +129,9 @@ def test_light_commands_load_no_torch_transformers_or_openai(tmp_path):
     RunDir(cfg.run_dir).prepare(cfg.to_json(), resume=False)
     run, folder = str(cfg.run_dir), str(tmp_path / "templates")
     commands = [
-        ["--help"], ["iterate", "--help"], ["eval", "--help"], ["status", run], ["status", run, "--json"], ["reparse", run],
-        ["templates", "list"], ["templates", "show", "ranker_system"], ["templates", "path"], ["templates", "copy", folder],
-        ["templates", "check", folder], ["templates", "render", "ranker"], ["templates", "render", "judge"],
+        ["--help"], ["iterate", "--help"], ["eval", "--help"], ["status", "--run-dir", run], ["status", "--run-dir", run, "--json"], ["reparse", "--run-dir", run],
+        ["templates", "list"], ["templates", "show", "ranker_system"], ["templates", "path"], ["templates", "copy", "--templates", folder],
+        ["templates", "check", "--templates", folder], ["templates", "render", "ranker"], ["templates", "render", "judge"],
         ["config", "show"], ["config", "schema"], ["config", "show", "--run-dir", run], ["config", "fields"], ["--version"],
     ]
     code = LIGHT.format(heavy=HEAVY, commands=commands)

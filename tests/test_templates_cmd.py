@@ -56,18 +56,18 @@ def overlay(tmp_path, **files):
 
 
 def test_check_passes_on_the_shipped_set_and_on_a_copy(tmp_path):
-    result = invoke("check", SHIPPED)
+    result = invoke("check", "--templates", SHIPPED)
     assert result.exit_code == 0, result.output
     assert result.output.count("ok ") == 6 and "error" not in result.output
-    assert invoke("copy", tmp_path / "copy").exit_code == 0
-    result = invoke("check", tmp_path / "copy")
+    assert invoke("copy", "--templates", tmp_path / "copy").exit_code == 0
+    result = invoke("check", "--templates", tmp_path / "copy")
     assert result.exit_code == 0, result.output
     assert result.output.count("ok ") == 6 and "(user: " in result.output
 
 
 def test_check_reports_a_syntax_error_with_file_and_line(tmp_path):
     folder = overlay(tmp_path, ranker_user="Conversation:\n{{ query }}\n{% for r in responses %}\n{{ r }\n")
-    result = invoke("check", folder)
+    result = invoke("check", "--templates", folder)
     assert result.exit_code == 2
     assert f"{folder / 'ranker_user.jinja'}:4: template syntax error" in flat(result.output)
     assert result.output.count("ok ") == 5  # the other files, shipped, are fine
@@ -79,7 +79,7 @@ def test_check_reports_missing_and_unknown_variables(tmp_path):
         judge_user="{{ query }}\n[1] {{ first }}",  # leaves out `second`
         ranker_correction="Wrong: {{ error }}.\nLabels [1] to [{{ n }}], or a JSON ranking.\n{{ attempts }}",
     )
-    result = invoke("check", folder)
+    result = invoke("check", "--templates", folder)
     out = flat(result.output)
     assert result.exit_code == 2
     assert f"{folder / 'judge_user.jinja'}: template does not use the required variables second" in out
@@ -97,21 +97,21 @@ def test_check_reports_missing_and_unknown_variables(tmp_path):
     ],
 )
 def test_check_reports_a_rendering_the_parser_cannot_read(tmp_path, files, expected):
-    result = invoke("check", overlay(tmp_path, **files))
+    result = invoke("check", "--templates", overlay(tmp_path, **files))
     assert result.exit_code == 2
     assert expected in flat(result.output)
 
 
 def test_check_refuses_a_typo_and_a_missing_folder(tmp_path):
     folder = overlay(tmp_path, ranker_sytem="x")
-    result = invoke("check", folder)
+    result = invoke("check", "--templates", folder)
     assert result.exit_code == 2
     assert "unknown template file(s) ranker_sytem.jinja" in flat(result.output) and "ranker_system.jinja" in flat(result.output)
     with pytest.raises(TemplateError, match="ranker_sytem.jinja"):
         RankerTemplates(folder)
-    result = invoke("check", tmp_path / "nowhere")
+    result = invoke("check", "--templates", tmp_path / "nowhere")
     assert result.exit_code == 2 and "templates folder not found" in flat(result.output)
-    result = invoke("check", folder / "ranker_sytem.jinja")  # a file given for the folder
+    result = invoke("check", "--templates", folder / "ranker_sytem.jinja")  # a file given for the folder
     assert result.exit_code == 2 and "a file, not a templates folder" in flat(result.output)
 
 
@@ -166,16 +166,16 @@ def test_list_shows_the_override_winning_and_show_prints_it(tmp_path):
 
 def test_copy_copies_six_files_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "t"
-    result = invoke("copy", target)
+    result = invoke("copy", "--templates", target)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in target.iterdir()) == sorted(TEMPLATE_NAMES)
     for name in TEMPLATE_NAMES:
         assert (target / name).read_text() == (SHIPPED / name).read_text()
     (target / "ranker_system.jinja").write_text("edited [1] [{{ n }}]")
-    result = invoke("copy", target)
+    result = invoke("copy", "--templates", target)
     assert result.exit_code == 2 and "would overwrite" in flat(result.output) and "--force" in flat(result.output)
     assert (target / "ranker_system.jinja").read_text() == "edited [1] [{{ n }}]"
-    assert invoke("copy", target, "--force").exit_code == 0
+    assert invoke("copy", "--templates", target, "--force").exit_code == 0
     assert (target / "ranker_system.jinja").read_text() == (SHIPPED / "ranker_system.jinja").read_text()
 
 
@@ -192,7 +192,7 @@ def test_render_without_a_run_shows_the_first_shipped_demonstration():
     assert "system" in text and messages[0]["content"].splitlines()[0] in text
     # A prompt or round of no run is refused, not ignored.
     result = invoke("render", "ranker", "--prompt-id", "p3")
-    assert result.exit_code == 2 and "pass the run with --run" in flat(result.output)
+    assert result.exit_code == 2 and "pass the run with --run-dir" in flat(result.output)
 
 
 # -- render == what the ranker sends; hashes per round ----------------------------------------
@@ -241,7 +241,7 @@ def test_render_equals_what_the_ranker_sends_and_the_manifest_records_template_h
     sent = [r["messages"] for r in api.requests]
     assert len(sent) == 2
     for p in prompts:
-        result = invoke("render", "ranker", "--run", run.path, "--round", 1, "--prompt-id", p.id, "--json")
+        result = invoke("render", "ranker", "--run-dir", run.path, "--round", 1, "--prompt-id", p.id, "--json")
         assert result.exit_code == 0, result.output
         rendered = json.loads(result.output)
         assert rendered in sent
@@ -262,9 +262,28 @@ def test_render_equals_what_the_ranker_sends_and_the_manifest_records_template_h
 
 def test_render_refuses_an_unknown_prompt_and_call(tmp_path, prompts_file):
     cfg, run = make_run(tmp_path, prompts_file, "http://127.0.0.1:9/v1", None)
-    result = invoke("render", "ranker", "--run", run.path, "--round", 1, "--prompt-id", "nope")
+    result = invoke("render", "ranker", "--run-dir", run.path, "--round", 1, "--prompt-id", "nope")
     assert result.exit_code == 2 and "no prompt 'nope' in round 1" in flat(result.output)
     result = invoke("render", "rankr")
     assert result.exit_code == 2 and "unknown call 'rankr'" in flat(result.output)
-    result = invoke("render", "ranker", "--run", run.path, "--sample", 1)
+    result = invoke("render", "ranker", "--run-dir", run.path, "--sample", 1)
     assert result.exit_code == 2 and "ranker.consistency=1" in flat(result.output)
+
+
+def test_the_old_spellings_of_run_and_folder_work_for_one_release_with_a_note(tmp_path, prompts_file):
+    cfg, run = make_run(tmp_path, prompts_file, "http://127.0.0.1:9/v1", None)
+    new = invoke("render", "ranker", "--run-dir", run.path, "--round", 1, "--json")
+    old = invoke("render", "ranker", "--run", run.path, "--round", 1, "--json")
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert old.stdout == new.stdout and new.stderr == ""
+    assert old.stderr.splitlines() == ["cyclealign: --run is deprecated; use --run-dir RUN_DIR (the old form goes in the next release)"]
+    both = invoke("render", "ranker", "--run-dir", run.path, "--run", tmp_path)
+    assert both.exit_code == 2 and len(both.stderr.splitlines()) == 1 and "give --run-dir only" in both.stderr
+    note = "cyclealign: the positional FOLDER is deprecated; use --templates FOLDER (the old form goes in the next release)"
+    old = invoke("copy", tmp_path / "old")
+    assert old.exit_code == 0 and old.stderr.splitlines() == [note] and sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(TEMPLATE_NAMES)
+    old = invoke("check", tmp_path / "old")
+    assert old.exit_code == 0 and old.stderr.splitlines() == [note] and old.stdout == invoke("check", "--templates", tmp_path / "old").stdout
+    for command in ("check", "copy"):
+        neither = invoke(command)
+        assert neither.exit_code == 2 and neither.stderr.splitlines() == ["error: missing option --templates FOLDER"]

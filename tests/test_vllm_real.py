@@ -279,7 +279,7 @@ def test_iterate_two_rounds_eval_and_publish_with_a_server_cyclealign_starts(ser
         assert "load_lora_adapter" in log and " 401 " not in log
         held = tmp_path / "held.jsonl"
         held.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say bye.", "Name a tree.")))
-        result = runner.invoke(app, ["eval", str(run_dir), "--prompts", str(held), "--num-prompts", "2", "--max-new-tokens", "6"], env=env)
+        result = runner.invoke(app, ["eval", "--run-dir", str(run_dir), "--eval-prompts", str(held), "--eval-num-prompts", "2", "--eval-max-new-tokens", "6"], env=env)
         assert result.exit_code == 0, result.output
     summary = read_jsonl(run_dir / "eval" / "summary.jsonl")
     assert {row["round"] for row in summary} == {-1, 1}
@@ -287,7 +287,7 @@ def test_iterate_two_rounds_eval_and_publish_with_a_server_cyclealign_starts(ser
     for f in run_dir.rglob("*"):  # the key lives in the environment only
         assert not f.is_file() or key.encode() not in f.read_bytes(), f
     # publish: into the running (module) server; the published name then serves completions
-    result = runner.invoke(app, ["publish", str(run_dir), "--to", server.root_url])
+    result = runner.invoke(app, ["publish", "--run-dir", str(run_dir), "--to", server.root_url])
     assert result.exit_code == 0, result.output
     name = result.output.strip().splitlines()[-1]
     client = VLLMClient(server.base_url, server.model)

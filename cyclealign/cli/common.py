@@ -1,5 +1,13 @@
 """What every ``cyclealign`` command shares: the stderr console, errors as exit codes, table
-cells, logging setup and the ranker spend line."""
+cells, logging setup, the ranker spend line, and the options every command spells alike.
+
+One spelling per concept across every command: the run directory is ``--run-dir PATH``, a
+templates folder ``--templates PATH``, chosen rounds a repeatable ``--round R`` (``iterate
+--rounds N`` is a count), and a flag that sets a field ``eval.x`` of the config is
+``--eval-x``. An older spelling stays for one release as a hidden alias that still works and
+prints a deprecation note (:func:`resolve_alias`); tests/test_cli_spelling.py walks the app
+and checks the rule.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +17,36 @@ import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 from rich.console import Console
 from rich.markup import escape
 
-from cyclealign.errors import BudgetError, CycleAlignError, Interrupted, LockedError, NothingToDo
+from cyclealign.errors import BudgetError, ConfigError, CycleAlignError, Interrupted, LockedError, NothingToDo
 from cyclealign.metrics import fmt
 
 if TYPE_CHECKING:
     from cyclealign.events import EventLog
 
-__all__ = ["ValueMetavarCommand", "ValueMetavarGroup", "cell", "console", "exit_codes", "setup_logging", "spend_text", "stop_on_signals", "value_metavar"]
+__all__ = [
+    "OldRunDirArgument",
+    "OldTemplatesArgument",
+    "RunDirOption",
+    "ValueMetavarCommand",
+    "ValueMetavarGroup",
+    "cell",
+    "console",
+    "deprecation_note",
+    "exit_codes",
+    "resolve_alias",
+    "run_dir_given",
+    "setup_logging",
+    "spend_text",
+    "stop_on_signals",
+    "value_metavar",
+]
 
 console = Console(stderr=True)
 """Progress, messages and summaries go to stderr; a command's result (a table, a name) to stdout."""
@@ -112,6 +136,71 @@ def stop_on_signals() -> Iterator[None]:
         restore()
 
 
+T = TypeVar("T")
+
+RunDirOption = Annotated[Optional[Path], typer.Option("--run-dir", help="The run directory (required).")]
+"""``--run-dir PATH``: the run directory a command reads (required; :func:`run_dir_given`)."""
+
+OldRunDirArgument = Annotated[Optional[Path], typer.Argument(hidden=True, metavar="RUN_DIR", help="Deprecated: --run-dir.")]
+"""The positional ``RUN_DIR`` of the previous release: hidden, deprecated (:func:`run_dir_given`)."""
+
+OldTemplatesArgument = Annotated[Optional[Path], typer.Argument(hidden=True, metavar="FOLDER", help="Deprecated: --templates.")]
+"""The positional templates ``FOLDER`` of the previous release: hidden, deprecated (``--templates``)."""
+
+
+def _shown(value: Any) -> str:
+    """A value as the command line spelled it: a list comma-separated."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value != [] and value != ()
+
+
+def deprecation_note(old: str, new: str) -> None:
+    """Print ``cyclealign: OLD is deprecated; use NEW (the old form goes in the next release)``
+    to stderr, on one line."""
+    console.print(f"cyclealign: {old} is deprecated; use {new} (the old form goes in the next release)", markup=False, highlight=False, soft_wrap=True)
+
+
+def resolve_alias(value: T | None, old_value: T | None, *, new: str, old: str, required: bool = False) -> T | None:
+    """The value of one setting given under its current spelling ``new`` (e.g. ``"--run-dir
+    RUN_DIR"``, the flag first) or under the deprecated ``old`` one (``"the positional
+    RUN_DIR"``, ``"--num-prompts"``), a hidden alias kept for one release.
+
+    The old spelling still works and prints one line to stderr (:func:`deprecation_note`). Both given with the same value is that
+    value; None (or an empty list) means not given.
+
+    >>> resolve_alias(None, None, new="--eval-decoding", old="--decoding"), resolve_alias("greedy", None, new="--eval-decoding", old="--decoding")
+    (None, 'greedy')
+
+    Raises:
+        ConfigError: both spellings given with different values; neither given while ``required``
+            (the CLI prints one line and exits 2).
+    """
+    flag = new.split()[0]
+    if _given(old_value):
+        if _given(value) and value != old_value:
+            raise ConfigError(f"{flag} {_shown(value)} disagrees with {_shown(old_value)} given as {old} (deprecated); give {flag} only")
+        deprecation_note(old, new)
+        return old_value
+    if required and not _given(value):
+        raise ConfigError(f"missing option {new}")
+    return value
+
+
+def run_dir_given(run_dir: Path | None, old_run_dir: Path | None) -> Path:
+    """The run directory of ``--run-dir`` (:data:`RunDirOption`) or of the deprecated positional
+    (:data:`OldRunDirArgument`), through :func:`resolve_alias`.
+
+    Raises:
+        ConfigError: neither given, or both with different paths.
+    """
+    path = resolve_alias(run_dir, old_run_dir, new="--run-dir RUN_DIR", old="the positional RUN_DIR", required=True)
+    assert path is not None  # required
+    return path
+
+
 def cell(v: Any, digits: int = 3) -> str:
     """A CLI table cell (:func:`~cyclealign.metrics.fmt`); a NaN or infinite float prints as is (``nan``).
 
@@ -167,10 +256,18 @@ def _value_metavars(params: list[Any]) -> list[Any]:
 
 class ValueMetavarCommand(TyperCommand):
     """A typer command whose ``--help`` says what each option takes (:func:`value_metavar`)
-    instead of a Python type (``<bool>``, ``<list[str]>``); an option's own ``metavar`` wins."""
+    instead of a Python type (``<bool>``, ``<list[str]>``); an option's own ``metavar`` wins.
+    A hidden argument (a deprecated alias) is left out of the usage line too."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _value_metavars(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
 class ValueMetavarGroup(TyperGroup):

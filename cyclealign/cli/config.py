@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 
-from cyclealign.cli.common import ValueMetavarCommand, ValueMetavarGroup, exit_codes
+from cyclealign.cli.common import OldRunDirArgument, RunDirOption, ValueMetavarCommand, ValueMetavarGroup, exit_codes, run_dir_given
 from cyclealign.cli.tables import status_table
 from cyclealign.config import Config
 from cyclealign.errors import ConfigError
@@ -92,15 +91,17 @@ def config_fields(
 
 
 def status_command(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    run_dir: RunDirOption = None,
+    old_run_dir: OldRunDirArgument = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Where a run stands: rounds done, the phase in progress or interrupted, last metrics, spend, lock holder."""
+    """Where the run in --run-dir stands: rounds done, the phase in progress or interrupted, last metrics, spend, lock holder."""
     import json
 
     from cyclealign.schedule import run_status
 
     with exit_codes():
+        run_dir = run_dir_given(run_dir, old_run_dir)
         st = run_status(run_dir)
     if as_json:
         typer.echo(json.dumps(st, default=str))

@@ -1,6 +1,6 @@
 """``cyclealign templates``: list, show, copy, render and check the prompt templates.
 
-A user templates folder (``--templates DIR``, config ``ranker.templates_dir``) holds only the
+A user templates folder (``--templates DIR`` in every command, config ``ranker.templates_dir``) holds only the
 files it overrides; every other template is the shipped one (``cyclealign templates path``).
 Like ``llm templates``: ``list`` says which file wins for each template, ``show`` prints it,
 ``copy`` starts a folder to edit, ``render`` prints the exact messages a call sends and
@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from cyclealign.cli.common import ValueMetavarCommand, ValueMetavarGroup
+from cyclealign.cli.common import OldTemplatesArgument, ValueMetavarCommand, ValueMetavarGroup, resolve_alias
 from cyclealign.errors import CycleAlignError, TemplateError
 from cyclealign.resources import default_templates_dir
 from cyclealign.templates.files import TEMPLATE_NAMES, TemplateFiles, template_name
@@ -34,8 +34,19 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 TemplatesOpt = Annotated[
     Optional[Path],
-    typer.Option("--templates", help="Your templates folder (only the files it overrides); default: the shipped ones."),
+    typer.Option("--templates", help="Folder of templates overriding the shipped ones file by file (default: the shipped ones)."),
 ]
+
+
+def _folder(templates: Path | None, old_folder: Path | None) -> Path:
+    """The folder of ``--templates`` or of the deprecated positional ``FOLDER`` (:func:`resolve_alias`).
+
+    Raises:
+        ConfigError: neither given, or both with different paths.
+    """
+    folder = resolve_alias(templates, old_folder, new="--templates FOLDER", old="the positional FOLDER", required=True)
+    assert folder is not None  # required
+    return folder
 
 
 @contextmanager
@@ -74,11 +85,13 @@ def path() -> None:
 
 @templates_app.command("copy", cls=ValueMetavarCommand)
 def copy(
-    folder: Annotated[Path, typer.Argument(help="Folder to copy the shipped templates into (created).")],
+    templates: Annotated[Optional[Path], typer.Option("--templates", help="Folder to copy the shipped templates into (created; required).")] = None,
+    old_folder: OldTemplatesArgument = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite template files already there.")] = False,
 ) -> None:
-    """Copy the six shipped templates into FOLDER to edit (delete the ones you keep as shipped)."""
+    """Copy the six shipped templates into the --templates folder to edit (delete the ones you keep as shipped)."""
     with _exit_codes():
+        folder = _folder(templates, old_folder)
         existing = [n for n in TEMPLATE_NAMES if (folder / n).exists()]
         if existing and not force:
             raise TemplateError(f"{folder}: would overwrite {', '.join(existing)} (pass --force to overwrite)")
@@ -95,7 +108,8 @@ def copy(
 def render(
     name: Annotated[str, typer.Argument(help="ranker or judge: the call to render.")],
     templates: TemplatesOpt = None,
-    run: Annotated[Optional[Path], typer.Option("--run", help="A run directory: render a call of that run.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="A run directory: render a call of that run (default: a sample call).")] = None,
+    old_run: Annotated[Optional[Path], typer.Option("--run", hidden=True, help="Deprecated: --run-dir.")] = None,
     round_index: Annotated[int, typer.Option("--round", min=0, help="The run's round.")] = 0,
     prompt_id: Annotated[Optional[str], typer.Option("--prompt-id", help="The prompt (default: the round's first).")] = None,
     sample: Annotated[int, typer.Option("--sample", min=0, help="Presentation order (0 .. ranker.consistency-1).")] = 0,
@@ -103,7 +117,7 @@ def render(
 ) -> None:
     """Print the exact chat messages of one ranker or judge call (the ranker's first ask).
 
-    With --run, the call of --prompt-id in --round as that run sends it (its config, the
+    With --run-dir, the call of --prompt-id in --round as that run sends it (its config, the
     round's responses, demonstrations and shuffle; --templates overrides the run's folder).
     Without, the first shipped demonstration under the default settings.
     """
@@ -112,10 +126,11 @@ def render(
     from cyclealign.templates.render import judge_messages, ranker_messages, run_call, sample_call
 
     with _exit_codes():
+        run = resolve_alias(run_dir, old_run, new="--run-dir RUN_DIR", old="--run")
         if name not in ("ranker", "judge"):
             raise TemplateError(f"render: unknown call {name!r} (ranker or judge)")
         if run is None and (prompt_id is not None or round_index != 0):
-            raise TemplateError("render: --prompt-id and --round choose a call of a run; pass the run with --run")
+            raise TemplateError("render: --prompt-id and --round choose a call of a run; pass the run with --run-dir")
         call = run_call(run, round_index, prompt_id) if run is not None else sample_call()
         folder = templates if templates is not None else call.cfg.ranker.templates_dir
         if name == "ranker":
@@ -133,13 +148,16 @@ def render(
 
 
 @templates_app.command("check", cls=ValueMetavarCommand)
-def check(folder: Annotated[Path, typer.Argument(help="Your templates folder (only the files it overrides).")]) -> None:
-    """Check FOLDER laid over the shipped templates: syntax, variables, and that a rendering still
-    asks for an answer the reply parser accepts. Exit 0 when fine, 2 with errors."""
+def check(
+    templates: Annotated[Optional[Path], typer.Option("--templates", help="Folder of templates overriding the shipped ones file by file (required).")] = None,
+    old_folder: OldTemplatesArgument = None,
+) -> None:
+    """Check the --templates folder laid over the shipped templates: syntax, variables, and that a
+    rendering still asks for an answer the reply parser accepts. Exit 0 when fine, 2 with errors."""
     from cyclealign.templates.check import check_templates
 
     with _exit_codes():
-        results = check_templates(folder)
+        results = check_templates(_folder(templates, old_folder))
     for r in results:
         if r.ok:
             out.print("[green]ok[/green]    ", end="")

@@ -8,16 +8,17 @@ from typing import Annotated
 
 import typer
 
-from cyclealign.cli.common import console, exit_codes
+from cyclealign.cli.common import OldRunDirArgument, RunDirOption, console, exit_codes, run_dir_given
 
 __all__ = ["train_round_command", "train_summary_line"]
 
 
 def train_round_command(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory whose round to train.")],
-    round_index: Annotated[int, typer.Option("--round", help="Round index (0-based).")],
+    run_dir: RunDirOption = None,
+    old_run_dir: OldRunDirArgument = None,
+    round_index: Annotated[int, typer.Option("--round", help="Round index (0-based).")] = ...,  # type: ignore[assignment]  # typer: required
 ) -> None:
-    """Train one round from its saved rankings (what the loop runs under accelerate/torchrun).
+    """Train one round of --run-dir from its saved rankings (what the loop runs under accelerate/torchrun).
 
     Every launched process runs this; the main process writes the adapter and train.json.
     The loop marks the phase done afterwards.
@@ -33,7 +34,7 @@ def train_round_command(
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     with exit_codes():
-        run = RunDir(run_dir)
+        run = RunDir(run_dir_given(run_dir, old_run_dir))
         cfg = run.read_config()
         state = PartialState(cpu=resolve_device(cfg.model).type == "cpu")  # joins the launcher's process group
         model_dir = resolve_model_dir(cfg.model)

@@ -65,7 +65,7 @@ def held_out_sources(cfg: Config, sources: Sequence[Path], count: int) -> tuple[
     names = [EvalConfig.source_name(s) for s in sources]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise ConfigError(f"--prompts {sources[names.index(name)]} and {sources[i]} have the same name {name!r}; rename one")
+            raise ConfigError(f"--eval-prompts {sources[names.index(name)]} and {sources[i]} have the same name {name!r}; rename one")
     trained = _trained_texts(cfg)
     picked = [(name, held_out_prompts(cfg, source, count, trained)) for name, source in zip(names, sources)]
     uses = Counter(p.id for _, held in picked for p in held)  # ids are unique within a source

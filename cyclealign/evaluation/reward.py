@@ -109,7 +109,7 @@ class RewardScorer:
             tok = AutoTokenizer.from_pretrained(model_id)
             model = AutoModelForSequenceClassification.from_pretrained(model_id, **LOAD_KWARGS).eval()
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
+            raise ConfigError(f"--eval-reward-model {model_id}: cannot load a sequence-classification model: {e}") from None
         self.device = resolve_device(cfg.model)
         model.to(self.device)
         if tok.pad_token is None:

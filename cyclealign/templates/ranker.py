@@ -24,7 +24,7 @@ Templates are loaded with ``StrictUndefined`` and checked at load time: a missin
 unknown ``*.jinja`` file in it, a syntax error, a variable outside the table, or a query/answer
 template that leaves out the responses, query or labels raises
 :class:`~cyclealign.errors.TemplateError` naming the file (and line), before any API call is
-made. ``cyclealign templates check DIR`` runs these checks and more (:mod:`cyclealign.templates.check`).
+made. ``cyclealign templates check --templates DIR`` runs these checks and more (:mod:`cyclealign.templates.check`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 In-process (the default) the loop calls :func:`run_train_phase` directly. With
 ``train.launcher`` set to ``accelerate`` or ``torchrun``, the loop instead runs
-``cyclealign train-round RUN_DIR --round K`` under that launcher (see :func:`launch_command`):
+``cyclealign train-round --run-dir RUN_DIR --round K`` under that launcher (see :func:`launch_command`):
 every process runs :func:`run_train_phase`, the Trainer shards the ranking lists across them
 (DDP, or DeepSpeed ZeRO through an accelerate config), and only the main process writes the
 adapter and ``train.json``.
@@ -123,12 +123,12 @@ def launch_command(cfg: Config, run_dir: Path, index: int) -> list[str]:
     """The command that runs round ``index``'s training under ``cfg.train.launcher``.
 
     ``accelerate``: ``accelerate launch [--config_file F] --num_processes P -m cyclealign.cli
-    train-round RUN_DIR --round K`` (DDP on GPUs; DeepSpeed ZeRO-2/3 with the configs shipped in
+    train-round --run-dir RUN_DIR --round K`` (DDP on GPUs; DeepSpeed ZeRO-2/3 with the configs shipped in
     ``cyclealign/assets/accelerate/``, which ``ddp``, ``zero2`` and ``zero3`` name). ``torchrun``:
     ``torchrun --nproc_per_node P -m cyclealign.cli ...`` (also runs DDP over CPU processes with
     the gloo backend).
     """
-    tail = ["-m", "cyclealign.cli", "train-round", str(run_dir), "--round", str(index)]
+    tail = ["-m", "cyclealign.cli", "train-round", "--run-dir", str(run_dir), "--round", str(index)]
     t = cfg.train
     if t.launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch"]

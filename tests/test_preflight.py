@@ -80,7 +80,7 @@ def test_a_run_file_row_that_is_not_a_record_is_one_line(tmp_path):
     (run / "round_000" / "manifest.json").write_text(json.dumps({"phases": {"generate": {}, "rank": {}}}))
     (run / "round_000" / "generations.jsonl").write_text('{"prompt_id": "p0", "colour": "blue"}\n')
     (run / "round_000" / "rankings.jsonl").write_text('{"prompt_id": "p0", "ranking": [0]}\n')
-    for args in (["reparse", str(run)], ["reparse", str(run), "--dry-run"]):
+    for args in (["reparse", "--run-dir", str(run)], ["reparse", "--run-dir", str(run), "--dry-run"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "round_000/generations.jsonl:1: not a Generation row" in result.output, (args, result.output)

@@ -198,3 +198,36 @@ def test_sigterm_in_each_phase_then_resume_equals_an_uninterrupted_run(tmp_path,
             got, want = adapter_weights(run_dir), adapter_weights(ref)
             assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-5) for k in want), phase
             assert not (run_dir / "lock.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_a_signal_during_eval_stops_it_cleanly_and_the_same_command_finishes(sig, tmp_path, prompts_file):
+    """Ctrl-C in `cyclealign eval`: exit 130 with one line, the lock released, no traceback; the
+    same command then finishes (held-out prompts: the run's own source, as no eval.prompts is set)."""
+    from scripted_api import ScriptedAPI
+
+    run_dir = tmp_path / "run"
+    with ScriptedAPI(fallback=slow_reverse_ranker) as api:
+        made = CliRunner().invoke(app, [
+            "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file), "--rounds", "1", "--prompts-per-round", "2",
+            "--num-samples", "2", "--max-new-tokens", "8", "--epochs", "1", "--quiet", "--ranker-base-url", api.base_url,
+            "--ranker-model", "scripted", "--ranker-cache", str(tmp_path / "cache.sqlite"), "--set", "agreement.min_length=1",
+        ], env={"HF_HUB_OFFLINE": "1"})
+        assert made.exit_code == 0, made.output
+        cmd = [sys.executable, "-m", "cyclealign.cli", "eval", "--run-dir", str(run_dir), "--eval-num-prompts", "2", "--eval-max-new-tokens", "8"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            wait_for(lambda: (run_dir / "eval").exists() or proc.poll() is not None, 600, "the evaluation")
+            time.sleep(0.5)
+            proc.send_signal(sig)
+            out = proc.communicate(timeout=120)[0].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 128 + sig, out
+        assert "interrupted: stopped by " + sig.name in out and "Traceback" not in out, out
+        assert "held-out prompts: the run's own prompt source" in out
+        assert not (run_dir / "lock.json").exists()
+        again = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert (run_dir / "eval" / "summary.jsonl").exists()

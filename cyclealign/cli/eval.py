@@ -9,9 +9,18 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from cyclealign.cli.common import OldRunDirArgument, RunDirOption, console, exit_codes, resolve_alias, run_dir_given, setup_logging
+from cyclealign.cli.common import (
+    OldRunDirArgument,
+    RunDirOption,
+    console,
+    exit_codes,
+    resolve_alias,
+    run_dir_given,
+    setup_logging,
+    stop_on_signals,
+)
 from cyclealign.cli.tables import eval_table
-from cyclealign.errors import ConfigError
+from cyclealign.resources import default_prompts_path
 from cyclealign.rundir import RunDir
 
 __all__ = ["eval_command"]
@@ -20,7 +29,7 @@ __all__ = ["eval_command"]
 def eval_command(
     run_dir: RunDirOption = None,
     old_run_dir: OldRunDirArgument = None,
-    eval_prompts: Annotated[Optional[list[Path]], typer.Option(help="Held-out prompts (prompts the run trains on are left out); repeatable: several sources are also reported one by one (by file stem). Default: the run's eval.prompts.")] = None,
+    eval_prompts: Annotated[Optional[list[Path]], typer.Option(help="Held-out prompts (prompts the run trains on are left out); repeatable: several sources are also reported one by one (by file stem). Default: the run's eval.prompts, else the run's own prompt source.")] = None,
     eval_num_prompts: Annotated[Optional[int], typer.Option(min=1, help="Held-out prompts to use per source (a seeded sample). Default: the run's eval.num_prompts, 32.")] = None,
     round_index: Annotated[Optional[list[int]], typer.Option("--round", help="Policy to evaluate: a round index, -1 = base; repeatable. Default: base and the latest round.")] = None,
     vs: Annotated[int, typer.Option(help="Reference policy of the win rate (-1 = base).")] = -1,
@@ -63,8 +72,9 @@ def eval_command(
             source = list(prompts) if len(prompts) > 1 else prompts[0]
         elif ev.prompts is not None:
             source = ev.prompts
-        else:
-            raise ConfigError(f"{run_dir}: the run has no eval.prompts; pass the held-out prompts with --eval-prompts")
+        else:  # the run's own source: its prompts no round drew are held out
+            source = cfg.prompts if cfg.prompts is not None else default_prompts_path()
+            console.print(f"held-out prompts: the run's own prompt source, {source} (those no round used); --eval-prompts to choose")
         plan = EvalPlan(
             source,
             ev.num_prompts if num_prompts is None else num_prompts,
@@ -75,7 +85,7 @@ def eval_command(
             ev.decoding if decoding is None else decoding,  # type: ignore[arg-type]  # EvalPlan validates it
             ev.max_new_tokens if max_new_tokens is None else max_new_tokens,
         )
-        with RunLock(run_dir):  # not while an iterate (or another eval) writes the run
+        with RunLock(run_dir), stop_on_signals():  # not while an iterate (or another eval) writes the run
             lines = evaluate_run(cfg, plan, environ=os.environ)
     Console().print(eval_table(lines))
     console.print(f"results: {RunDir(run_dir).eval_dir}")

@@ -37,6 +37,7 @@ __all__ = [
     "Metric",
     "REPORT_EVAL_COLUMNS",
     "REPORT_ROUND_COLUMNS",
+    "REPORT_ROUND_TABLES",
     "ROUND_METRICS",
     "STATUS_ROWS",
     "TIMED_PHASES",
@@ -205,12 +206,21 @@ CLI_ROUND_ROWS = (
 )
 """Round metrics the CLI's round table shows (then one row per timed phase, wall seconds)."""
 
-REPORT_ROUND_COLUMNS = (
-    "round", "prompts", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_size", "train_loss",
-    "ranking_loss", "sft_loss", "train_ranking_accuracy", "ranker_calls", "ranker_api_calls", "ranker_cache_hits",
-    "tokens_sent", "tokens_received", "ranker_cost_usd", "consistency_rate", "generated_tokens", "phase_s",
+REPORT_ROUND_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Ranking and training", (
+        "round", "prompts", "ranked", "unranked", "agreement_rate", "kendall_tau", "consistency_rate", "pool_size",
+        "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy",
+    )),
+    ("Ranker cost, tokens and time", (
+        "round", "ranker_calls", "ranker_api_calls", "ranker_cache_hits", "tokens_sent", "tokens_received",
+        "ranker_cost_usd", "generated_tokens", "phase_s",
+    )),
 )
-"""Round metrics the report's per-round table shows (a column no round has is left out)."""
+"""The report's per-round tables, ``(title, round metric keys)``: quality in one, cost and time in
+the other, so that each fits a 1400 px window (a column no round has is left out)."""
+
+REPORT_ROUND_COLUMNS = tuple(dict.fromkeys(key for _, keys in REPORT_ROUND_TABLES for key in keys))
+"""Every round metric the report's tables show (:data:`REPORT_ROUND_TABLES`, each key once)."""
 
 STATUS_ROWS = ("agreement_rate", "kendall_tau", "train_loss")
 """Round metrics ``cyclealign status`` shows of the last finished round."""

@@ -13,6 +13,11 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # scripts/setup.sh --vllm
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (scripts/setup.sh installs it as root)
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +49,31 @@ def vllm_python() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def headless_chromium():
+    """A headless Chromium driven by playwright (its Python package, offline: the browser is
+    Debian's ``chromium`` at ``/usr/bin/chromium`` or ``$CYCLEALIGN_TEST_CHROMIUM``, never one
+    ``playwright install`` downloads). Missing either, the browser tests are skipped, except under
+    CI (``CI`` set), where they fail: CI installs both (``scripts/setup.sh`` as root). One browser
+    per test: while playwright's sync API runs, its event loop holds the thread, so a fixture
+    that calls ``asyncio.run`` (a run's ranker) must be set up before this one (a wider scope)."""
+    path = Path(os.environ.get("CYCLEALIGN_TEST_CHROMIUM") or CHROMIUM)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright, missing = None, "the playwright package is not installed: pip install -e '.[dev]'"
+    else:
+        missing = None if path.exists() else f"{path} not found: apt-get install chromium (scripts/setup.sh as root)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(path), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture

@@ -217,6 +217,7 @@ def test_run_evaluation_loads_the_policy_only_for_missing_generations_and_the_re
         assert (line["decoding"], line["max_new_tokens"], line["reward_input"]) == ("greedy", 128, "plain")
     samples = read_jsonl(cfg.run_dir / "eval" / "samples.jsonl")
     assert {s["response"] for s in samples} == {f"{t} held_out:{i} greedy" for t in ("base", "tuned") for i in (1, 2)}
+    assert {(s["tokens"], s["finished"]) for s in samples} == {(3, True)}  # the report marks finished=False as cut
     assert again == lines
 
 

@@ -15,6 +15,7 @@ from cyclealign.config import build_config
 from cyclealign.data.selection import select_round_prompts
 from cyclealign.data.sources import load_prompts
 from cyclealign.errors import RunDirError
+from cyclealign.models.loading import EMBEDDED_NAME
 from cyclealign.records import Generation, RankResult
 from cyclealign.report.html import write_report
 from cyclealign.rundir import RunDir, write_jsonl
@@ -46,13 +47,14 @@ def metrics_line(k, **extra):
     return line
 
 
-def make_run(tmp_path, *, with_eval=True, metrics=None):
-    """A recorded 3-round run: metrics.jsonl, generations and rankings, and eval/ files."""
+def make_run(tmp_path, *, with_eval=True, metrics=None, **settings):
+    """A recorded 3-round run: metrics.jsonl, generations and rankings, and eval/ files;
+    ``settings``: dotted config fields over a ranker ``m`` at ``http://x/v1`` (no known price)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question <{i}>?"}) + "\n" for i in range(12)))
     cfg = build_config(
         run_dir=tmp_path / "run", prompts=prompts, rounds=3, prompts_per_round=4,
-        **{"ranker.base_url": "http://x/v1", "ranker.model": "m"},
+        **{"ranker.base_url": "http://x/v1", "ranker.model": "m", **settings},
     )
     run = RunDir(cfg.run_dir)
     run.prepare(cfg.to_json(), resume=False)
@@ -120,12 +122,12 @@ def test_metrics_only_run_shows_ranked_samples_and_skips_missing_plots(tmp_path)
     assert len(embedded_images(html)) == 2  # agreement and unranked rate only
     assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["agreement.png", "unranked.png"]
     assert "Not plotted (no data in this run): loss, pool, ranker, phases." in html
-    assert "Held-out evaluation" not in html and "train loss" not in html
+    assert "<table class=\"eval\">" not in html and "No held-out evaluation was run." in html and "train loss" not in html
     # Without eval/samples.jsonl: each round's first 3 prompts, top- and bottom-ranked responses
     # (ranking [1, 3, 0, 2]), prompt texts rebuilt from the prompt source and escaped.
     assert html.count("<h3>Round") == 3
     assert "User: Question &lt;" in html
-    assert "r0 " in html and "answer 1</td><td>r0 " in html
+    assert "r0 " in html and 'answer 1</div></td><td><div class="response">r0 ' in html
     assert "unranked: unparsable after 3 attempts: x" in html  # round 1's first prompt
 
 
@@ -161,3 +163,73 @@ def test_the_report_reads_the_rounds_manifests_not_a_torn_metrics_file(tmp_path)
         run.round(k).mark_done("metrics", round=k, agreement_rate=0.5 + k / 10, wall_s=0.0)
     run.metrics.write_text('{"round": 0, "agreement_rate": 0.5}\n{"round": 1, "agree')  # torn by a crash
     assert [r["round"] for r in load_metrics(run)] == [0, 1, 2]  # no round hidden
+
+
+def test_both_round_tables_hold_their_columns(tmp_path):
+    html = write_report(make_run(tmp_path).path).read_text()
+    quality = html.index("<h3>Ranking and training</h3>")
+    cost = html.index("<h3>Ranker cost, tokens and time</h3>")
+    assert quality < html.index('title="metrics.jsonl: train_loss">train loss</th>') < cost
+    assert cost < html.index('title="metrics.jsonl: ranker_cost_usd">ranker cost USD</th>') < html.index("<h2>Held-out evaluation")
+    assert html.count('title="metrics.jsonl: round">round</th>') == 2  # each table starts with the round
+
+
+@pytest.mark.parametrize(
+    ("settings", "note"),
+    [
+        ({"ranker.price_input_per_mtok": 0.0, "ranker.price_output_per_mtok": 0.0},
+         "The ranker was free (m priced at 0 USD per million tokens): no cost chart."),
+        ({"ranker.base_url": None, "ranker.model": None}, f"The ranker was the embedded {EMBEDDED_NAME} (free): 0 USD in every round, no cost chart."),
+        ({}, "No price is known for the ranker model &#39;m&#39;: its calls counted 0 USD, no cost chart"),
+        ({"ranker.model": "gpt-4o-mini"}, "The ranker cost 0 USD in every round (no paid call: the replies came from the cache)"),
+    ],
+)
+def test_a_run_that_cost_nothing_gets_no_cost_panel_and_a_line_saying_why(tmp_path, settings, note):
+    (tmp_path / "free").mkdir(), (tmp_path / "paid").mkdir()
+    run = make_run(tmp_path / "free", metrics=[metrics_line(k, ranker_cost_usd=0.0) for k in range(3)], **settings)
+    html = write_report(run.path).read_text()
+    assert note in html and "Ranker tokens per round (ranker.png)" in html
+    assert imread(run.path / "report" / "ranker.png").shape[1] == 640  # tokens only
+    paid = write_report(make_run(tmp_path / "paid", **settings).path).read_text()
+    assert "no cost chart" not in paid and "Ranker tokens and cost per round (ranker.png)" in paid
+
+
+def test_a_run_without_evaluation_gets_the_command_that_adds_one(tmp_path):
+    for name in ("my run", "other", "evaluated"):
+        (tmp_path / name).mkdir()
+    run = make_run(tmp_path / "my run", with_eval=False)
+    html = write_report(run.path).read_text()
+    assert "No held-out evaluation was run." in html
+    assert f"cyclealign eval --run-dir &#39;{run.path}&#39; --prompts HELD_OUT.jsonl" in html  # quoted for the shell
+    assert f"cyclealign report --run-dir &#39;{run.path}&#39;" in html
+    held_out = tmp_path / "held.jsonl"
+    held_out.write_text(json.dumps({"prompt": "x"}) + "\n")
+    run = make_run(tmp_path / "other", with_eval=False, **{"eval.prompts": held_out})
+    html = write_report(run.path).read_text()
+    assert f"cyclealign eval --run-dir {run.path}\n" in html  # the run names its held-out prompts
+    assert "No held-out evaluation" not in write_report(make_run(tmp_path / "evaluated").path).read_text()
+
+
+def test_responses_cut_at_the_token_cap_are_marked(tmp_path):
+    run = make_run(tmp_path)
+    (run.path / "eval" / "samples.jsonl").unlink()  # show the rounds' samples
+    rd = run.round(0)
+    gens = rd.read_generations()
+    # Round 0 ranks [1, 3, 0, 2] (top 1, bottom 2). The first prompt's top response was cut at 7
+    # tokens (finished False). The second prompt's generation has no `finished` (an older record):
+    # its bottom response reached generation.max_new_tokens (64), cut; its top one has 63, not cut.
+    gens[0] = Generation(gens[0].prompt_id, [1], gens[0].responses, [[1], [1] * 7, [1], [1]], [-1.0] * 4, [True, False, True, True])
+    gens[1] = Generation(gens[1].prompt_id, [1], gens[1].responses, [[1], [1] * 63, [1] * 64, [1]], [-1.0] * 4, [])
+    write_jsonl(rd.generations, [g.to_json() for g in gens])
+    html = write_report(run.path).read_text()
+    assert html.count("… [cut at 7 tokens]</span>") == 1 and html.count("… [cut at 64 tokens]") == 1
+    assert html.count("[cut at") == 2  # not the finished responses, nor the 63-token one
+    # Held-out samples carry `finished` and `tokens`; lines from before them get no mark.
+    (tmp_path / "evaluated").mkdir()
+    run = make_run(tmp_path / "evaluated")
+    lines = [json.loads(line) for line in (run.path / "eval" / "samples.jsonl").read_text().splitlines()]
+    lines[0] |= {"finished": False, "tokens": 128}
+    lines[1] |= {"finished": True, "tokens": 20}
+    write_jsonl(run.path / "eval" / "samples.jsonl", lines)
+    html = write_report(run.path).read_text()
+    assert html.count("[cut at") == 1 and "base says &lt;b&gt;0&lt;/b&gt; &amp; more</div><span class=\"cut\"" in html

@@ -174,6 +174,8 @@ def run_evaluation(
                     "prompt": by_id[g.prompt_id].query_text,
                     "response": g.responses[0],
                     "decoding": plan.decoding,
+                    "tokens": len(g.response_token_ids[0]),  # False: cut at plan.max_new_tokens (the report marks it)
+                    "finished": g.finished[0] if g.finished else None,
                 }
     write_jsonl(run.eval_samples, [samples[key] for key in sorted(samples)])
     return [lines[k] for k in policies]

@@ -12,17 +12,23 @@ Sources:
 
 - each finished round's ``metrics`` phase, as its manifest recorded it (``metrics.jsonl`` holds the
   same lines, see :meth:`cyclealign.loop.Round.metrics`); for a run without them, ``metrics.jsonl``.
-  Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
-  unranked rate with the unranked reasons; demonstration pool; ranker tokens and cost; phase
-  wall times. Runs written by older versions may lack some keys: a plot without data is left out.
+  Two tables (ranking and training; ranker cost, tokens and time), each fitting a 1400 px
+  window. Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
+  unranked rate with the unranked reasons; demonstration pool; ranker tokens and cost (no cost
+  panel for a free ranker, with a line saying why); phase wall times. Runs written by older
+  versions may lack some keys: a plot without data is left out.
 - each round's manifest: the content hashes of the ranker templates its rank phase used, shown
   per round, with the files that changed since the previous round marked.
 - ``eval/summary.jsonl`` (``cyclealign eval``), when present: a win-rate plot with the Wilson 95%
-  interval and a table of the evaluation numbers.
+  interval and a table of the evaluation numbers; without it, the commands that add one.
 - ``eval/samples.jsonl``, when present: up to :data:`~cyclealign.report.sections.SAMPLE_PROMPTS` held-out
   prompts with each policy's response side by side; otherwise the first
   :data:`~cyclealign.report.sections.ROUND_SAMPLES` prompts of each round
   with their top- and bottom-ranked responses (prompt texts rebuilt from the run's prompt source).
+  A response cut at the token cap is marked ``… [cut at N tokens]``.
+
+The page fits a 1400 px window without a horizontal scroll: long unbroken words (URLs) wrap
+inside their cell, and each wide table sits in a box that scrolls on its own on a narrower one.
 
 Plots are drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot, no display).
 """
@@ -39,9 +45,11 @@ from cyclealign.errors import CycleAlignError, RunDirError
 from cyclealign.report.plots import METRIC_PLOTS, Plot, plot_win_rate, render_png
 from cyclealign.report.sections import (
     eval_columns,
+    eval_hint,
     eval_rows,
     eval_samples,
-    metric_table,
+    metric_tables,
+    ranker_cost_note,
     round_samples,
     settings,
     template_rows,
@@ -113,8 +121,11 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     figures = [(name, title, draw(rows)) for name, title, draw in METRIC_PLOTS]
     if summary:
         figures.append(("win_rate", "Held-out win rate with Wilson 95% interval", plot_win_rate(summary)))
+    notes = {"ranker": ranker_cost_note(rows, cfg)}
     plots, skipped = [], []
     for name, title, fig in figures:
+        if name == "ranker" and notes["ranker"]:
+            title = "Ranker tokens per round"
         if fig is None:
             skipped.append(name)
             (out / f"{name}.png").unlink(missing_ok=True)  # a stale plot of an earlier report
@@ -123,7 +134,6 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         (out / f"{name}.png").write_bytes(plot.png)
         plots.append(plot)
 
-    columns, table = metric_table(rows)
     template = resources.report_template_path()
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template.parent),
@@ -136,13 +146,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         run_name=run.path.resolve().name,
         run_dir=str(run.path),
         settings=settings(cfg),
-        metric_columns=columns,
-        metric_rows=table,
+        metric_tables=metric_tables(rows),
         template_rows=template_rows(run, [r["round"] for r in rows]),
         eval_columns=eval_columns(),
         eval_rows=eval_rows(summary),
+        eval_hint=None if summary else eval_hint(run, cfg),
         plots=plots,
         skipped=skipped,
+        plot_notes={name: note for name, note in notes.items() if note},
         samples=eval_samples(samples) if samples else round_samples(run, [r["round"] for r in rows], cfg, config_error),
     )
     path = out / "report.html"

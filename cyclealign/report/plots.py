@@ -207,10 +207,13 @@ def plot_pool(rows: list[dict[str, Any]]) -> Figure | None:
 
 def plot_ranker(rows: list[dict[str, Any]]) -> Figure | None:
     """Ranker tokens per round (sent = prompt tokens, received = completion tokens, as the API
-    billed them) and the ranker's cost in USD."""
+    billed them) and the ranker's cost in USD; the cost panel is left out when every round cost
+    0 USD (a free ranker: the report says why, see :func:`cyclealign.report.sections.ranker_cost_note`)."""
     xs, sent = series(rows, "tokens_sent")
     xr, received = series(rows, "tokens_received")
     xc, cost = series(rows, "ranker_cost_usd")
+    if not any(cost):
+        xc, cost = [], []
     if not (xs or xr or xc):
         return None
     panels = (1 if xs or xr else 0) + (1 if xc else 0)

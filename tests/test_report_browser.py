@@ -122,7 +122,7 @@ def test_report_of_a_free_run_without_evaluation_says_so_and_marks_cut_responses
     assert "Ranker tokens per round (ranker.png)" in html and "Ranker tokens and cost" not in html
     # No evaluation: the commands that add one.
     assert "No held-out evaluation was run." in html
-    assert f"cyclealign eval --run-dir {tiny_run.path} --prompts HELD_OUT.jsonl" in html
+    assert f"cyclealign eval --run-dir {tiny_run.path}\n" in html
     assert f"cyclealign report --run-dir {tiny_run.path}" in html
     # Responses cut at the token cap are marked.
     cut = shown_cut_responses(tiny_run)

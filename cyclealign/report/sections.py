@@ -104,11 +104,11 @@ def ranker_cost_note(rows: list[dict[str, Any]], cfg: Config | None) -> str | No
 
 
 def eval_hint(run: RunDir, cfg: Config | None) -> dict[str, str]:
-    """The commands that add a held-out evaluation to the report of a run without one:
-    ``eval`` (with ``--prompts`` when the run's config names no ``eval.prompts``) and ``report``."""
+    """The commands that add a held-out evaluation to the report of a run without one: ``eval``
+    (its held-out prompts: the run's ``eval.prompts``, else those of its own source no round
+    used) and ``report``."""
     where = shlex.quote(str(run.path))
-    prompts = "" if cfg is not None and cfg.eval.prompt_sources else " --prompts HELD_OUT.jsonl"
-    return {"eval": f"cyclealign eval --run-dir {where}{prompts}", "report": f"cyclealign report --run-dir {where}"}
+    return {"eval": f"cyclealign eval --run-dir {where}", "report": f"cyclealign report --run-dir {where}"}
 
 
 def eval_columns() -> list[str]:

@@ -105,19 +105,32 @@ def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: 
     """The order the ``n`` responses are shown in: label ``[j + 1]`` shows response ``order[j]``.
 
     A seeded shuffle (the same on every machine and re-run) against the ranker's position
-    bias; the identity when ``shuffle`` is off.
+    bias; the identity when ``shuffle`` is off. Sample 0 is the plain shuffle; sample ``k`` shows
+    first the response sample 0 shows at position ``k mod n`` (the rest in a shuffle of its own), so
+    K <= n orders each show a different response first: a judge that favours the response shown
+    first (Zheng et al. 2023, arXiv 2306.05685, Sec. 3.3) can push a response up in at most
+    ``ceil(K / n)`` of the K orders, and a majority of the orders outvotes it (balanced positions,
+    as in Wang et al. 2023, arXiv 2305.17926, Sec. 3.2).
 
     >>> presentation_order(0, "p1", 0, 4) == presentation_order(0, "p1", 0, 4)
     True
     >>> sorted(presentation_order(0, "p1", 1, 4))
     [0, 1, 2, 3]
+    >>> [presentation_order(0, "p1", k, 4)[0] for k in range(5)] == presentation_order(0, "p1", 0, 4) + presentation_order(0, "p1", 0, 4)[:1]
+    True
     >>> presentation_order(0, "p1", 0, 3, shuffle=False)
     [0, 1, 2]
     """
     order = list(range(n))
-    if shuffle:
-        random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(order)
-    return order
+    if not shuffle:
+        return order
+    random.Random(f"{seed}:{prompt_id}:0").shuffle(order)
+    if sample == 0:
+        return order
+    first = order[sample % n]
+    rest = [i for i in range(n) if i != first]
+    random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(rest)
+    return [first, *rest]
 
 
 def first_ask_messages(

@@ -142,7 +142,8 @@ class RankStatus(str, Enum):
     API_ERROR = "api_error"
     """A transport error outlived the retries (asked again on resume)."""
     INCONSISTENT = "inconsistent"
-    """The presentation orders' rankings disagreed (``ranker.consistency`` > 1)."""
+    """The presentation orders' rankings disagreed (``ranker.consistency`` > 1): in strict mode at
+    all, under aggregation so much that the aggregate's confidence fell below ``ranker.min_confidence``."""
     TOO_FEW_RESPONSES = "too_few_responses"
     """The prompt has fewer than 2 distinct responses: never sent to the ranker."""
     BUDGET = "budget"

@@ -123,6 +123,17 @@ def test_agreeing_samples_and_failures_combine_as_before():
     assert combine_samples(bad, "kemeny").status.value == "unparsable"
 
 
+def test_reparse_combines_stored_samples_as_the_run_is_configured():
+    from cyclealign.reparse import reparse_results
+
+    stored = [RankResult("p", None, reason="inconsistent across 3 presentation orders: x",
+                         samples=[RankSample([0, 1, 2], [t], None) for t in ("[1] > [2] > [3]", "[1] > [2] > [3]", "[2] > [1] > [3]")])]
+    strict = reparse_results(stored, {"p": 3}, False)
+    assert strict[0].ranking is None and strict[0].consistent is False
+    (kept,) = reparse_results(stored, {"p": 3}, False, "kemeny", 0.6)
+    assert kept.ranking == [0, 1, 2] and kept.confidence == pytest.approx(8 / 9) and len(kept.pair_agreement) == 3
+
+
 def test_presentation_orders_show_a_different_response_first():
     for n in (2, 3, 4, 8):
         firsts = [presentation_order(3, "p", k, n)[0] for k in range(n)]

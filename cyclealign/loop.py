@@ -187,7 +187,11 @@ class Round:
                 "prompt_tokens": int(spend["prompt_tokens"]),
                 "completion_tokens": int(spend["completion_tokens"]),
                 "cost_usd": spend["cost_usd"],
+                # of the prompts whose K > 1 orders all ranked: all K agree (strict mode's kept share),
+                # kept under ranker.aggregate, and the aggregates' mean confidence
                 "consistency_rate": sum(bool(r.consistent) for r in multi) / len(multi) if multi else None,
+                "kept_rate": sum(r.ranking is not None for r in multi) / len(multi) if multi else None,
+                "confidence_mean": _mean([r.confidence for r in multi if r.confidence is not None]),
                 "structured_output": ranker.structured if ranker is not None else None,
                 "demos_static": min(len(static_demos), self.cfg.ranker.num_static_demos),
                 "demos_dynamic": min(len(pool), self.cfg.ranker.num_dynamic_demos),
@@ -407,6 +411,11 @@ def _in_order(latest: dict[str, RankResult], order: list[str]) -> list[RankResul
     order: a prompt not in ``order`` comes last, in insertion order)."""
     position = {pid: i for i, pid in enumerate(order)}
     return sorted(latest.values(), key=lambda r: position.get(r.prompt_id, len(position)))
+
+
+def _mean(values: list[float]) -> float | None:
+    """Their mean, None for none."""
+    return sum(values) / len(values) if values else None
 
 
 def _reason_counts(results: list[RankResult]) -> dict[str, int]:

@@ -157,7 +157,10 @@ ROUND_METRICS: tuple[Metric, ...] = (
     Metric("tokens_sent", "ranker tokens sent", 0, ("rank", "prompt_tokens"), True),
     Metric("tokens_received", "ranker tokens received", 0, ("rank", "completion_tokens"), True),
     Metric("ranker_cost_usd", "ranker cost USD", 4, ("rank", "cost_usd")),
-    Metric("consistency_rate", "consistency rate", 3, ("rank", "consistency_rate")),
+    # of the prompts whose K > 1 presentation orders all ranked:
+    Metric("consistency_rate", "consistency rate", 3, ("rank", "consistency_rate")),  # all K agree (strict mode keeps these)
+    Metric("kept_rate", "kept after aggregation", 3, ("rank", "kept_rate")),  # kept under ranker.aggregate
+    Metric("confidence_mean", "ranking confidence", 3, ("rank", "confidence_mean")),  # mean aggregate confidence
     Metric("generated_tokens", "generated tokens", 0, ("generate", "generated_tokens"), True),
     Metric("phase_s", "wall s (phases)", 1, cell=phase_total),  # {phase: wall seconds}; shown: their sum
 )
@@ -202,13 +205,15 @@ def round_line(phases: Mapping[str, Mapping[str, Any]], computed: Mapping[str, A
 
 CLI_ROUND_ROWS = (
     "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_size", "train_loss", "ranker_api_calls",
-    "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd", "consistency_rate",
+    "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd", "consistency_rate", "kept_rate",
+    "confidence_mean",
 )
 """Round metrics the CLI's round table shows (then one row per timed phase, wall seconds)."""
 
 REPORT_ROUND_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Ranking and training", (
-        "round", "prompts", "ranked", "unranked", "agreement_rate", "kendall_tau", "consistency_rate", "pool_size",
+        "round", "prompts", "ranked", "unranked", "agreement_rate", "kendall_tau", "consistency_rate", "kept_rate",
+        "confidence_mean", "pool_size",
         "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy",
     )),
     ("Ranker cost, tokens and time", (

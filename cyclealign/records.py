@@ -142,7 +142,8 @@ class RankStatus(str, Enum):
     API_ERROR = "api_error"
     """A transport error outlived the retries (asked again on resume)."""
     INCONSISTENT = "inconsistent"
-    """The presentation orders' rankings disagreed (``ranker.consistency`` > 1)."""
+    """The presentation orders' rankings disagreed (``ranker.consistency`` > 1): in strict mode at
+    all, under aggregation so much that the aggregate's confidence fell below ``ranker.min_confidence``."""
     TOO_FEW_RESPONSES = "too_few_responses"
     """The prompt has fewer than 2 distinct responses: never sent to the ranker."""
     BUDGET = "budget"
@@ -190,11 +191,16 @@ def status_of(ranking: list[int] | None, reason: str | None) -> RankStatus:
     return RankStatus.UNPARSABLE
 
 
+_UNSET_LEFT_OUT = frozenset({"confidence", "pair_agreement"})
+""":class:`RankResult` fields written only when set (a line of one presentation order keeps the
+bytes it had before aggregation existed)."""
+
+
 def _json_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
     """``asdict``'s ``dict_factory``: the ``status`` left out (a stored line's status is read
     back from its ``ranking`` and ``reason`` by :func:`status_of`, so ``rankings.jsonl``
-    keeps the bytes it had before statuses existed)."""
-    return {k: v for k, v in items if k != "status"}
+    keeps the bytes it had before statuses existed), and the aggregation's fields when unset."""
+    return {k: v for k, v in items if k != "status" and not (v is None and k in _UNSET_LEFT_OUT)}
 
 
 @dataclass
@@ -240,7 +246,13 @@ class RankResult:
             statuses were stored, it is read from ``ranking`` and ``reason`` by :func:`status_of`).
         samples: one :class:`RankSample` per presentation order asked (``ranker.consistency`` of them).
         consistent: with several orders, whether their rankings agreed (None with one order, or
-            when an order gave no ranking).
+            when an order gave no ranking): whether strict mode (``ranker.aggregate=strict``) keeps it.
+        confidence: with several orders that all ranked, the mean share of the orders agreeing
+            with their aggregate on each pair, in [0, 1] (:mod:`cyclealign.ranker.aggregate`; in
+            strict mode the Kemeny aggregate's, for comparison); None otherwise (and in files
+            written before aggregation existed).
+        pair_agreement: with ``confidence``, ``[a, b, share]`` for each pair, ``a`` above ``b`` in
+            the aggregate: the share of the orders that put ``a`` above ``b`` too.
         attempts: chat completions used (first asks and re-asks, cached ones included).
         api_calls: of those, the ones actually sent and answered (billed); the rest came from the cache.
         prompt_tokens: prompt tokens of the completions used (from the API's ``usage``).
@@ -255,6 +267,8 @@ class RankResult:
     status: RankStatus = field(default=None, kw_only=True, repr=False)  # type: ignore[assignment]  # None: set in __post_init__
     samples: list[RankSample] = field(default_factory=list)
     consistent: bool | None = None
+    confidence: float | None = None
+    pair_agreement: list[list[Any]] | None = None
     attempts: int = 0
     api_calls: int = 0
     prompt_tokens: int = 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cyclealign.errors import RunDirError
-from cyclealign.ranker.ranking import combine_samples, reparse_sample
+from cyclealign.ranker.ranking import AggregateMode, combine_samples, reparse_sample
 from cyclealign.records import RankResult
 from cyclealign.rundir import Phase, RunDir, write_jsonl
 from cyclealign.runlock import RunLock
@@ -53,13 +53,21 @@ class ReparseSummary:
     rewound: bool = False
 
 
-def reparse_results(results: list[RankResult], sizes: dict[str, int], complete_last: bool) -> list[RankResult]:
+def reparse_results(
+    results: list[RankResult],
+    sizes: dict[str, int],
+    complete_last: bool,
+    aggregate: AggregateMode = "strict",
+    min_confidence: float = 0.0,
+) -> list[RankResult]:
     """``results`` with rankings re-derived from their stored replies (pure; no I/O).
 
     Args:
         results: stored results of one round.
         sizes: number of responses per prompt id (from the round's generations).
         complete_last: the parser's ``complete_last`` (``ranker.complete_missing_last``).
+        aggregate, min_confidence: ``ranker.aggregate`` and ``ranker.min_confidence`` (how
+            several presentation orders combine, :func:`~cyclealign.ranker.ranking.combine_samples`).
     """
     out = []
     for r in results:
@@ -68,9 +76,12 @@ def reparse_results(results: list[RankResult], sizes: dict[str, int], complete_l
             out.append(r)
             continue
         samples = [reparse_sample(s, n, complete_last) for s in r.samples]
-        c = combine_samples(samples)
+        c = combine_samples(samples, aggregate, min_confidence)
         out.append(
-            replace(r, ranking=c.ranking, reason=c.reason, status=c.status, samples=samples, consistent=c.consistent)
+            replace(
+                r, ranking=c.ranking, reason=c.reason, status=c.status, samples=samples, consistent=c.consistent,
+                confidence=c.confidence, pair_agreement=c.pair_agreement,
+            )
         )
     return out
 
@@ -114,7 +125,7 @@ def reparse_run(
         gens = rd.read_generations()
         sizes = {g.prompt_id: len(g.responses) for g in gens}
         old = rd.read_rankings()  # prompt order
-        new = reparse_results(old, sizes, complete)
+        new = reparse_results(old, sizes, complete, cfg.ranker.aggregate, cfg.ranker.min_confidence)
         changed = sum((a.ranking, a.reason) != (b.ranking, b.reason) for a, b in zip(old, new))
         summary = ReparseSummary(
             round=k,

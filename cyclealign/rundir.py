@@ -405,12 +405,12 @@ class RunDir:
             raise RunDirError(f"{self.path}: nothing to resume (no config.json)")
         if not resume:
             return {}
-        from cyclealign.config import RESUMABLE_CHANGES, Config
+        from cyclealign.config import RESUMABLE_CHANGES, Config, with_saved_before
         from cyclealign.config.files import flatten
 
-        # a field added since the run was saved counts as its default there
+        # a field added since the run was saved counts as its default there (its SAVED_BEFORE value where declared)
         defaults = flatten(Config().model_dump(mode="json"))
-        old = {**defaults, **flatten(read_json(self.config))}
+        old = {**defaults, **flatten(with_saved_before(read_json(self.config)))}
         new = {**defaults, **flatten(json.loads(config_json))}
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         diff = [k for k in changed if k not in RESUMABLE_CHANGES]
@@ -462,7 +462,7 @@ class RunDir:
 
         if not self.config.is_file():
             raise RunDirError(f"{self.path}: no run here ({self.config.name}: not found)")
-        return Config.from_json_file(self.config)
+        return Config.from_saved_file(self.config)
 
     def ranker_spend(self, round_index: int | None = None) -> dict[str, float]:
         """Paid ranker calls from the cost ledger: ``{"calls", "prompt_tokens", "completion_tokens", "cost_usd"}``,

@@ -41,10 +41,19 @@ points keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
 their ``--set`` overrides, held-out samples by ``--heldout`` and tau scores by the tau set. A
 sweep of ``train.*`` values therefore re-runs only CycleAlign, and a re-run resumes.
 
+Label-only mode (``--judge-noise``, no training, a few minutes on CPU): a noisy rule judge
+(:class:`cyclealign.efficacy.server.JudgeNoise`: ``--position-bias P``, ``--swap-prob Q``)
+labels the base policy's held-out samples (the same cached lists of N responses), asked once and
+in ``--consistency K`` shuffled orders; the JSON line gives, per rule and pooled, each mode's
+kept share and agreement with the rule (single ask, strict K-consistency, Borda and Kemeny at
+``--min-confidence``, Kemeny at a few more thresholds) and its figures per paid call
+(:func:`cyclealign.efficacy.labels.label_accuracy`).
+
 Usage::
 
     .venv/bin/python scripts/bench_efficacy.py                       # 6 rules, seeds 0,1,2
     .venv/bin/python scripts/bench_efficacy.py --rules brevity --seeds 0 --set train.max_grad_norm=0
+    .venv/bin/python scripts/bench_efficacy.py --judge-noise --position-bias 0.3 --consistency 3 --seeds 0
 
 Needs Anthropic's HH-RLHF harmless-base test file (``--hh PATH``, JSONL or JSONL.gz).
 """
@@ -397,6 +406,63 @@ def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return entry
 
 
+LABEL_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""The confidence thresholds label-only mode reports Kemeny aggregation at."""
+
+
+def label_lists(base_gens: dict, tau_set: dict, which: str) -> list[tuple[str, list[str]]]:
+    """The lists the label-only mode labels: ``(prompt id, responses)`` of the base policy's
+    held-out samples (``heldout``, N = ``generation.num_samples``) or of the tau set (``tau``,
+    ``--tau-samples`` responses each), both kinds, lists of at least 2 distinct responses."""
+    source = base_gens if which == "heldout" else tau_set
+    return [(f"{kind}:{g.prompt_id}", g.responses) for kind, gens in source.items() for g in gens if len(g.responses) >= 2]
+
+
+def label_only(args, rules: list[Rule], seeds: list[int], lists_of: dict[int, list]) -> dict[str, Any]:
+    """Label-only mode's JSON line: per rule (pooled over the seeds) and over all rules, each
+    mode's figures (:func:`cyclealign.efficacy.labels.label_accuracy`, pooled by
+    :func:`cyclealign.efficacy.labels.pooled`). Each seed's lists are labelled ``--judge-draws``
+    times, draw ``d`` seeding the presentation orders and the judge's noise with ``1000 seed + d``
+    (as rounds of a run would see them): the label figures vary much more from draw to draw than
+    the lists do."""
+    from cyclealign.efficacy.labels import MODES, label_accuracy, pooled
+    from cyclealign.efficacy.server import JudgeNoise
+
+    per_rule: dict[str, dict[str, Any]] = {}
+    everything: dict[str, list] = {}
+    for rule in rules:
+        runs = [
+            label_accuracy(
+                rule, lists_of[seed], JudgeNoise(args.position_bias, args.swap_prob, draw_seed), consistency=args.consistency,
+                min_confidence=args.min_confidence, thresholds=LABEL_THRESHOLDS, seed=draw_seed,
+            )
+            for seed in seeds
+            for draw_seed in (1000 * seed + d for d in range(args.judge_draws))
+        ]
+        entry = {m: pooled([r[m] for r in runs]) for m in MODES}
+        entry["kemeny_at"] = {t: pooled([r["kemeny_at"][t] for r in runs]) for t in runs[0]["kemeny_at"]}
+        per_rule[rule.name] = entry
+        for m in MODES:
+            everything.setdefault(m, []).extend(r[m] for r in runs)
+        for t in runs[0]["kemeny_at"]:
+            everything.setdefault(f"kemeny_at_{t}", []).extend(r["kemeny_at"][t] for r in runs)
+    pooled_all = {m: pooled(everything[m]) for m in MODES}
+    pooled_all["kemeny_at"] = {t: pooled(everything[f"kemeny_at_{t}"]) for t in per_rule[rules[0].name]["kemeny_at"]}
+    return {
+        "bench": "efficacy_labels",
+        "judge": {"position_bias": args.position_bias, "swap_prob": args.swap_prob},
+        "consistency": args.consistency,
+        "min_confidence": args.min_confidence,
+        "lists": args.label_lists,
+        "seeds": seeds,
+        "judge_draws": args.judge_draws,
+        "lists_per_seed": {str(s): len(lists_of[s]) for s in seeds},
+        "wall_s": round(time.perf_counter() - _T0, 1),
+        "all_rules": pooled_all,
+        "rules": per_rule,
+    }
+
+
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -425,6 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--tag", default=None, help="name of this config's runs under --out (default: hash of --set)")
     ap.add_argument("--fresh", action="store_true", help="re-run CycleAlign even when this config's result exists")
+    noisy = ap.add_argument_group("label-only mode (no training)")
+    noisy.add_argument("--judge-noise", action="store_true", help="measure a noisy judge's labels against the rule; train nothing")
+    noisy.add_argument("--position-bias", type=float, default=0.3, help="P: the judge puts the response shown first on top with this probability")
+    noisy.add_argument("--swap-prob", type=float, default=0.0, help="Q: the judge swaps each adjacent pair of its ranking with this probability")
+    noisy.add_argument("--consistency", type=int, default=3, help="K: shuffled presentation orders per prompt (>= 2)")
+    noisy.add_argument("--min-confidence", type=float, default=0.6, help="the aggregation's threshold (ranker.min_confidence)")
+    noisy.add_argument("--judge-draws", type=int, default=10, help="times each seed's lists are labelled (new orders and noise each time)")
+    noisy.add_argument("--label-lists", choices=("heldout", "tau"), default="heldout",
+                       help="the lists labelled: the held-out samples (N = generation.num_samples) or the tau set (--tau-samples each)")
     args = ap.parse_args(argv)
 
     if not args.hh.exists():
@@ -432,6 +507,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rules = [get_rule(r.strip()) for r in args.rules.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.judge_noise:
+        bad = [f"--{n.replace('_', '-')} {v}" for n, v in (("position_bias", args.position_bias), ("swap_prob", args.swap_prob),
+                                                            ("min_confidence", args.min_confidence)) if not 0.0 <= v <= 1.0]
+        if args.judge_draws < 1:
+            bad.append(f"--judge-draws {args.judge_draws} (needs >= 1)")
+        if args.consistency < 2:
+            bad.append(f"--consistency {args.consistency} (needs K >= 2)")
+        if bad:
+            print(f"{', '.join(bad)}: out of range (probabilities and the threshold are in [0, 1])", file=sys.stderr)
+            return 2
     args.sweep_seed = seeds[0] if args.sweep_seed is None else args.sweep_seed
     if args.sweep_seed not in seeds:
         print(f"--sweep-seed {args.sweep_seed}: not one of --seeds {args.seeds}", file=sys.stderr)
@@ -453,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_rule: dict[str, list[dict[str, Any]]] = {r.name: [] for r in rules}
     choices: dict[str, dict[str, Any]] = {}
+    label_sets: dict[int, list[tuple[str, list[str]]]] = {}  # label-only mode: per seed, the lists labelled
     for seed in seeds:
         trained = {
             p.query_text
@@ -474,12 +560,18 @@ def main(argv: list[str] | None = None) -> int:
         base_dir = seed_folder(root, seed, args) / "base" / base_hash
         progress(f"seed {seed}: base policy's held-out samples and tau set")
         base_gens = held_out_samples(base_cfg, model_dir, None, heldout, seed, base_dir / f"heldout_{args.heldout}")
+        if args.judge_noise and args.label_lists == "heldout":  # labels only: these samples are all it needs
+            label_sets[seed] = label_lists(base_gens, {}, "heldout")
+            continue
         # The tau set: more held-out prompts, more base-policy responses each (the tau is cheap to
         # score, and a list of 4 responses moves it only in steps of 1/3).
         tau_cfg = build_config(seed=seed, **{**generation, "generation.num_samples": args.tau_samples})
         tau_key = f"{base_hash}_{args.tau_prompts}x{args.tau_samples}"
         tau_prompts = {"hh": held_hh[: args.tau_prompts], "other": random.Random(seed + 1).sample(other, min(args.tau_prompts, len(other)))}
         tau_set = held_out_samples(tau_cfg, model_dir, None, tau_prompts, seed + 1, base_dir / f"tau_{args.tau_prompts}x{args.tau_samples}")
+        if args.judge_noise:  # labels only, of the tau set
+            label_sets[seed] = label_lists(base_gens, tau_set, "tau")
+            continue
         base = {
             "key": base_hash,
             "generation": generation,
@@ -505,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(json.dumps({"seed": seed, "rule": rule.name, **shown}), file=sys.stderr, flush=True)
 
+    if args.judge_noise:
+        print(json.dumps(label_only(args, rules, seeds, label_sets)))
+        return 0
     summary: dict[str, Any] = {
         "bench": "efficacy",
         "config": overrides,

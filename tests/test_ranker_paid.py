@@ -208,7 +208,7 @@ def test_shuffled_orders_are_mapped_back(templates, tmp_path):
         assert texts == [j.responses[i] for i in order]
 
 
-def test_consistency_keeps_only_rankings_that_agree_across_orders(templates, tmp_path):
+def test_strict_consistency_keeps_only_rankings_that_agree_across_orders(templates, tmp_path):
     jobs = [job(i) for i in range(6)]
     with ScriptedAPI(fallback=Judge()) as api:
         fair = make_ranker(api, templates, tmp_path / "a", consistency=3).rank_all(jobs)
@@ -217,13 +217,15 @@ def test_consistency_keeps_only_rankings_that_agree_across_orders(templates, tmp
     assert all(len({tuple(s.order) for s in r.samples}) > 1 for r in fair)
 
     with ScriptedAPI(fallback=Judge(answer=always_first_to_last)) as api:
-        biased = make_ranker(api, templates, tmp_path / "b", consistency=3).rank_all(jobs)
+        biased = make_ranker(api, templates, tmp_path / "b", consistency=3, aggregate="strict").rank_all(jobs)
     for r in biased:
         # a pure position bias follows the shown order: consistent only if the orders coincide
         same = all(s.order == r.samples[0].order for s in r.samples)
         assert r.consistent is same
+        assert r.confidence is not None and len(r.pair_agreement) == N * (N - 1) // 2
         if not same:
             assert r.ranking is None and r.reason.startswith("inconsistent across 3 presentation orders")
+            assert r.confidence < 1.0
 
 
 def test_a_response_cannot_break_out_of_its_delimiters(templates, tmp_path):

@@ -78,7 +78,7 @@ def paid_run(tiny_run, tmp_path_factory):
     run = RunDir(shutil.copytree(tiny_run.path, tmp_path_factory.mktemp("paid") / "run"))
     big = {
         "ranker_calls": 123456, "ranker_api_calls": 123456, "ranker_cache_hits": 12345, "tokens_sent": 12345678,
-        "tokens_received": 1234567, "ranker_cost_usd": 123.4567, "consistency_rate": 0.875, "generated_tokens": 1234567,
+        "tokens_received": 1234567, "ranker_cost_usd": 123.4567, "consistency_rate": 0.875, "kept_rate": 1.0, "confidence_mean": 0.9167, "generated_tokens": 1234567,
         "phase_s": {"generate": 12345.6, "rank": 2345.6, "agreement": 1.0, "train": 34567.8},
     }
     for k in range(2):

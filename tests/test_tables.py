@@ -27,7 +27,7 @@ METRICS_JSONL_KEYS = [
     "round", "prompts", "responses", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",
     "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy", "train_grad_norm", "unranked_reasons",
     "ranker_calls", "ranker_api_calls", "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd",
-    "consistency_rate", "generated_tokens", "phase_s",
+    "consistency_rate", "kept_rate", "confidence_mean", "generated_tokens", "phase_s",
 ]
 """metrics.jsonl's keys in their order: run directories stay byte-compatible."""
 
@@ -87,7 +87,7 @@ def test_round_metrics_line_from_a_round_manifest(tmp_path):
         "kendall_tau": 0.125, "pool_added": 1, "pool_size": 3, "train_loss": 1.5, "ranking_loss": 1.25, "sft_loss": 2.5,
         "train_ranking_accuracy": 0.75, "train_grad_norm": 0.5, "unranked_reasons": {"unparsable": 1},
         "ranker_calls": 5, "ranker_api_calls": 4, "ranker_cache_hits": 1, "tokens_sent": 900, "tokens_received": 40,
-        "ranker_cost_usd": 0.0021, "consistency_rate": None, "generated_tokens": 300,
+        "ranker_cost_usd": 0.0021, "consistency_rate": None, "kept_rate": None, "confidence_mean": None, "generated_tokens": 300,
         "phase_s": {"generate": 1.5, "rank": 2.0, "agreement": 0.25, "train": 3.0},
     }
     assert json.loads(json.dumps(rd.phases()["metrics"]))["tokens_sent"] == 900  # as recorded in the manifest

@@ -92,6 +92,8 @@ FLAG_FIELDS = {
     "ranker_prices": "ranker.prices_path",
     "ranker_shuffle": "ranker.shuffle",
     "ranker_consistency": "ranker.consistency",
+    "ranker_aggregate": "ranker.aggregate",
+    "ranker_min_confidence": "ranker.min_confidence",
     "ranker_structured_output": "ranker.structured_output",
     "ranker_batch": "ranker.batch",
     "eval_every": "eval.every",

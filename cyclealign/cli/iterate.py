@@ -19,7 +19,7 @@ from cyclealign.errors import ConfigError
 from cyclealign.events import EventLog, EventReporter
 from cyclealign.metrics import round_metric
 
-__all__ = ["RichReporter", "iterate", "plan_table", "print_plan", "ranker_text", "start_plan", "summary_line"]
+__all__ = ["RichReporter", "combined_text", "iterate", "plan_table", "print_plan", "ranker_text", "start_plan", "summary_line"]
 
 
 class RichReporter:
@@ -91,7 +91,9 @@ def iterate(
     ranker_price_output: Annotated[Optional[float], typer.Option(rich_help_panel="Ranker", help="USD per 1M completion tokens (overrides the price table).")] = None,
     ranker_prices: Annotated[Optional[Path], typer.Option(rich_help_panel="Ranker", help="Price table JSON (default: cyclealign/assets/prices.json).")] = None,
     ranker_shuffle: Annotated[bool, typer.Option("--ranker-shuffle/--no-ranker-shuffle", rich_help_panel="Ranker", help="Show responses to the ranker in a seeded random order.")] = True,
-    ranker_consistency: Annotated[int, typer.Option(rich_help_panel="Ranker", help="K: ask K shuffled orders, keep rankings all K agree on.")] = 1,
+    ranker_consistency: Annotated[int, typer.Option(rich_help_panel="Ranker", help="K: ask K shuffled orders per prompt and combine their rankings (--ranker-aggregate).")] = 1,
+    ranker_aggregate: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="How K orders combine: kemeny | borda (one aggregate ranking, kept at --ranker-min-confidence) | strict (kept only when all K agree). Default: kemeny.")] = None,
+    ranker_min_confidence: Annotated[Optional[float], typer.Option(rich_help_panel="Ranker", help="Least confidence (mean share of the K orders agreeing with the aggregate on each pair, 0-1) a prompt needs to train. Default: 0.6.")] = None,
     ranker_structured_output: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
     ranker_batch: Annotated[bool, typer.Option(rich_help_panel="Ranker", help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
     eval_every: Annotated[int, typer.Option(rich_help_panel="Evaluation", help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
@@ -192,6 +194,21 @@ def ranker_text(cfg: Config) -> str:
     return "embedded SmolLM2 (local, free)" if cfg.ranker.base_url is None else f"{cfg.ranker.model} at {cfg.ranker.base_url}"
 
 
+def combined_text(cfg: Config) -> str:
+    """How several presentation orders combine, in words (``""`` with one order).
+
+    >>> from cyclealign.config import build_config
+    >>> combined_text(build_config(**{"ranker.consistency": 3})), combined_text(build_config())
+    (', kemeny aggregate kept at confidence >= 0.6', '')
+    >>> combined_text(build_config(**{"ranker.consistency": 3, "ranker.aggregate": "strict"}))
+    ', kept when all agree'
+    """
+    r = cfg.ranker
+    if r.consistency == 1:
+        return ""
+    return ", kept when all agree" if r.aggregate == "strict" else f", {r.aggregate} aggregate kept at confidence >= {r.min_confidence:g}"
+
+
 def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
     """What ``iterate`` is about to do, printed as a block at its start and written as the
     ``run_plan`` event: the policy and its backend, the ranker's endpoint and model, the prompt
@@ -277,7 +294,7 @@ def print_plan(cfg: Config, resume: bool) -> None:
         ("ranker", ranker_text(cfg)),
         ("prompt source", f"{cfg.prompts or 'the shipped prompt set'} ({len(prompts)} prompts)"),
         ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"),
-        ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders; correction re-asks come on top)"),
+        ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders{combined_text(cfg)}; correction re-asks come on top)"),
         ("prompt tokens per call", f"about {est.prompt_tokens_per_call[0]:,} (up to {est.prompt_tokens_per_call[1]:,})"),
         ("tokens in all", f"about {est.prompt_tokens:,} prompt + up to {est.completion_tokens:,} completion"),
         ("cost", cost),

@@ -29,7 +29,16 @@ from cyclealign.config.section import Section
 from cyclealign.config.train import TrainConfig
 from cyclealign.errors import ConfigError
 
-__all__ = ["Config", "RESUMABLE_CHANGES", "build_config", "config_fields", "layer_config", "parse_set_options"]
+__all__ = [
+    "Config",
+    "RESUMABLE_CHANGES",
+    "SAVED_BEFORE",
+    "build_config",
+    "config_fields",
+    "layer_config",
+    "parse_set_options",
+    "with_saved_before",
+]
 
 
 class Config(Section):
@@ -126,6 +135,19 @@ class Config(Section):
             raise ConfigError(f"{path}: {format_validation_error(e)}") from None
 
     @classmethod
+    def from_saved_file(cls, path: Path) -> "Config":
+        """A run's saved ``config.json``, as :meth:`from_json_file`, a field added since the run was
+        saved reading its :data:`SAVED_BEFORE` value (where one is declared) instead of today's default.
+
+        Raises:
+            ConfigError: as :meth:`from_json_file`.
+        """
+        try:
+            return cls.model_validate(with_saved_before(read_config_file(path)))
+        except ValidationError as e:
+            raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+
+    @classmethod
     def schema_json(cls) -> str:
         """The JSON schema of a config file (``cyclealign config schema``), field descriptions included."""
         return json.dumps(cls.model_json_schema(), indent=2)
@@ -183,6 +205,35 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 """Dotted config fields a resumed run may change: they bound or schedule work, not its results."""
+
+
+SAVED_BEFORE: dict[str, object] = {
+    # K presentation orders were kept only when all agreed before ranker.aggregate existed.
+    "ranker.aggregate": "strict",
+}
+"""Fields added since runs were first saved whose default changed what a run does: a saved
+``config.json`` from before the field (its section there, the field not) reads this value, so a
+resumed or reparsed old run goes on as it started."""
+
+
+def with_saved_before(saved: dict[str, object]) -> dict[str, object]:
+    """A saved config (nested, as ``config.json`` holds it) with each :data:`SAVED_BEFORE` field
+    its section lacks filled in (a copy; ``saved`` is not changed).
+
+    >>> with_saved_before({"ranker": {"consistency": 3}})["ranker"]
+    {'consistency': 3, 'aggregate': 'strict'}
+    >>> with_saved_before({"ranker": {"aggregate": "borda"}})["ranker"]["aggregate"], with_saved_before({})
+    ('borda', {})
+    """
+    out = json.loads(json.dumps(saved))
+    for key, value in SAVED_BEFORE.items():
+        *heads, last = key.split(".")
+        node = out
+        for h in heads:
+            node = node.get(h) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(last, value)
+    return out
 
 
 def config_fields() -> dict[str, str]:

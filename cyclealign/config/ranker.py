@@ -61,7 +61,19 @@ class RankerConfig(Section):
     )
     shuffle: bool = Field(True, description="Show the responses in a seeded random order (against position bias).")
     consistency: int = Field(
-        1, ge=1, le=8, description="K: ask K shuffled orders; keep the ranking only when all K agree."
+        1, ge=1, le=8,
+        description="K: ask K shuffled presentation orders per prompt and combine them (ranker.aggregate).",
+    )
+    aggregate: Literal["strict", "borda", "kemeny"] = Field(
+        "kemeny",
+        description="With K > 1 orders: kemeny (the Kemeny-optimal ranking, Borda above N=8) or borda combine the K "
+        "rankings and keep the result when its confidence reaches ranker.min_confidence; strict keeps a ranking "
+        "only when all K agree.",
+    )
+    min_confidence: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="With ranker.aggregate borda/kemeny: the least confidence (mean share of the K orders agreeing "
+        "with the aggregate on each pair) a prompt needs to train; below, it is unranked (inconsistent).",
     )
     structured_output: Literal["auto", "json_schema", "off"] | None = Field(
         None,

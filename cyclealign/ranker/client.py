@@ -24,7 +24,9 @@ Failure policy, so that a round goes on when single prompts fail:
 * an unparsable reply is answered with a correction message, ``max_reasks`` times, then the
   prompt comes back unranked (``unparsable``, ``reason="unparsable after K attempts: ..."``);
   an invalid judgement is never turned into a label;
-* with several orders, rankings that disagree leave the prompt unranked (``inconsistent``);
+* with several orders, the rankings are aggregated (``ranker.aggregate``: Kemeny or Borda,
+  :mod:`cyclealign.ranker.aggregate`) and an aggregate below ``ranker.min_confidence`` leaves
+  the prompt unranked (``inconsistent``); in strict mode any disagreement does;
 * errors retries cannot fix (401 bad key, 403, 404 unknown model, 400/422 bad request)
   raise :class:`~cyclealign.errors.RankerError` and stop the run;
 * a call that could push the run over ``ranker.max_cost_usd`` is not sent: the calls in
@@ -303,7 +305,7 @@ class Ranker:
         else:
             samples = list(await asyncio.gather(*(self._ask(job, k, usage, on_call) for k in range(self.cfg.consistency))))
         latency_s = time.perf_counter() - t0
-        combined = combine_samples(samples)
+        combined = combine_samples(samples, self.cfg.aggregate, self.cfg.min_confidence)
         result = RankResult(
             prompt_id=job.prompt.id,
             ranking=combined.ranking,
@@ -311,6 +313,8 @@ class Ranker:
             status=combined.status,
             samples=samples,
             consistent=combined.consistent,
+            confidence=combined.confidence,
+            pair_agreement=combined.pair_agreement,
             attempts=usage.attempts,
             api_calls=usage.api_calls,
             prompt_tokens=usage.prompt_tokens,

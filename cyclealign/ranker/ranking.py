@@ -6,7 +6,7 @@ them when the replies came in::
 
     order    = presentation_order(seed, prompt_id, k, N)    # label [j + 1] shows response order[j]
     ranking  = parse_reply(reply, N, order, complete_last)  # mapped back to response indices
-    combined = combine_samples(samples)                     # K orders -> one ranking, or why none
+    combined = combine_samples(samples, aggregate, min_conf) # K orders -> one ranking, or why none
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from cyclealign.ranker.aggregate import aggregate_rankings
 from cyclealign.ranker.parse import RankingParseError, parse_ranking
 from cyclealign.records import Demonstration, Message, PromptRecord, RankSample, RankStatus
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from cyclealign.templates.ranker import RankerTemplates
 
 __all__ = [
+    "AggregateMode",
     "clip_prompt",
     "Combined",
     "RankJob",
@@ -35,6 +37,10 @@ __all__ = [
     "reparse_sample",
     "unparsable_reason",
 ]
+
+
+AggregateMode = Literal["strict", "borda", "kemeny"]
+"""``ranker.aggregate``: how several presentation orders' rankings become one (:func:`combine_samples`)."""
 
 
 @dataclass(frozen=True)
@@ -99,19 +105,32 @@ def presentation_order(seed: int, prompt_id: str, sample: int, n: int, shuffle: 
     """The order the ``n`` responses are shown in: label ``[j + 1]`` shows response ``order[j]``.
 
     A seeded shuffle (the same on every machine and re-run) against the ranker's position
-    bias; the identity when ``shuffle`` is off.
+    bias; the identity when ``shuffle`` is off. Sample 0 is the plain shuffle; sample ``k`` shows
+    first the response sample 0 shows at position ``k mod n`` (the rest in a shuffle of its own), so
+    K <= n orders each show a different response first: a judge that favours the response shown
+    first (Zheng et al. 2023, arXiv 2306.05685, Sec. 3.3) can push a response up in at most
+    ``ceil(K / n)`` of the K orders, and a majority of the orders outvotes it (balanced positions,
+    as in Wang et al. 2023, arXiv 2305.17926, Sec. 3.2).
 
     >>> presentation_order(0, "p1", 0, 4) == presentation_order(0, "p1", 0, 4)
     True
     >>> sorted(presentation_order(0, "p1", 1, 4))
     [0, 1, 2, 3]
+    >>> [presentation_order(0, "p1", k, 4)[0] for k in range(5)] == presentation_order(0, "p1", 0, 4) + presentation_order(0, "p1", 0, 4)[:1]
+    True
     >>> presentation_order(0, "p1", 0, 3, shuffle=False)
     [0, 1, 2]
     """
     order = list(range(n))
-    if shuffle:
-        random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(order)
-    return order
+    if not shuffle:
+        return order
+    random.Random(f"{seed}:{prompt_id}:0").shuffle(order)
+    if sample == 0:
+        return order
+    first = order[sample % n]
+    rest = [i for i in range(n) if i != first]
+    random.Random(f"{seed}:{prompt_id}:{sample}").shuffle(rest)
+    return [first, *rest]
 
 
 def first_ask_messages(
@@ -184,19 +203,40 @@ class Combined(NamedTuple):
     """Why unranked (None when ranked)."""
     consistent: bool | None
     """With several samples that all ranked, whether they agreed; None otherwise."""
+    confidence: float | None = None
+    """With several samples that all ranked, their aggregate's confidence; None otherwise."""
+    pair_agreement: list[list[Any]] | None = None
+    """With ``confidence``: ``[a, b, share]`` per pair, ``a`` above ``b`` in the aggregate."""
 
 
-def combine_samples(samples: Sequence[RankSample]) -> Combined:
+def combine_samples(
+    samples: Sequence[RankSample], aggregate: AggregateMode = "strict", min_confidence: float = 0.0
+) -> Combined:
     """One prompt's ranking, status, reason and consistency from its samples (presentation orders).
 
-    An API error wins (the prompt is asked again on resume), then an unparsable sample; with
-    several samples the ranking is kept only when all agree.
+    An API error wins (the prompt is asked again on resume), then an unparsable sample. With
+    several samples that all ranked, their rankings are aggregated
+    (:func:`~cyclealign.ranker.aggregate.aggregate_rankings`: ``aggregate`` ``borda`` or
+    ``kemeny``) and the aggregate kept when its confidence reaches ``min_confidence``; in
+    ``strict`` mode the ranking is kept only when all agree (the Kemeny aggregate's confidence is
+    recorded beside, for comparison). Either way ``consistent`` says whether all agreed.
+
+    Args:
+        samples: the K samples of one prompt, in sample order.
+        aggregate: ``ranker.aggregate``: ``strict``, ``borda`` or ``kemeny``.
+        min_confidence: ``ranker.min_confidence`` (ignored in strict mode).
 
     >>> combine_samples([RankSample([0, 1], ["[2] > [1]"], [1, 0])])
-    Combined(ranking=[1, 0], status=<RankStatus.RANKED: 'ranked'>, reason=None, consistent=None)
+    Combined(ranking=[1, 0], status=<RankStatus.RANKED: 'ranked'>, reason=None, consistent=None, confidence=None, pair_agreement=None)
     >>> c = combine_samples([RankSample([0, 1], [], [1, 0]), RankSample([1, 0], [], [0, 1])])
-    >>> c.ranking, c.status.value, c.reason, c.consistent
-    (None, 'inconsistent', 'inconsistent across 2 presentation orders: [2] > [1]; [1] > [2]', False)
+    >>> c.ranking, c.status.value, c.reason, c.consistent, c.confidence
+    (None, 'inconsistent', 'inconsistent across 2 presentation orders: [2] > [1]; [1] > [2]', False, 0.5)
+    >>> three = [RankSample([0, 1, 2], [], r) for r in ([0, 1, 2], [1, 0, 2], [0, 1, 2])]
+    >>> c = combine_samples(three, "kemeny", 0.6)
+    >>> c.ranking, c.status.value, c.consistent, round(c.confidence, 3), c.pair_agreement[0]
+    ([0, 1, 2], 'ranked', False, 0.889, [0, 1, 0.6666666666666666])
+    >>> combine_samples(three, "kemeny", 0.9).reason
+    'inconsistent across 3 presentation orders (confidence 0.889 < ranker.min_confidence 0.9): [1] > [2] > [3]; [2] > [1] > [3]; [1] > [2] > [3]'
     >>> c = combine_samples([RankSample([0, 1], [], None, "unparsable after 1 attempts: x", status=RankStatus.UNPARSABLE),
     ...                      RankSample([1, 0], [], None, "api error: E: y", status=RankStatus.API_ERROR)])
     >>> c.status.value, c.reason
@@ -210,12 +250,18 @@ def combine_samples(samples: Sequence[RankSample]) -> Combined:
         return Combined(None, failed[0].status, failed[0].reason, None)
     if len(samples) == 1:
         return Combined(samples[0].ranking, RankStatus.RANKED, None, None)
-    first = samples[0].ranking
-    if all(s.ranking == first for s in samples):
-        return Combined(first, RankStatus.RANKED, None, True)
-    shown = "; ".join(" > ".join(f"[{i + 1}]" for i in s.ranking or []) for s in samples)
-    reason = f"{RankStatus.INCONSISTENT.label} across {len(samples)} presentation orders: {shown}"
-    return Combined(None, RankStatus.INCONSISTENT, reason, False)
+    rankings = [s.ranking or [] for s in samples]
+    consistent = all(r == rankings[0] for r in rankings)
+    agg = aggregate_rankings(rankings, "kemeny" if aggregate == "strict" else aggregate)
+    pairs = [[a, b, share] for a, b, share in agg.pairs]
+    if consistent:
+        return Combined(rankings[0], RankStatus.RANKED, None, True, agg.confidence, pairs)
+    if aggregate != "strict" and agg.confidence >= min_confidence - 1e-9:  # 2/3 read as 0.666...
+        return Combined(agg.ranking, RankStatus.RANKED, None, False, agg.confidence, pairs)
+    shown = "; ".join(" > ".join(f"[{i + 1}]" for i in r) for r in rankings)
+    why = "" if aggregate == "strict" else f" (confidence {agg.confidence:.3f} < ranker.min_confidence {min_confidence:g})"
+    reason = f"{RankStatus.INCONSISTENT.label} across {len(samples)} presentation orders{why}: {shown}"
+    return Combined(None, RankStatus.INCONSISTENT, reason, False, agg.confidence, pairs)
 
 
 def reparse_sample(sample: RankSample, n: int, complete_last: bool) -> RankSample:

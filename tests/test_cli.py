@@ -152,9 +152,10 @@ def test_eval_defaults_to_the_runs_saved_eval_settings(tmp_path, monkeypatch):
     assert [(p.prompts, p.num_prompts, p.reward_model) for p in plans] == [([a, b], 5, "rm"), (a, 7, "rm")]
     bare = tmp_path / "bare"
     bare.mkdir()
-    (bare / "config.json").write_text(build_config(run_dir=bare).to_json())
-    result = runner.invoke(app, ["eval", "--run-dir", str(bare)])
-    assert result.exit_code == 2 and "pass the held-out prompts with --eval-prompts" in " ".join(result.output.split())
+    (bare / "config.json").write_text(build_config(run_dir=bare, prompts=str(b)).to_json())
+    result = runner.invoke(app, ["eval", "--run-dir", str(bare)])  # no eval.prompts: the run's own source
+    assert result.exit_code == 0 and "held-out prompts: the run's own prompt source" in " ".join(result.output.split())
+    assert plans[-1].prompts == b
 
 
 def test_iterate_eval_flags_reach_the_config(tmp_path, monkeypatch):

@@ -226,13 +226,18 @@ class GenerationJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._batches = {row["key"]: row["samples"] for row in read_jsonl(path)}
+        self.reused = 0
+        """Batches :meth:`lookup` found (not sampled again)."""
 
     def __len__(self) -> int:
         return len(self._batches)
 
     def lookup(self, key: str) -> list[list[Sample]] | None:
         rows = self._batches.get(key)
-        return None if rows is None else [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows]
+        if rows is None:
+            return None
+        self.reused += 1
+        return [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows]
 
     def record(self, key: str, samples: list[list[Sample]]) -> None:
         rows = [[[list(s.token_ids), float(s.logprob_mean), bool(s.finished)] for s in row] for row in samples]

@@ -81,9 +81,15 @@ def test_duplicates_are_resampled_with_new_seeds_and_first_come_order_is_kept():
         "b": [[[6, EOS], [7, EOS], [8]]],  # distinct at once
         "c": [[[9], [9], [9]], [[9], [10], [9]], [[11], [10], [12]]],  # two resampling passes
     })
-    progress = []
-    gens = policy.sample([prompt("A", "a"), prompt("B", "b"), prompt("C", "c")], seed=5, progress=progress.append)
+    progress, final = [], []
+    gens = policy.sample(
+        [prompt("A", "a"), prompt("B", "b"), prompt("C", "c")], seed=5, progress=progress.append,
+        on_generation=lambda g: final.append((g.prompt_id, len(policy.calls), len(g.responses))),
+    )
     assert [g.prompt_id for g in gens] == ["A", "B", "C"]
+    # each prompt is handed over once, when its responses are final: B after the first batch,
+    # A after the pass that completed it, C after the last pass
+    assert final == [("B", 1, 3), ("A", 3, 3), ("C", 4, 3)]
     a, b, c = gens
     assert a.responses == ["w1", "w2 w3", "w4"] and a.response_token_ids == [[1, EOS], [2, 3], [4, EOS]]
     assert a.logprob_mean == [-2.0, -2.0, -2.0] and a.finished == [True, False, True]
@@ -102,8 +108,9 @@ def test_duplicates_are_resampled_with_new_seeds_and_first_come_order_is_kept():
 def test_resampling_stops_after_max_resample_extra_passes():
     cfg = gen_cfg(num_samples=4, batch_size=8, max_resample=2)
     policy = FakePolicy(cfg)  # every pass: four copies of one response
-    [g] = policy.sample([prompt("A", "a")], seed=0)
-    assert g.responses == ["w1 w2"] and g.finished == [True]
+    final = []
+    [g] = policy.sample([prompt("A", "a")], seed=0, on_generation=final.append)
+    assert g.responses == ["w1 w2"] and g.finished == [True] and final == [g]  # handed over short, after the last pass
     assert len(policy.calls) == 3
     none = FakePolicy(gen_cfg(num_samples=4, max_resample=0))
     none.sample([prompt("A", "a")], seed=0)

@@ -46,9 +46,12 @@ class GenerationBackend(Protocol):
         seed: int,
         progress: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
+        journal: BatchJournal | None = None,
+        on_generation: Callable[[Generation], None] | None = None,
     ) -> list[Generation]:
         """Sample N distinct responses per prompt, scored by length-normalised log-likelihood
-        (``max_new_tokens``: length cap in tokens; None = the backend's configured one)."""
+        (``max_new_tokens``: length cap in tokens; None = the backend's configured one); see
+        :meth:`SamplingPolicy.sample` for ``journal`` and ``on_generation``."""
 
     def greedy(
         self, prompts: list[PromptRecord], max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None
@@ -114,9 +117,10 @@ class SamplingPolicy(ABC):
     """
 
     batch_seeded: ClassVar[bool] = False
-    """Whether a batch's draws depend on its ``seed`` alone (not on the batches before it): then
-    :meth:`sample` reuses finished batches from a journal. The transformers backend draws from
-    one torch stream seeded per call, so a skipped batch would shift every later draw."""
+    """Whether a batch's draws depend on its ``seed`` and prompts alone (not on the batches before
+    it): then :meth:`sample` reuses finished batches from a journal. Both shipped backends are
+    (transformers seeds torch per batch, vLLM seeds each prompt); a backend drawing from one
+    stream seeded per call is not: a skipped batch would shift every later draw."""
 
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig) -> None:
         self.model_dir = model_dir
@@ -174,7 +178,12 @@ class SamplingPolicy(ABC):
 
     def begin_sampling(self, seed: int) -> None:
         """Called once at the start of every :meth:`sample` call, before its first batch
-        (the transformers backend loads its model and seeds torch here). Default: nothing."""
+        (the transformers backend loads its model here). Default: nothing."""
+
+    def end_sampling(self, seed: int) -> None:
+        """Called once at the end of every :meth:`sample` call, after its last batch (the
+        transformers backend leaves torch seeded from ``seed`` here, whether or not a batch was
+        sampled). Default: nothing."""
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -192,6 +201,7 @@ class SamplingPolicy(ABC):
         progress: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
         journal: BatchJournal | None = None,
+        on_generation: Callable[[Generation], None] | None = None,
     ) -> list[Generation]:
         """Sample ``N = gen_cfg.num_samples`` distinct responses per prompt.
 
@@ -199,7 +209,9 @@ class SamplingPolicy(ABC):
         left with fewer than N distinct responses are sampled again (N more each), up to
         ``gen_cfg.max_resample`` extra passes, so a generation may hold fewer than N.
         Each batch of ``gen_cfg.batch_size`` prompts of pass ``a`` is sampled with seed
-        ``derive_seed(seed, a, batch_index)``.
+        ``derive_seed(seed, a, batch_index)``; pass 0's batches are the prompts in order, a later
+        pass's those still short of N, in order: the batches, and so the draws, are the same
+        whichever of them a journal already held.
 
         Args:
             prompts: the round's prompts.
@@ -211,6 +223,9 @@ class SamplingPolicy(ABC):
             journal: where each finished batch is kept as soon as it is sampled; a batch already
                 in it is not sampled again (only by a :attr:`batch_seeded` backend, whose draws
                 then equal an uninterrupted call's).
+            on_generation: called with each prompt's :class:`Generation` once its responses are
+                final (N distinct, or the last pass is over) and its batch is in ``journal``, in
+                the order prompts finish: the pipelined round ranks it from there.
         Returns:
             One :class:`Generation` per prompt, in prompt order; its responses in the order sampled.
         """
@@ -246,11 +261,19 @@ class SamplingPolicy(ABC):
                         g.finished.append(bool(fin))
                 if progress is not None and attempt == 0:
                     progress(len(chunk))
+                if on_generation is not None:
+                    for i in chunk:
+                        if len(gens[i].responses) >= cfg.num_samples:
+                            on_generation(gens[i])
             todo = [i for i in todo if len(gens[i].responses) < cfg.num_samples]
             if not todo:
                 break
         if todo:
             log.info("%d prompts kept fewer than %d distinct responses", len(todo), cfg.num_samples)
+            if on_generation is not None:
+                for i in todo:
+                    on_generation(gens[i])
+        self.end_sampling(seed)
         return gens
 
     def greedy(

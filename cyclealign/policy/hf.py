@@ -36,7 +36,7 @@ from cyclealign.models.kv_cache import cache_kwarg, empty_cache, left_padded_pos
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype
 from cyclealign.models.logprobs import token_logprobs
 from cyclealign.models.packing import attention_mask_kind, segment_attention_mask
-from cyclealign.policy.base import SamplingPolicy
+from cyclealign.policy.base import SamplingPolicy, derive_seed
 from cyclealign.policy.nucleus import TemperedNucleusWarper
 from cyclealign.records import Sample
 
@@ -97,11 +97,17 @@ class TransformersPolicy(SamplingPolicy):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    batch_seeded = True  # each batch seeds torch with its own seed: finished batches can be reused
+
     def begin_sampling(self, seed: int) -> None:
-        """Load the model if closed (loading may draw random numbers), then ``torch.manual_seed(seed)``:
-        every batch of the call continues that one torch stream (the per-batch seeds are unused)."""
-        self.model  # noqa: B018 - load before seeding
-        torch.manual_seed(seed)
+        """Load the model if closed (loading may draw random numbers; each batch seeds torch after it)."""
+        self.model  # noqa: B018 - load before the first batch seeds torch
+
+    def end_sampling(self, seed: int) -> None:
+        """Seed torch with ``derive_seed(seed, -1)``: the state a call leaves (which the train phase
+        starts from, :func:`~cyclealign.train.launch.save_rng_state`) is the same whether its batches
+        were sampled or read back from a journal."""
+        torch.manual_seed(derive_seed(seed, -1))
 
     @torch.no_grad()
     def sample_batch(
@@ -117,10 +123,14 @@ class TransformersPolicy(SamplingPolicy):
         """One left-padded prefill and ``generate()`` call: ``n`` samples for each prompt
         (``temperature == 0``: greedy, ``n`` must be 1), at most ``max_new_tokens`` new tokens each.
 
-        ``seed`` is unused: sampling draws from torch's global stream, seeded per
-        :meth:`sample` call by :meth:`begin_sampling`. See
+        ``seed`` (when not None) seeds torch's global stream first (``torch.manual_seed``, CPU and
+        CUDA): a batch's draws depend on its seed and its prompts alone, not on the batches
+        sampled before it in this process, so a resumed round samples the batches it lacks as an
+        uninterrupted one did. See
         :meth:`~cyclealign.policy.base.SamplingPolicy.sample_batch` for the returned samples.
         """
+        if seed is not None:
+            torch.manual_seed(seed)
         tok = self.tokenizer
         pad, eos = tok.pad_token_id, tok.eos_token_id
         greedy = temperature == 0.0

@@ -15,8 +15,12 @@ Layout of ``runs/<name>/``::
     round_000/
         prompts.json            the prompts the round uses (ids and content hashes), written before it generates
         manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
+        generation_batches.jsonl  phase "generate": each finished batch's samples, appended as it
+                                finishes (a resumed round samples only the others); removed
+                                once generations.jsonl is written
         generations.jsonl       phase "generate"
-        rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives,
+        rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives
+                                (with ranker.pipeline, while generation still runs),
                                 rewritten in prompt order when the phase ends
         ranker_batch.json       phase "rank" with ranker.batch: the Batch API job being waited on
         agreement.jsonl         phase "agreement"
@@ -30,7 +34,7 @@ Layout of ``runs/<name>/``::
                                 decoding, token cap, wall_s); a resumed run skips those it lists
         summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluation.runner`)
 
-Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
+Every file except ``rankings.jsonl`` and ``generation_batches.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
 ``rankings.jsonl`` and ``ranker_calls.jsonl`` are appended so that no ranker answer is lost
 mid-phase (the raw replies themselves are in the reply cache before they are used, see

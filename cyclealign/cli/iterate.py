@@ -94,6 +94,7 @@ def iterate(
     ranker_consistency: Annotated[int, typer.Option(rich_help_panel="Ranker", help="K: ask K shuffled orders, keep rankings all K agree on.")] = 1,
     ranker_structured_output: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
     ranker_batch: Annotated[bool, typer.Option(rich_help_panel="Ranker", help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
+    pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline", rich_help_panel="Ranker", help="Rank each prompt as soon as its responses are sampled, while the policy goes on generating (default: ranker.pipeline, on). Same results either way.")] = None,
     eval_every: Annotated[int, typer.Option(rich_help_panel="Evaluation", help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
     eval_prompts: Annotated[Optional[list[Path]], typer.Option(rich_help_panel="Evaluation", help="Held-out prompts for --eval-every; repeatable (results also broken down by source).")] = None,
     eval_decoding: Annotated[Optional[str], typer.Option(rich_help_panel="Evaluation", help="Judged response of --eval-every: greedy | sample (default: greedy).")] = None,

@@ -10,6 +10,9 @@ on ``127.0.0.1:<free port>``, one daemon thread).
 
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``; anything else 404.
 A chat request without response delimiters (the client's 1-token preflight) is answered "ok".
+``latency_s`` holds each ranking answer back that long (a paid API's latency, for
+``scripts/bench_pipeline.py``); requests are served concurrently, so the client's
+``ranker.concurrency`` bounds how many wait at once.
 """
 
 from __future__ import annotations
@@ -71,13 +74,15 @@ class RuleBlackBox:
 
     Args:
         rule: the ranking rule.
+        latency_s: seconds each ranking answer is held back (the preflight's is not).
     Attributes:
         model: the model name it reports (``rule-<name>``); any model name is accepted.
         count: chat-completion requests answered.
     """
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, latency_s: float = 0.0) -> None:
         self.rule = rule
+        self.latency_s = latency_s
         self.model = f"rule-{rule.name}"
         self.count = 0
         self._lock = threading.Lock()
@@ -118,6 +123,8 @@ class RuleBlackBox:
                 except (ValueError, KeyError, TypeError) as e:
                     self.send_json(400, {"error": {"message": f"not a ranker request: {e}", "type": "invalid_request_error"}})
                     return
+                if box.latency_s and text != "ok":
+                    time.sleep(box.latency_s)
                 index = box._next_index()
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
                 self.send_json(

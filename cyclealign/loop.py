@@ -34,11 +34,11 @@ from cyclealign.evaluation.runner import evaluate_with, evaluated
 from cyclealign.events import EventLog
 from cyclealign.metrics import TIMED_PHASES, round_line
 from cyclealign.models.loading import resolve_device, resolve_model_dir
+from cyclealign.pipeline import RankStream
 from cyclealign.policy import make_policy
 from cyclealign.policy.base import GenerationBackend
 from cyclealign.policy.handle import PolicyHandle
 from cyclealign.progress import NullReporter, Reporter, timed_phase
-from cyclealign.pipeline import RankStream
 from cyclealign.ranker.batch import prefetch_batch
 from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import CallRecord

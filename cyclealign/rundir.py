@@ -219,9 +219,10 @@ def read_jsonl(path: Path) -> list[Any]:
 
 class GenerationJournal:
     """A round's finished generation batches (``round_k/generation_batches.jsonl``), one JSON line
-    each, appended and fsynced as each batch finishes: a run killed or failed mid-generation
-    samples only the batches not yet written (:class:`cyclealign.policy.base.BatchJournal`).
-    A torn last line (a kill mid-append) is that batch unwritten.
+    each, appended and fsynced as each batch finishes, with the random stream's state it left: a
+    run killed or failed mid-generation samples only the batches not yet written, and draws what
+    an uninterrupted run draws (:class:`cyclealign.policy.base.BatchJournal`). A torn last line
+    (a kill mid-append) is that batch unwritten.
 
     Raises:
         RunDirError: (on open) a line other than the last is not valid JSON.
@@ -229,24 +230,25 @@ class GenerationJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._batches = {row["key"]: row["samples"] for row in read_jsonl(path)}
+        self._batches = {row["key"]: (row["samples"], row.get("stream")) for row in read_jsonl(path)}
         self.reused = 0
         """Batches :meth:`lookup` found (not sampled again)."""
 
     def __len__(self) -> int:
         return len(self._batches)
 
-    def lookup(self, key: str) -> list[list[Sample]] | None:
-        rows = self._batches.get(key)
-        if rows is None:
+    def lookup(self, key: str) -> tuple[list[list[Sample]], str | None] | None:
+        found = self._batches.get(key)
+        if found is None:
             return None
         self.reused += 1
-        return [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows]
+        rows, stream = found
+        return [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows], stream
 
-    def record(self, key: str, samples: list[list[Sample]]) -> None:
+    def record(self, key: str, samples: list[list[Sample]], stream: str | None = None) -> None:
         rows = [[[list(s.token_ids), float(s.logprob_mean), bool(s.finished)] for s in row] for row in samples]
-        append_jsonl(self.path, {"key": key, "samples": rows})
-        self._batches[key] = rows
+        append_jsonl(self.path, {"key": key, "samples": rows, **({"stream": stream} if stream is not None else {})})
+        self._batches[key] = (rows, stream)
 
 
 class RoundDir:

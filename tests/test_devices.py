@@ -211,9 +211,10 @@ def test_two_rounds_of_iterate_on_device(tiny_dir, tmp_path, prompts_file, devic
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_sampling_resumed_from_a_journal_draws_what_an_uninterrupted_one_draws(tiny_dir, tmp_path, device):
-    """Each transformers batch seeds torch itself: with only the first batch journalled (a run
-    killed after it), sampling again draws the other batches as the uninterrupted call did, and
-    leaves torch's generator (which training starts from) in the same state."""
+    """Each journalled batch keeps the torch generator state it left: with only the first batch
+    journalled (a run killed after it), sampling again restores that state, draws the other
+    batches as the uninterrupted call did, and leaves torch's generator (which training starts
+    from) in the same state."""
     from cyclealign.rundir import GenerationJournal
 
     cfg = build_config(**{"model.device": device, "model.dtype": "float32", "generation.num_samples": 3,

@@ -24,7 +24,9 @@ this module only runs one ``generate()`` per batch.
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import logging
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from cyclealign.models.kv_cache import cache_kwarg, empty_cache, left_padded_pos
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_dtype
 from cyclealign.models.logprobs import token_logprobs
 from cyclealign.models.packing import attention_mask_kind, segment_attention_mask
-from cyclealign.policy.base import SamplingPolicy, derive_seed
+from cyclealign.policy.base import SamplingPolicy
 from cyclealign.policy.nucleus import TemperedNucleusWarper
 from cyclealign.records import Sample
 
@@ -97,17 +99,26 @@ class TransformersPolicy(SamplingPolicy):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    batch_seeded = True  # each batch seeds torch with its own seed: finished batches can be reused
-
     def begin_sampling(self, seed: int) -> None:
-        """Load the model if closed (loading may draw random numbers; each batch seeds torch after it)."""
-        self.model  # noqa: B018 - load before the first batch seeds torch
+        """Load the model if closed (loading may draw random numbers), then ``torch.manual_seed(seed)``:
+        every batch of the call continues that one torch stream (the per-batch seeds are unused;
+        a journalled batch's stream state, :meth:`stream_state`, lets a resumed call skip it)."""
+        self.model  # noqa: B018 - load before seeding
+        torch.manual_seed(seed)
 
-    def end_sampling(self, seed: int) -> None:
-        """Seed torch with ``derive_seed(seed, -1)``: the state a call leaves (which the train phase
-        starts from, :func:`~cyclealign.train.launch.save_rng_state`) is the same whether its batches
-        were sampled or read back from a journal."""
-        torch.manual_seed(derive_seed(seed, -1))
+    def stream_state(self) -> str:
+        """torch's CPU generator state and, on CUDA, the device's, as base64 JSON (about 7 KB)."""
+        state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+        if self.device.type == "cuda":
+            state["cuda"] = base64.b64encode(torch.cuda.get_rng_state(self.device).numpy().tobytes()).decode()
+        return json.dumps(state)
+
+    def restore_stream(self, state: str) -> None:
+        """Set torch's generators to a :meth:`stream_state`."""
+        saved = json.loads(state)
+        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(saved["cpu"])), dtype=torch.uint8))
+        if "cuda" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(saved["cuda"])), dtype=torch.uint8), self.device)
 
     @torch.no_grad()
     def sample_batch(
@@ -123,14 +134,10 @@ class TransformersPolicy(SamplingPolicy):
         """One left-padded prefill and ``generate()`` call: ``n`` samples for each prompt
         (``temperature == 0``: greedy, ``n`` must be 1), at most ``max_new_tokens`` new tokens each.
 
-        ``seed`` (when not None) seeds torch's global stream first (``torch.manual_seed``, CPU and
-        CUDA): a batch's draws depend on its seed and its prompts alone, not on the batches
-        sampled before it in this process, so a resumed round samples the batches it lacks as an
-        uninterrupted one did. See
+        ``seed`` is unused: sampling draws from torch's global stream, seeded per
+        :meth:`sample` call by :meth:`begin_sampling`. See
         :meth:`~cyclealign.policy.base.SamplingPolicy.sample_batch` for the returned samples.
         """
-        if seed is not None:
-            torch.manual_seed(seed)
         tok = self.tokenizer
         pad, eos = tok.pad_token_id, tok.eos_token_id
         greedy = temperature == 0.0

@@ -9,8 +9,10 @@ One round (Hong et al. 2023, arXiv 2310.16271, Fig. 2)::
             -> metrics (one line in metrics.jsonl); the adapter feeds the next round.
 
 Each phase writes its outputs to the run directory before the next starts and is then
-marked done in the round's manifest; a resumed run skips finished phases and ranker
-answers already on disk (see :mod:`cyclealign.rundir`).
+marked done in the round's manifest; a resumed run skips finished phases, generation batches
+and ranker answers already on disk (see :mod:`cyclealign.rundir`). With ``ranker.pipeline``
+(the default) generate and rank overlap: each prompt is ranked as soon as its responses are
+sampled (:mod:`cyclealign.pipeline`), and the rank phase ends when the last answer is in.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cyclealign.evaluation.runner import evaluate_with, evaluated
 from cyclealign.events import EventLog
 from cyclealign.metrics import TIMED_PHASES, round_line
 from cyclealign.models.loading import resolve_device, resolve_model_dir
+from cyclealign.pipeline import RankStream
 from cyclealign.policy import make_policy
 from cyclealign.policy.base import GenerationBackend
 from cyclealign.policy.handle import PolicyHandle
@@ -64,6 +67,7 @@ class Round:
         self.rd: RoundDir = run.round(index)
         self.prompts = prompts
         self.by_id = {p.id: p for p in prompts}
+        self._clipped = 0  # prompts the ranker sees cut to ranker.max_prompt_tokens
 
     def _timed(self, phase: Phase, total: int | None, body: Callable[[], dict[str, Any]]) -> bool:
         """Run ``phase`` unless the manifest lists it (:func:`~cyclealign.progress.timed_phase`);
@@ -74,8 +78,13 @@ class Round:
         return True
 
     # -- phase 1 -------------------------------------------------------------------------
-    def generate(self, policy: Callable[[], GenerationBackend]) -> list[Generation]:
+    def generate(self, policy: Callable[[], GenerationBackend], stream: RankStream | None = None) -> list[Generation]:
         """Phase 1: sample N responses per prompt with the latest adapter -> ``generations.jsonl``.
+
+        Each finished batch is journalled first (``generation_batches.jsonl``): a resumed round
+        samples only the batches not written yet, with the seeds and so the draws of an
+        uninterrupted run. With ``stream`` (the pipelined round) each prompt is handed to the
+        ranker as soon as its responses are final.
 
         Returns:
             The round's generations, in prompt order (read back when the phase was done).
@@ -86,7 +95,10 @@ class Round:
             backend = policy()
             backend.load_adapter(self.run.latest_adapter(self.index))
             journal = GenerationJournal(self.rd.generation_batches)  # finished batches survive a crash
-            gens = backend.sample(self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance, journal=journal)
+            gens = backend.sample(
+                self.prompts, seed=self.cfg.seed + self.index, progress=self.reporter.advance, journal=journal,
+                on_generation=None if stream is None else stream.submit,
+            )
             save_rng_state(self.rd.rng_state)  # before the phase is done: a resumed train phase starts from it
             write_jsonl(self.rd.generations, [g.to_json() for g in gens])
             self.rd.generation_batches.unlink(missing_ok=True)
@@ -95,17 +107,43 @@ class Round:
                 "prompts": len(gens),
                 "responses": sum(len(g.responses) for g in gens),
                 "generated_tokens": sum(len(ids) for g in gens for ids in g.response_token_ids),
+                "batches_reused": journal.reused,  # sampled by an interrupted run of the phase
             }
 
         return out if self._timed(Phase.GENERATE, len(self.prompts), body) else self.rd.read_generations()
 
     # -- phase 2 -------------------------------------------------------------------------
+    def rank_stream(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> RankStream:
+        """The rank phase's :class:`~cyclealign.pipeline.RankStream`: the demonstrations (static
+        and the best of ``pool``) and the shuffle seed are fixed here, before the first request;
+        the answers an interrupted run appended to ``rankings.jsonl`` are not asked again."""
+        demos = round_demonstrations(self.cfg.ranker, static_demos, pool)
+        shuffle_seed = round_shuffle_seed(self.cfg.seed, self.index)
+        self._clipped = 0
+
+        def make_job(g: Generation) -> RankJob | RankResult:
+            if len(g.responses) < 2:
+                return RankResult(g.prompt_id, None, reason=RankStatus.TOO_FEW_RESPONSES.label, status=RankStatus.TOO_FEW_RESPONSES)
+            prompt, cut = clip_prompt(self.by_id[g.prompt_id], self.cfg.ranker.max_prompt_tokens)
+            self._clipped += cut
+            return RankJob(prompt, g.responses, demos, shuffle_seed)
+
+        def persist(result: RankResult) -> None:
+            append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
+
+        def ledger(call: CallRecord) -> None:  # the round's paid calls
+            self.run.record_call(self.index, call)
+
+        latest = {r.prompt_id: r for r in self.rd.read_rankings([p.id for p in self.prompts])}
+        return RankStream(ranker, make_job, latest, persist, ledger)
+
     def rank(
         self,
         ranker: Ranker | None,
         static_demos: list[Demonstration],
         pool: DemoPool,
         generations: list[Generation] | None = None,
+        stream: RankStream | None = None,
     ) -> list[RankResult]:
         """Phase 2: black-box ranking of every prompt's responses, concurrently; each answer is
         appended to ``rankings.jsonl`` as it arrives (the raw replies are in the reply cache
@@ -118,6 +156,8 @@ class Round:
             pool: the dynamic demonstration pool the previous round left.
             generations: the round's generations (from :meth:`generate`; None: read back from
                 ``generations.jsonl``, for a caller that did not run that phase).
+            stream: the stream :meth:`generate` already fed (the pipelined round; None: one is
+                made here and fed every prompt).
 
         Returns:
             The latest black-box result per prompt, in prompt order (read back when the phase was done).
@@ -128,45 +168,24 @@ class Round:
         """
         gens = self.rd.read_generations() if generations is None else generations
         order = [g.prompt_id for g in gens]
-        demos = round_demonstrations(self.cfg.ranker, static_demos, pool)
-        shuffle_seed = round_shuffle_seed(self.cfg.seed, self.index)
-        latest: dict[str, RankResult] = {}  # per prompt, what rankings.jsonl holds last
-
-        def persist(result: RankResult) -> None:
-            append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
-            latest[result.prompt_id] = result
-            self.reporter.advance()
+        latest: dict[str, RankResult] = {}
 
         def body() -> dict[str, Any]:
-            # what an interrupted run of this phase already appended
-            latest.update((r.prompt_id, r) for r in self.rd.read_rankings(order))
-            done = {pid for pid, r in latest.items() if r.status is not RankStatus.API_ERROR}
-            self.reporter.advance(len(done))
-            jobs, clipped = [], 0
-            for g in gens:
-                if g.prompt_id in done:
-                    continue
-                if len(g.responses) < 2:
-                    persist(RankResult(g.prompt_id, None, reason=RankStatus.TOO_FEW_RESPONSES.label, status=RankStatus.TOO_FEW_RESPONSES))
-                else:
-                    prompt, cut = clip_prompt(self.by_id[g.prompt_id], self.cfg.ranker.max_prompt_tokens)
-                    clipped += cut
-                    jobs.append(RankJob(prompt, g.responses, demos, shuffle_seed))
-            if clipped:
+            with contextlib.ExitStack() as stack:
+                s = stream or stack.enter_context(self.rank_stream(ranker, static_demos, pool))
+                s.report_to(self.reporter)
+                batch_info: dict[str, Any] = {}
+                if self.cfg.ranker.batch and (jobs := s.jobs_for(gens)):
+                    assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
+                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=lambda call: self.run.record_call(self.index, call))
+                for g in gens:
+                    s.submit(g)
+                latest.update(s.finish())
+            if self._clipped:
                 log.warning(
                     "round %d: %d prompt(s) cut to ranker.max_prompt_tokens=%s for the ranker (their end kept)",
-                    self.index, clipped, self.cfg.ranker.max_prompt_tokens,
+                    self.index, self._clipped, self.cfg.ranker.max_prompt_tokens,
                 )
-            batch_info: dict[str, Any] = {}
-            if jobs:
-                assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
-
-                def ledger(call: CallRecord) -> None:  # the round's paid calls
-                    self.run.record_call(self.index, call)
-
-                if self.cfg.ranker.batch:
-                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=ledger)
-                ranker.rank_all(jobs, on_result=lambda _, result: persist(result), on_call=ledger)
             results = _in_order(latest, order)
             write_jsonl(self.rd.rankings, [r.to_json() for r in results])  # prompt order, latest per prompt
             spend = self.run.ranker_spend(self.index)
@@ -196,6 +215,8 @@ class Round:
                 "demos_static": min(len(static_demos), self.cfg.ranker.num_static_demos),
                 "demos_dynamic": min(len(pool), self.cfg.ranker.num_dynamic_demos),
                 "templates": templates,
+                "pipelined": stream is not None,
+                "ranked_during_generate": s.streamed,
                 **({"batch": batch_info} if batch_info else {}),
             }
 
@@ -387,8 +408,10 @@ def iterate(
             if not run.round(index).is_done(Phase.METRICS):
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
                 pool = read_pool(run, index, cfg.agreement.pool_max_size)  # as the previous round left it
-                generations = rnd.generate(policy)
-                rankings = rnd.rank(ranker, static_demos, pool, generations)
+                # With ranker.pipeline, each prompt is ranked as soon as its responses are sampled.
+                with _pipelined(cfg, rnd, ranker, static_demos, pool) as stream:
+                    generations = rnd.generate(policy, stream)
+                    rankings = rnd.rank(ranker, static_demos, pool, generations, stream)
                 agreement = rnd.agreement(pool, generations, rankings)  # the pool grows here; round_k/demo_pool.jsonl keeps it
                 rnd.train(policy)  # releases the policy first; the next generate reloads it
                 reporter.round_end(rnd.metrics(rankings, agreement))
@@ -404,6 +427,17 @@ def iterate(
         metrics = [run.round(i).phases()[Phase.METRICS] for i in range(cfg.rounds)]
     run.rewrite_metrics()
     return metrics
+
+
+def _pipelined(
+    cfg: Config, rnd: Round, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool
+) -> contextlib.AbstractContextManager[RankStream | None]:
+    """The round's :class:`~cyclealign.pipeline.RankStream` for :meth:`Round.generate` to feed
+    when ``ranker.pipeline`` is on and both phases are pending (not with the Batch API, which
+    sends a round's requests at once); else None: the rank phase makes its own afterwards."""
+    if cfg.ranker.pipeline and not cfg.ranker.batch and not rnd.rd.is_done(Phase.GENERATE) and not rnd.rd.is_done(Phase.RANK):
+        return rnd.rank_stream(ranker, static_demos, pool)
+    return contextlib.nullcontext()
 
 
 def _in_order(latest: dict[str, RankResult], order: list[str]) -> list[RankResult]:

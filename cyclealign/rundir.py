@@ -15,8 +15,12 @@ Layout of ``runs/<name>/``::
     round_000/
         prompts.json            the prompts the round uses (ids and content hashes), written before it generates
         manifest.json           {"phases": {"generate": {...}, ...}}: a phase is done when listed
+        generation_batches.jsonl  phase "generate": each finished batch's samples, appended as it
+                                finishes (a resumed round samples only the others); removed
+                                once generations.jsonl is written
         generations.jsonl       phase "generate"
-        rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives,
+        rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives
+                                (with ranker.pipeline, while generation still runs),
                                 rewritten in prompt order when the phase ends
         ranker_batch.json       phase "rank" with ranker.batch: the Batch API job being waited on
         agreement.jsonl         phase "agreement"
@@ -30,7 +34,7 @@ Layout of ``runs/<name>/``::
                                 decoding, token cap, wall_s); a resumed run skips those it lists
         summary.jsonl ...       the evaluation's results (see :mod:`cyclealign.evaluation.runner`)
 
-Every file except ``rankings.jsonl`` is written to a temporary file and renamed into place;
+Every file except ``rankings.jsonl`` and ``generation_batches.jsonl`` is written to a temporary file and renamed into place;
 the manifest is written last, so a crash leaves either a finished phase or none.
 ``rankings.jsonl`` and ``ranker_calls.jsonl`` are appended so that no ranker answer is lost
 mid-phase (the raw replies themselves are in the reply cache before they are used, see
@@ -233,9 +237,10 @@ def read_records(path: Path, cls: Any) -> list[Any]:
 
 class GenerationJournal:
     """A round's finished generation batches (``round_k/generation_batches.jsonl``), one JSON line
-    each, appended and fsynced as each batch finishes: a run killed or failed mid-generation
-    samples only the batches not yet written (:class:`cyclealign.policy.base.BatchJournal`).
-    A torn last line (a kill mid-append) is that batch unwritten.
+    each, appended and fsynced as each batch finishes, with the random stream's state it left: a
+    run killed or failed mid-generation samples only the batches not yet written, and draws what
+    an uninterrupted run draws (:class:`cyclealign.policy.base.BatchJournal`). A torn last line
+    (a kill mid-append) is that batch unwritten.
 
     Raises:
         RunDirError: (on open) a line other than the last is not valid JSON.
@@ -243,19 +248,25 @@ class GenerationJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._batches = {row["key"]: row["samples"] for row in read_jsonl(path)}
+        self._batches = {row["key"]: (row["samples"], row.get("stream")) for row in read_jsonl(path)}
+        self.reused = 0
+        """Batches :meth:`lookup` found (not sampled again)."""
 
     def __len__(self) -> int:
         return len(self._batches)
 
-    def lookup(self, key: str) -> list[list[Sample]] | None:
-        rows = self._batches.get(key)
-        return None if rows is None else [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows]
+    def lookup(self, key: str) -> tuple[list[list[Sample]], str | None] | None:
+        found = self._batches.get(key)
+        if found is None:
+            return None
+        self.reused += 1
+        rows, stream = found
+        return [[Sample(list(ids), float(lp), bool(fin)) for ids, lp, fin in row] for row in rows], stream
 
-    def record(self, key: str, samples: list[list[Sample]]) -> None:
+    def record(self, key: str, samples: list[list[Sample]], stream: str | None = None) -> None:
         rows = [[[list(s.token_ids), float(s.logprob_mean), bool(s.finished)] for s in row] for row in samples]
-        append_jsonl(self.path, {"key": key, "samples": rows})
-        self._batches[key] = rows
+        append_jsonl(self.path, {"key": key, "samples": rows, **({"stream": stream} if stream is not None else {})})
+        self._batches[key] = (rows, stream)
 
 
 class RoundDir:

@@ -207,3 +207,29 @@ def test_two_rounds_of_iterate_on_device(tiny_dir, tmp_path, prompts_file, devic
         assert train["steps"] == 2 and train["grad_norm"] > 0 and train["train_loss"] == train["train_loss"]
     for g in run.round(1).read_generations():  # sampled by the round-0 adapter, loaded on the device
         assert len(g.responses) >= 2 and torch.isfinite(torch.tensor(g.logprob_mean)).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_sampling_resumed_from_a_journal_draws_what_an_uninterrupted_one_draws(tiny_dir, tmp_path, device):
+    """Each journalled batch keeps the torch generator state it left: with only the first batch
+    journalled (a run killed after it), sampling again restores that state, draws the other
+    batches as the uninterrupted call did, and leaves torch's generator (which training starts
+    from) in the same state."""
+    from cyclealign.rundir import GenerationJournal
+
+    cfg = build_config(**{"model.device": device, "model.dtype": "float32", "generation.num_samples": 3,
+                          "generation.max_new_tokens": 8, "generation.batch_size": 1})
+    policy = TransformersPolicy(str(tiny_dir), cfg.model, cfg.generation)
+    path = tmp_path / "generation_batches.jsonl"
+    done: list[str] = []
+    whole = policy.sample(PROMPTS, seed=5, journal=GenerationJournal(path), on_generation=lambda g: done.append(g.prompt_id))
+    state = torch.get_rng_state()
+    assert sorted(done) == ["a", "b", "c"] and len(GenerationJournal(path)) >= 3
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # only the first batch survived
+    torch.manual_seed(123)  # another process: whatever state
+    journal = GenerationJournal(path)
+    resumed = policy.sample(PROMPTS, seed=5, journal=journal)
+    assert journal.reused == 1
+    assert [g.to_json() for g in resumed] == [g.to_json() for g in whole]
+    assert torch.equal(torch.get_rng_state(), state)
+    policy.close()

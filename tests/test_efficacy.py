@@ -80,6 +80,28 @@ def test_rule_black_box_ranks_through_the_real_ranker_client(structured):
         assert result.ranking[:2] == [1, 2] and sorted(result.ranking[2:]) == [0, 3]
 
 
+def test_rule_black_box_latency_holds_each_ranking_back_and_serves_them_concurrently():
+    """``latency_s`` (bench_pipeline's paid-API stand-in): four rankings at once take about one
+    latency, not four; the preflight is answered at once."""
+    import time
+
+    from cyclealign.ranker.ranking import RankJob
+
+    with RuleBlackBox(RULES["brevity"], latency_s=0.5) as box:
+        ranker = Ranker(
+            RankerConfig(concurrency=4, max_retries=0, timeout_s=10.0), base_url=box.base_url, model=box.model,
+            api_key="rule-black-box", templates=RankerTemplates(default_templates_dir()),
+        )
+        t0 = time.perf_counter()
+        ranker.preflight()
+        t1 = time.perf_counter()
+        jobs = [RankJob(PromptRecord(f"p{i}", PROMPT.messages), ["Short.", "A much longer answer."], []) for i in range(4)]
+        results = ranker.rank_all(jobs)
+        t2 = time.perf_counter()
+    assert t1 - t0 < 0.5 and 0.5 <= t2 - t1 < 1.5
+    assert [r.ranking for r in results] == [[0, 1]] * 4
+
+
 def test_property_rate_and_tau_on_literals():
     rule = RULES["marker"]
     gens = [

@@ -1,6 +1,7 @@
 """The backend-independent half of the policy (SamplingPolicy: encode, decode, de-duplicate,
 resample), the backend factory and the loop's close-before-train, with a pure-Python fake backend."""
 
+import json
 import sys
 import types
 
@@ -81,9 +82,15 @@ def test_duplicates_are_resampled_with_new_seeds_and_first_come_order_is_kept():
         "b": [[[6, EOS], [7, EOS], [8]]],  # distinct at once
         "c": [[[9], [9], [9]], [[9], [10], [9]], [[11], [10], [12]]],  # two resampling passes
     })
-    progress = []
-    gens = policy.sample([prompt("A", "a"), prompt("B", "b"), prompt("C", "c")], seed=5, progress=progress.append)
+    progress, final = [], []
+    gens = policy.sample(
+        [prompt("A", "a"), prompt("B", "b"), prompt("C", "c")], seed=5, progress=progress.append,
+        on_generation=lambda g: final.append((g.prompt_id, len(policy.calls), len(g.responses))),
+    )
     assert [g.prompt_id for g in gens] == ["A", "B", "C"]
+    # each prompt is handed over once, when its responses are final: B after the first batch,
+    # A after the pass that completed it, C after the last pass
+    assert final == [("B", 1, 3), ("A", 3, 3), ("C", 4, 3)]
     a, b, c = gens
     assert a.responses == ["w1", "w2 w3", "w4"] and a.response_token_ids == [[1, EOS], [2, 3], [4, EOS]]
     assert a.logprob_mean == [-2.0, -2.0, -2.0] and a.finished == [True, False, True]
@@ -102,8 +109,9 @@ def test_duplicates_are_resampled_with_new_seeds_and_first_come_order_is_kept():
 def test_resampling_stops_after_max_resample_extra_passes():
     cfg = gen_cfg(num_samples=4, batch_size=8, max_resample=2)
     policy = FakePolicy(cfg)  # every pass: four copies of one response
-    [g] = policy.sample([prompt("A", "a")], seed=0)
-    assert g.responses == ["w1 w2"] and g.finished == [True]
+    final = []
+    [g] = policy.sample([prompt("A", "a")], seed=0, on_generation=final.append)
+    assert g.responses == ["w1 w2"] and g.finished == [True] and final == [g]  # handed over short, after the last pass
     assert len(policy.calls) == 3
     none = FakePolicy(gen_cfg(num_samples=4, max_resample=0))
     none.sample([prompt("A", "a")], seed=0)
@@ -242,32 +250,48 @@ def test_the_vllm_launcher_leaves_the_users_environment_and_keeps_the_key_off_th
     assert "--enable-sleep-mode" not in no_sleep.command(8000) and "VLLM_API_KEY" not in no_sleep.environment()
 
 
-def test_generation_batches_are_journalled_and_reused_only_by_a_batch_seeded_backend(tmp_path):
+def test_generation_batches_are_journalled_with_their_stream_and_a_resume_draws_the_same(tmp_path):
+    """A backend drawing from one stream seeded per call (as the transformers backend does):
+    each batch is journalled with the stream state it left; a resume skips the journalled
+    batches, continues the stream where the last of them left it, and draws what an
+    uninterrupted call drew."""
+    import random
+
     from cyclealign.rundir import GenerationJournal
 
     calls = []
 
-    class Seeded(FakePolicy):
-        batch_seeded = True
+    class Streamed(FakePolicy):
+        def begin_sampling(self, seed):
+            self.rng = random.Random(seed)
 
-        def sample_batch(self, prompt_ids, **kw):
-            calls.append(kw["seed"])
-            return super().sample_batch(prompt_ids, **kw)
+        def stream_state(self):
+            return json.dumps(self.rng.getstate())
+
+        def restore_stream(self, state):
+            version, internal, gauss = json.loads(state)
+            self.rng.setstate((version, tuple(internal), gauss))
+
+        def sample_batch(self, prompt_ids, *, n, seed, temperature, top_p, max_new_tokens):
+            calls.append(seed)
+            return [[Sample([1, self.rng.randrange(3, 1000), EOS], -1.0, True) for _ in range(n)] for _ in prompt_ids]
+
+    def sample(path):
+        policy = Streamed(gen_cfg(batch_size=2, max_resample=0), {})
+        return [g.to_json() for g in policy.sample(prompts, seed=3, journal=GenerationJournal(path))], policy.rng.random()
 
     prompts = [PromptRecord(str(i), [{"role": "user", "content": f"q{i}"}]) for i in range(5)]
     path = tmp_path / "generation_batches.jsonl"
-    first = Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
+    first = sample(path)
     assert len(calls) == 3 and len(GenerationJournal(path)) == 3
     with open(path, "ab") as f:
         f.write(b'{"key": "torn')  # a kill mid-append
     calls.clear()
-    again = Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
-    assert calls == [] and [g.to_json() for g in again] == [g.to_json() for g in first]  # the torn line is no batch
+    assert sample(path) == first and calls == []  # all read back; the stream left as the last batch left it
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1]) + '\n{"key": "torn')  # only the first batch kept, then a torn line
-    Seeded(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(path))
-    assert len(calls) == 2  # the other two batches, with their own seeds
+    assert sample(path) == first  # the same draws, and the same stream after the call
+    assert len(calls) == 2  # only the other two batches were sampled
     assert len(GenerationJournal(path)) == 3 and path.read_bytes().endswith(b"\n")  # the torn tail was cut before appending
-    calls.clear()
-    FakePolicy(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=3, journal=GenerationJournal(tmp_path / "other.jsonl"))
-    assert not (tmp_path / "other.jsonl").exists()  # one torch stream: nothing journalled, nothing reused
+    other = Streamed(gen_cfg(batch_size=2, max_resample=0), {}).sample(prompts, seed=4, journal=GenerationJournal(tmp_path / "o.jsonl"))
+    assert [g.to_json() for g in other] != first[0]  # (the draws do depend on the stream: another seed, other draws)

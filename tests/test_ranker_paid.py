@@ -183,6 +183,54 @@ def test_results_come_back_in_job_order_while_finishing_out_of_order(templates, 
     assert finished[-1] == 0 and [r.prompt_id for r in results] == ["p0", "p1", "p2", "p3"]
 
 
+def test_jobs_fed_by_another_thread_are_ranked_as_they_arrive_within_the_concurrency(templates, tmp_path):
+    """A JobFeed (the pipelined round): each job goes out while later ones are still being put,
+    never more than ``concurrency`` in flight; results in put order; cancel stops at once."""
+    import asyncio
+
+    from cyclealign.ranker.feed import JobFeed
+
+    lock, flight = threading.Lock(), {"now": 0, "peak": 0}
+
+    def slow_judge(request):
+        with lock:
+            flight["now"] += 1
+            flight["peak"] = max(flight["peak"], flight["now"])
+        time.sleep(0.2 if prompt_of(request) != "q9" else 5.0)
+        with lock:
+            flight["now"] -= 1
+        return Reply(judge_text(request), prompt_tokens=100, completion_tokens=10)
+
+    feed: JobFeed[RankJob] = JobFeed()
+    answered, closed = [], []
+
+    def produce() -> None:
+        for i in range(6):
+            feed.put(job(i))
+            time.sleep(0.1)
+        closed.append(time.monotonic())
+        feed.close()
+
+    with ScriptedAPI(fallback=slow_judge) as api:
+        ranker = make_ranker(api, templates, tmp_path, concurrency=2)
+        producer = threading.Thread(target=produce)
+        producer.start()
+        results = ranker.rank_all(feed, on_result=lambda i, r: answered.append((i, time.monotonic())))
+        producer.join()
+        assert [r.prompt_id for r in results] == [f"p{i}" for i in range(6)]
+        assert all(r.ranking == expected(job(i)) for i, r in enumerate(results))
+        assert flight["peak"] == 2 and min(t for _, t in answered) < closed[0]  # ranked while jobs still arrived
+
+        feed, errors = JobFeed(), []
+        consumer = threading.Thread(target=lambda: errors.append(pytest.raises(asyncio.CancelledError, ranker.rank_all, feed)))
+        consumer.start()
+        feed.put(job(9))  # answered after 5 s
+        time.sleep(0.5)
+        feed.cancel()
+        consumer.join(timeout=3)
+        assert not consumer.is_alive() and errors  # stopped without waiting for the reply
+
+
 # -- position bias -----------------------------------------------------------------------------
 
 

@@ -231,3 +231,67 @@ def test_a_signal_during_eval_stops_it_cleanly_and_the_same_command_finishes(sig
         again = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
         assert again.returncode == 0, again.stdout + again.stderr
         assert (run_dir / "eval" / "summary.jsonl").exists()
+
+
+def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_sequential_run(tmp_path):
+    """kill -9 of a pipelined `iterate` (tiny model) once two generation batches and a ranking are
+    on disk, then --resume: only the batches not journalled are sampled again, no ranking is asked
+    twice (those in flight aside), and generations, rankings and adapter equal those of an
+    uninterrupted run with the pipeline off."""
+    import torch
+    from scripted_api import ScriptedAPI
+    from scripted_run import reverse_ranker
+    from tiny_model import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(tmp_path / "tiny")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something about the number {i}."}) + "\n" for i in range(24)))
+
+    def args(run_dir: Path, url: str) -> list[str]:
+        return ["iterate", "--run-dir", str(run_dir), "--prompts", str(prompts), "--rounds", "1", "--prompts-per-round", "24",
+                "--num-samples", "3", "--max-new-tokens", "64", "--epochs", "1", "--quiet", "--model", str(model_dir),
+                "--device", "cpu", "--ranker-base-url", url, "--ranker-model", "scripted",
+                "--ranker-cache", str(run_dir.parent / f"{run_dir.name}.sqlite"), "--ranker-concurrency", "2",
+                "--set", "generation.batch_size=2", "--set", "agreement.min_length=1"]
+
+    def outputs(run_dir: Path) -> tuple[list, list]:
+        rd = run_dir / "round_000"
+        return read_jsonl(rd / "generations.jsonl"), [(r["prompt_id"], r["ranking"]) for r in read_jsonl(rd / "rankings.jsonl")]
+
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        ref = tmp_path / "reference"
+        result = CliRunner().invoke(app, [*args(ref, api.base_url), "--no-pipeline"], env={"HF_HUB_OFFLINE": "1"})
+        assert result.exit_code == 0, result.output
+        assert RunDir(ref).round(0).phases()["rank"]["ranked_during_generate"] == 0
+
+        run_dir = tmp_path / "killed"
+        rd = RunDir(run_dir).round(0)
+        before = len(api.requests)
+        proc = subprocess.Popen([sys.executable, "-m", "cyclealign.cli", *args(run_dir, api.base_url)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+        def mid_generation() -> bool:
+            return (rd.generation_batches.is_file() and rd.generation_batches.read_text().count("\n") >= 2
+                    and rd.rankings.is_file() and rd.rankings.read_text().count("\n") >= 1)
+
+        try:
+            wait_for(lambda: mid_generation() or proc.poll() is not None, 600, "two batches and a ranking")
+            proc.kill()
+            out = proc.communicate(timeout=60)[0].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL, out
+        assert not rd.is_done("generate") and not rd.generations.exists()
+        kept = len(read_jsonl(rd.generation_batches))
+        assert 2 <= kept < 12 and read_jsonl(rd.rankings)  # some batches and rankings survived the kill
+
+        result = CliRunner().invoke(app, [*args(run_dir, api.base_url), "--resume"], env={"HF_HUB_OFFLINE": "1"})
+        assert result.exit_code == 0, result.output
+        asked = [json.dumps(r["messages"], sort_keys=True) for r in api.requests[before:] if "<response id=" in r["messages"][-1]["content"]]
+    assert rd.phases()["generate"]["batches_reused"] == kept  # the rest sampled again, these read back
+    assert rd.phases()["rank"]["pipelined"] is True and rd.phases()["rank"]["ranked_during_generate"] > 0
+    assert len(asked) - len(set(asked)) <= 2 and len(set(asked)) == 24  # the requests in flight at the kill, at most
+    assert outputs(run_dir) == outputs(ref)
+    got, want = adapter_weights(run_dir), adapter_weights(ref)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

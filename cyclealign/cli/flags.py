@@ -96,6 +96,7 @@ FLAG_FIELDS = {
     "ranker_min_confidence": "ranker.min_confidence",
     "ranker_structured_output": "ranker.structured_output",
     "ranker_batch": "ranker.batch",
+    "pipeline": "ranker.pipeline",
     "eval_every": "eval.every",
     "eval_prompts": "eval.prompts",
     "eval_decoding": "eval.decoding",

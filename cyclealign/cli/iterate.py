@@ -96,6 +96,7 @@ def iterate(
     ranker_min_confidence: Annotated[Optional[float], typer.Option(rich_help_panel="Ranker", help="Least confidence (mean share of the K orders agreeing with the aggregate on each pair, 0-1) a prompt needs to train. Default: 0.6.")] = None,
     ranker_structured_output: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
     ranker_batch: Annotated[bool, typer.Option(rich_help_panel="Ranker", help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
+    pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline", rich_help_panel="Ranker", help="Rank each prompt as soon as its responses are sampled, while the policy goes on generating (default: ranker.pipeline, on). Same results either way.")] = None,
     eval_every: Annotated[int, typer.Option(rich_help_panel="Evaluation", help="Evaluate base vs the latest round on held-out prompts every K rounds (0 = never).")] = 0,
     eval_prompts: Annotated[Optional[list[Path]], typer.Option(rich_help_panel="Evaluation", help="Held-out prompts of --eval-every (prompts the run trains on are left out); repeatable: several sources are also reported one by one (by file stem).")] = None,
     eval_decoding: Annotated[Optional[str], typer.Option(rich_help_panel="Evaluation", help="The judged response (win rate, reward, length): greedy | sample = the first of the N samples (default: greedy).")] = None,

@@ -179,6 +179,7 @@ RESUMABLE_CHANGES = frozenset(
         "ranker.max_retries",
         "ranker.max_cost_usd",
         "ranker.batch_poll_s",
+        "ranker.pipeline",
         "ranker.server_startup_timeout_s",
         "ranker.templates_dir",  # a template edit between scheduled rounds is recorded per round and reported
         "eval.every",

@@ -92,6 +92,11 @@ class RankerConfig(Section):
         False, description="Send each round's first asks through the OpenAI Batch API (half price, up to 24 h)."
     )
     batch_poll_s: float = Field(30.0, gt=0, description="Seconds between Batch API status polls.")
+    pipeline: bool = Field(
+        True,
+        description="Rank each prompt as soon as its responses are sampled, while the policy goes on generating "
+        "(false: rank after the whole generate phase). Same results either way; not with ranker.batch.",
+    )
 
 
 class AgreementConfig(Section):

@@ -24,6 +24,10 @@ noise are drawn on top of the rule's ranking of the responses as shown:
 The draws are seeded by ``JudgeNoise.seed`` and the request's messages (:func:`request_rng`): the
 same request always gets the same reply, so the reply cache and a resumed run see what a fresh
 run would, while the K presentation orders of one prompt (different messages) draw apart.
+
+``latency_s`` holds each ranking answer back that long (a paid API's latency, for
+``scripts/bench_pipeline.py``); requests are served concurrently, so the client's
+``ranker.concurrency`` bounds how many wait at once.
 """
 
 from __future__ import annotations
@@ -167,6 +171,7 @@ class RuleBlackBox:
     Args:
         rule: the ranking rule.
         noise: how the judge errs (None: it ranks exactly by the rule).
+        latency_s: seconds each ranking answer is held back (the preflight's is not).
     Attributes:
         model: the model name it reports (``rule-<name>``, the noise's :attr:`JudgeNoise.tag`
             after it, so cached replies of an exact and a noisy judge stay apart when runs name
@@ -174,9 +179,10 @@ class RuleBlackBox:
         count: chat-completion requests answered.
     """
 
-    def __init__(self, rule: Rule, noise: JudgeNoise | None = None) -> None:
+    def __init__(self, rule: Rule, noise: JudgeNoise | None = None, latency_s: float = 0.0) -> None:
         self.rule = rule
         self.noise = noise
+        self.latency_s = latency_s
         self.model = f"rule-{rule.name}{noise.tag if noise is not None else ''}"
         self.count = 0
         self._lock = threading.Lock()
@@ -217,6 +223,8 @@ class RuleBlackBox:
                 except (ValueError, KeyError, TypeError) as e:
                     self.send_json(400, {"error": {"message": f"not a ranker request: {e}", "type": "invalid_request_error"}})
                     return
+                if box.latency_s and text != "ok":
+                    time.sleep(box.latency_s)
                 index = box._next_index()
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
                 self.send_json(

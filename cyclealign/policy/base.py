@@ -23,7 +23,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cyclealign.models.tokenizer import encode_prompt, load_tokenizer
 from cyclealign.records import Generation, PromptRecord, Sample
@@ -46,9 +46,12 @@ class GenerationBackend(Protocol):
         seed: int,
         progress: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
+        journal: BatchJournal | None = None,
+        on_generation: Callable[[Generation], None] | None = None,
     ) -> list[Generation]:
         """Sample N distinct responses per prompt, scored by length-normalised log-likelihood
-        (``max_new_tokens``: length cap in tokens; None = the backend's configured one)."""
+        (``max_new_tokens``: length cap in tokens; None = the backend's configured one); see
+        :meth:`SamplingPolicy.sample` for ``journal`` and ``on_generation``."""
 
     def greedy(
         self, prompts: list[PromptRecord], max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None
@@ -80,11 +83,13 @@ class BatchJournal(Protocol):
     """Where :meth:`SamplingPolicy.sample` keeps each finished batch, so that a run killed or
     failed mid-phase does not sample it again (:class:`cyclealign.rundir.GenerationJournal`)."""
 
-    def lookup(self, key: str) -> list[list[Sample]] | None:
-        """The batch sampled under ``key`` (:func:`batch_key`), or None."""
+    def lookup(self, key: str) -> tuple[list[list[Sample]], str | None] | None:
+        """The batch sampled under ``key`` (:func:`batch_key`) and the random stream's state it
+        left (:meth:`SamplingPolicy.stream_state`), or None."""
 
-    def record(self, key: str, samples: list[list[Sample]]) -> None:
-        """Keep ``samples`` (``[B][n]``) under ``key`` before the next batch is sampled."""
+    def record(self, key: str, samples: list[list[Sample]], stream: str | None) -> None:
+        """Keep ``samples`` (``[B][n]``) and the stream state ``stream`` under ``key`` before the
+        next batch is sampled."""
 
 
 def batch_key(attempt: int, batch_index: int, seed: int, prompt_ids: list[list[int]], **sampling: Any) -> str:
@@ -112,11 +117,6 @@ class SamplingPolicy(ABC):
         tokenizer: the model's tokenizer (:func:`load_tokenizer`); kept across :meth:`close`.
         gen_cfg: as given.
     """
-
-    batch_seeded: ClassVar[bool] = False
-    """Whether a batch's draws depend on its ``seed`` alone (not on the batches before it): then
-    :meth:`sample` reuses finished batches from a journal. The transformers backend draws from
-    one torch stream seeded per call, so a skipped batch would shift every later draw."""
 
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig) -> None:
         self.model_dir = model_dir
@@ -174,7 +174,17 @@ class SamplingPolicy(ABC):
 
     def begin_sampling(self, seed: int) -> None:
         """Called once at the start of every :meth:`sample` call, before its first batch
-        (the transformers backend loads its model and seeds torch here). Default: nothing."""
+        (the transformers backend loads its model here). Default: nothing."""
+
+    def stream_state(self) -> str | None:
+        """The state of the random stream the batches draw from, as text, after a batch; None for
+        a backend whose batch draws depend on the batch's own seed alone (vLLM seeds each request).
+        :meth:`sample` journals it with each batch, so that a resumed call that skips a journalled
+        batch continues the stream where that batch left it. Default: None."""
+        return None
+
+    def restore_stream(self, state: str) -> None:
+        """Set the random stream to a :meth:`stream_state` of an earlier batch. Default: nothing."""
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -192,6 +202,7 @@ class SamplingPolicy(ABC):
         progress: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
         journal: BatchJournal | None = None,
+        on_generation: Callable[[Generation], None] | None = None,
     ) -> list[Generation]:
         """Sample ``N = gen_cfg.num_samples`` distinct responses per prompt.
 
@@ -199,7 +210,12 @@ class SamplingPolicy(ABC):
         left with fewer than N distinct responses are sampled again (N more each), up to
         ``gen_cfg.max_resample`` extra passes, so a generation may hold fewer than N.
         Each batch of ``gen_cfg.batch_size`` prompts of pass ``a`` is sampled with seed
-        ``derive_seed(seed, a, batch_index)``.
+        ``derive_seed(seed, a, batch_index)`` (a backend that draws from one stream, seeded per
+        call by :meth:`begin_sampling`, continues it instead); pass 0's batches are the prompts in
+        order, a later pass's those still short of N, in order. A batch found in ``journal`` is not
+        sampled again, and the stream is set to the state it left (:meth:`stream_state`) before
+        the next batch is sampled: the batches, and so the draws, are an uninterrupted call's
+        whichever of them a journal already held.
 
         Args:
             prompts: the round's prompts.
@@ -208,9 +224,11 @@ class SamplingPolicy(ABC):
             progress: called with the number of prompts of each finished first-pass batch.
             max_new_tokens: response length cap, tokens; None = ``gen_cfg.max_new_tokens``
                 (evaluation passes its own ``eval.max_new_tokens``).
-            journal: where each finished batch is kept as soon as it is sampled; a batch already
-                in it is not sampled again (only by a :attr:`batch_seeded` backend, whose draws
-                then equal an uninterrupted call's).
+            journal: where each finished batch (and the stream state it left) is kept as soon as
+                it is sampled; a batch already in it is not sampled again.
+            on_generation: called with each prompt's :class:`Generation` once its responses are
+                final (N distinct, or the last pass is over) and its batch is in ``journal``, in
+                the order prompts finish: the pipelined round ranks it from there.
         Returns:
             One :class:`Generation` per prompt, in prompt order; its responses in the order sampled.
         """
@@ -221,18 +239,23 @@ class SamplingPolicy(ABC):
         seen: list[set[str]] = [set() for _ in prompts]
         todo = list(range(len(prompts)))
         settings = {"n": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": limit}
-        journal = journal if self.batch_seeded else None
+        left: str | None = None  # the stream state a journalled batch left, not yet restored
         for attempt in range(cfg.max_resample + 1):
             for batch_index, start in enumerate(range(0, len(todo), cfg.batch_size)):
                 chunk = todo[start : start + cfg.batch_size]
                 batch_ids = [encoded[i] for i in chunk]
                 batch_seed = derive_seed(seed, attempt, batch_index)
                 key = batch_key(attempt, batch_index, batch_seed, batch_ids, **settings) if journal is not None else ""
-                batch = journal.lookup(key) if journal is not None else None
-                if batch is None:
+                found = journal.lookup(key) if journal is not None else None
+                if found is not None:
+                    batch, left = found
+                else:
+                    if left is not None:  # the batch before was read back: continue the stream it left
+                        self.restore_stream(left)
+                        left = None
                     batch = self.sample_batch(batch_ids, seed=batch_seed, **settings)
                     if journal is not None:
-                        journal.record(key, [[Sample(*s) for s in row] for row in batch])
+                        journal.record(key, [[Sample(*s) for s in row] for row in batch], self.stream_state())
                 for i, samples in zip(chunk, batch, strict=True):
                     for ids, lp, fin in samples:
                         text = self._decode(ids)
@@ -246,11 +269,20 @@ class SamplingPolicy(ABC):
                         g.finished.append(bool(fin))
                 if progress is not None and attempt == 0:
                     progress(len(chunk))
+                if on_generation is not None:
+                    for i in chunk:
+                        if len(gens[i].responses) >= cfg.num_samples:
+                            on_generation(gens[i])
             todo = [i for i in todo if len(gens[i].responses) < cfg.num_samples]
             if not todo:
                 break
         if todo:
             log.info("%d prompts kept fewer than %d distinct responses", len(todo), cfg.num_samples)
+            if on_generation is not None:
+                for i in todo:
+                    on_generation(gens[i])
+        if left is not None:  # the last batches were read back: leave the stream as they left it
+            self.restore_stream(left)
         return gens
 
     def greedy(

@@ -24,7 +24,9 @@ this module only runs one ``generate()`` per batch.
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import logging
 from pathlib import Path
 
@@ -99,9 +101,24 @@ class TransformersPolicy(SamplingPolicy):
 
     def begin_sampling(self, seed: int) -> None:
         """Load the model if closed (loading may draw random numbers), then ``torch.manual_seed(seed)``:
-        every batch of the call continues that one torch stream (the per-batch seeds are unused)."""
+        every batch of the call continues that one torch stream (the per-batch seeds are unused;
+        a journalled batch's stream state, :meth:`stream_state`, lets a resumed call skip it)."""
         self.model  # noqa: B018 - load before seeding
         torch.manual_seed(seed)
+
+    def stream_state(self) -> str:
+        """torch's CPU generator state and, on CUDA, the device's, as base64 JSON (about 7 KB)."""
+        state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+        if self.device.type == "cuda":
+            state["cuda"] = base64.b64encode(torch.cuda.get_rng_state(self.device).numpy().tobytes()).decode()
+        return json.dumps(state)
+
+    def restore_stream(self, state: str) -> None:
+        """Set torch's generators to a :meth:`stream_state`."""
+        saved = json.loads(state)
+        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(saved["cpu"])), dtype=torch.uint8))
+        if "cuda" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(saved["cuda"])), dtype=torch.uint8), self.device)
 
     @torch.no_grad()
     def sample_batch(

@@ -45,7 +45,6 @@ class VLLMPolicy(SamplingPolicy):
             loading or log-probs, refuses a request or dies (the message names its log).
     """
 
-    batch_seeded = True  # a batch's draws depend on its seed alone: finished batches can be reused
 
     def __init__(self, cfg: Config, model_dir: str, api_key: str | None = None) -> None:
         super().__init__(model_dir, cfg.generation)

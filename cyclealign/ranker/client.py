@@ -50,6 +50,7 @@ from cyclealign.config.ranker import RankerConfig
 from cyclealign.errors import BudgetError
 from cyclealign.ranker.cache import CachedReply, ReplyCache
 from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest, Usage
+from cyclealign.ranker.feed import JobFeed
 from cyclealign.ranker.http import CALL_ERRORS, CallRecord
 from cyclealign.ranker.parse import RankingParseError, ranking_json_schema
 from cyclealign.ranker.pricing import Budget, Price
@@ -233,21 +234,24 @@ class Ranker:
 
     def rank_all(
         self,
-        jobs: Sequence[RankJob],
+        jobs: Sequence[RankJob] | JobFeed[RankJob],
         on_result: Callable[[int, RankResult], None] | None = None,
         on_call: Callable[[CallRecord], None] | None = None,
     ) -> list[RankResult]:
         """Rank every job concurrently (at most ``cfg.concurrency`` requests in flight).
 
         Args:
-            jobs: the prompts to rank.
+            jobs: the prompts to rank, or a :class:`~cyclealign.ranker.feed.JobFeed` that another
+                thread fills while they are ranked (the pipelined round): each job goes out as
+                soon as it is put and a worker is free; the call returns once the feed is closed
+                and every job is done.
             on_result: called as ``on_result(index, result)`` the moment each job finishes (in
                 completion order, in this thread): the loop persists results there.
             on_call: the cost ledger, called with a :data:`CallRecord` after each paid call
                 (None: the endpoint's default ledger, :attr:`on_call`).
 
         Returns:
-            One :class:`RankResult` per job, **in job order**: ranked (``ranking`` a 0-based
+            One :class:`RankResult` per job, **in job order** (a feed's: put order): ranked (``ranking`` a 0-based
             permutation of the job's responses, best first), or unranked with its ``status``
             and ``reason`` ``"unparsable after K attempts: <why>"``, ``"api error: <type>: <message>"``
             or ``"inconsistent across K presentation orders: ..."``. Token usage, calls, cost,
@@ -258,14 +262,16 @@ class Ranker:
                 400, 422); jobs still in flight are cancelled.
             BudgetError: a call was held back by the budget; jobs in flight finished first and
                 were passed to ``on_result``; the others were not started.
-            ValueError: a job with fewer than 2 responses.
+            ValueError: a job with fewer than 2 responses (a feed's: when it comes up).
+            asyncio.CancelledError: the feed was cancelled (results passed to ``on_result`` are kept).
         """
-        for job in jobs:
-            if len(job.responses) < 2:
-                raise ValueError(f"ranking needs at least 2 responses, got {len(job.responses)} for prompt {job.prompt.id!r}")
-        results: list[RankResult | None] = [None] * len(jobs)
+        if not isinstance(jobs, JobFeed):
+            for job in jobs:
+                _check_job(job)
+        results: dict[int, RankResult] = {}
 
         async def one(i: int, job: RankJob) -> None:
+            _check_job(job)
             results[i] = result = await self._rank_job(job, on_call)
             if on_result is not None:
                 on_result(i, result)
@@ -276,7 +282,7 @@ class Ranker:
                 f"{self.budget.reached()}; {len(jobs) - held} of {len(jobs)} prompts ranked in this "
                 "call were kept. Raise --max-cost-usd and --resume to go on."
             )
-        return [r for r in results if r is not None]
+        return [results[i] for i in sorted(results)]
 
     def job_order(self, job: RankJob, k: int) -> list[int]:
         """The presentation order of sample ``k`` of ``job``."""
@@ -368,3 +374,9 @@ class Ranker:
                 continue
             return RankSample(order, replies, ranking, None, status=RankStatus.RANKED)
         return RankSample(order, replies, None, unparsable_reason(len(replies), reason), status=RankStatus.UNPARSABLE)
+
+
+def _check_job(job: RankJob) -> None:
+    """Raises ValueError for a job with fewer than 2 responses (nothing to rank)."""
+    if len(job.responses) < 2:
+        raise ValueError(f"ranking needs at least 2 responses, got {len(job.responses)} for prompt {job.prompt.id!r}")

@@ -31,6 +31,7 @@ from tenacity.wait import wait_base
 from cyclealign.config.ranker import RankerConfig, structured_at_start
 from cyclealign.errors import BudgetError, ConfigError, RankerError
 from cyclealign.ranker.cache import CachedReply, ReplyCache, request_key
+from cyclealign.ranker.feed import JobFeed
 from cyclealign.ranker.http import (
     CALL_ERRORS, CallRecord, ErrorText, call_record, post_completion, probe_connection, reply_of, retry_logger,
     send_with_retries, wait_retry_after, without_userinfo,
@@ -192,30 +193,46 @@ class ChatEndpoint:
 
         return asyncio.run(main())
 
-    def run_pool(self, items: Sequence[Any], one: Callable[[int, Any], Any]) -> int:
+    def run_pool(self, items: Sequence[Any] | JobFeed[Any], one: Callable[[int, Any], Any]) -> int:
         """Run ``await one(i, item)`` for every item with ``cfg.concurrency`` workers (see :meth:`run`).
+
+        Args:
+            items: the items, or a :class:`~cyclealign.ranker.feed.JobFeed` another thread fills
+                while the workers run (they end when it is closed and done; its ``cancel``
+                cancels them).
 
         Returns:
             How many items the budget held back (their ``one`` raised :class:`BudgetExhausted`).
 
         Raises:
             Exception: whatever else a ``one`` raised (the other workers are cancelled).
+            asyncio.CancelledError: the feed was cancelled.
         """
-        pending = iter(enumerate(items))
+        feed = items if isinstance(items, JobFeed) else None
+        pending = iter(enumerate(items)) if feed is None else None
         held = 0
+
+        async def next_item() -> tuple[int, Any] | None:
+            if feed is not None:
+                return await feed.get()
+            assert pending is not None
+            return next(pending, None)
 
         async def worker() -> None:
             nonlocal held
             # Items are prepared (messages rendered, cache looked up) only when a worker is free,
             # so the first requests go out at once and memory stays flat for large rounds.
-            for i, item in pending:
+            while (entry := await next_item()) is not None:
                 try:
-                    await one(i, item)
+                    await one(*entry)
                 except BudgetExhausted:
                     held += 1
 
         async def all_items() -> None:
-            tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.cfg.concurrency, len(items)))]
+            if feed is not None:
+                feed.attach()
+            workers = self.cfg.concurrency if feed is not None else min(self.cfg.concurrency, len(items))
+            tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
             try:
                 await asyncio.gather(*tasks)
             finally:

@@ -3,6 +3,7 @@
 One round (Hong et al. 2023, arXiv 2310.16271, Fig. 2)::
 
     prompts -> generate (white-box samples N responses, scores them by log-likelihood)
+            -> select (with ranker.calls_per_round: the candidates worth a paid ranking call)
             -> rank (black-box ranks them through the API, with static + dynamic demos)
             -> agreement (LCS of the two rankings; long ones join the demonstration pool)
             -> train (LoRA fine-tuning on the black-box rankings: PRO + SFT)
@@ -23,6 +24,7 @@ from typing import Any
 
 from cyclealign.agreement import agreement_of
 from cyclealign.config import Config
+from cyclealign.data.candidates import Selection, select_candidates, selection_seed
 from cyclealign.data.selection import recorded_round_prompts, select_next_prompts, used_prompt_counts
 from cyclealign.data.sources import load_prompts
 from cyclealign.demos import DemoPool, agreement_demonstration, read_pool, round_demonstrations, static_demonstrations, write_pool
@@ -43,7 +45,7 @@ from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt, round_shuffle_seed
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_templates_dir
-from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, write_jsonl
+from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, read_json, write_json, write_jsonl
 from cyclealign.templates.check import check_templates
 from cyclealign.templates.ranker import RankerTemplates
 from cyclealign.train.launch import save_rng_state, train_phase
@@ -99,6 +101,25 @@ class Round:
 
         return out if self._timed(Phase.GENERATE, len(self.prompts), body) else self.rd.read_generations()
 
+    # -- between phases 1 and 2 -----------------------------------------------------------
+    def select(self, generations: list[Generation]) -> set[str] | None:
+        """The candidates the ranker ranks under ``ranker.calls_per_round`` (None: no cap, every
+        candidate): the ``calls_per_round / consistency`` best by ``ranker.selection``
+        (:func:`~cyclealign.data.candidates.select_candidates`), written to ``selection.json``
+        before the first ranking call; a resumed round reads that file back and ranks the same ones.
+
+        Args:
+            generations: the round's generations (:meth:`generate`), one per candidate.
+        """
+        r = self.cfg.ranker
+        if r.calls_per_round is None:
+            return None
+        if self.rd.selection.is_file():
+            return set(Selection.from_json(read_json(self.rd.selection)).chosen)
+        sel = select_candidates(generations, r.selection, r.calls_per_round, r.consistency, selection_seed(self.cfg.seed, self.index))
+        write_json(self.rd.selection, {"round": self.index, **sel.to_json()})
+        return set(sel.chosen)
+
     # -- phase 2 -------------------------------------------------------------------------
     def rank(
         self,
@@ -106,6 +127,7 @@ class Round:
         static_demos: list[Demonstration],
         pool: DemoPool,
         generations: list[Generation] | None = None,
+        chosen: set[str] | None = None,
     ) -> list[RankResult]:
         """Phase 2: black-box ranking of every prompt's responses, concurrently; each answer is
         appended to ``rankings.jsonl`` as it arrives (the raw replies are in the reply cache
@@ -118,6 +140,8 @@ class Round:
             pool: the dynamic demonstration pool the previous round left.
             generations: the round's generations (from :meth:`generate`; None: read back from
                 ``generations.jsonl``, for a caller that did not run that phase).
+            chosen: the prompts to send (:meth:`select`); the others are recorded unranked as
+                ``not selected`` and cost no call. None: every prompt.
 
         Returns:
             The latest black-box result per prompt, in prompt order (read back when the phase was done).
@@ -148,6 +172,8 @@ class Round:
                     continue
                 if len(g.responses) < 2:
                     persist(RankResult(g.prompt_id, None, reason=RankStatus.TOO_FEW_RESPONSES.label, status=RankStatus.TOO_FEW_RESPONSES))
+                elif chosen is not None and g.prompt_id not in chosen:
+                    persist(RankResult(g.prompt_id, None, reason=RankStatus.NOT_SELECTED.label, status=RankStatus.NOT_SELECTED))
                 else:
                     prompt, cut = clip_prompt(self.by_id[g.prompt_id], self.cfg.ranker.max_prompt_tokens)
                     clipped += cut
@@ -181,6 +207,7 @@ class Round:
             return {
                 "ranked": sum(r.ranking is not None for r in results),
                 "unranked": sum(r.ranking is None for r in results),
+                "selected": sum(r.status not in (RankStatus.NOT_SELECTED, RankStatus.TOO_FEW_RESPONSES) for r in results),
                 "calls": sum(r.attempts for r in results),
                 "api_calls": int(spend["calls"]),
                 "cache_hits": sum(r.attempts - r.api_calls for r in results),
@@ -384,7 +411,8 @@ def iterate(
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
                 pool = read_pool(run, index, cfg.agreement.pool_max_size)  # as the previous round left it
                 generations = rnd.generate(policy)
-                rankings = rnd.rank(ranker, static_demos, pool, generations)
+                chosen = rnd.select(generations)  # ranker.calls_per_round: which candidates are worth a paid call
+                rankings = rnd.rank(ranker, static_demos, pool, generations, chosen)
                 agreement = rnd.agreement(pool, generations, rankings)  # the pool grows here; round_k/demo_pool.jsonl keeps it
                 rnd.train(policy)  # releases the policy first; the next generate reloads it
                 reporter.round_end(rnd.metrics(rankings, agreement))

@@ -92,6 +92,8 @@ FLAG_FIELDS = {
     "ranker_prices": "ranker.prices_path",
     "ranker_shuffle": "ranker.shuffle",
     "ranker_consistency": "ranker.consistency",
+    "ranker_calls_per_round": "ranker.calls_per_round",
+    "ranker_selection": "ranker.selection",
     "ranker_structured_output": "ranker.structured_output",
     "ranker_batch": "ranker.batch",
     "eval_every": "eval.every",

@@ -38,14 +38,15 @@ def test_uncertainty_is_the_mean_pairwise_bradley_terry_entropy():
     assert uncertainty_score(gen("p", [[1]], [-1.0])) is None
 
 
-def test_diversity_is_the_mean_pairwise_bigram_jaccard_distance():
+def test_diversity_is_the_mean_pairwise_distinct_token_jaccard_distance():
     same = gen("p", [[5, 6, 7], [5, 6, 7]], [0.0, 0.0])
     apart = gen("p", [[5, 6, 7], [8, 9]], [0.0, 0.0])
-    near = gen("p", [[5, 6, 7, 8], [5, 6, 7, 9]], [0.0, 0.0])  # bigrams {56, 67, 78} vs {56, 67, 79}: 2 of 4 shared
-    assert diversity_score(same) == 0.0 and diversity_score(apart) == 1.0
-    assert diversity_score(near) == pytest.approx(0.5)
+    near = gen("p", [[5, 6, 7, 8], [5, 6, 7, 9]], [0.0, 0.0])  # 3 of 5 distinct tokens shared
+    reordered = gen("p", [[5, 6, 7], [7, 6, 5, 5]], [0.0, 0.0])  # the same tokens: no diversity
+    assert diversity_score(same) == 0.0 and diversity_score(apart) == 1.0 and diversity_score(reordered) == 0.0
+    assert diversity_score(near) == pytest.approx(0.4)
     three = gen("p", [[5, 6, 7, 8], [5, 6, 7, 9], [8, 9]], [0.0] * 3)
-    assert diversity_score(three) == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert diversity_score(three) == pytest.approx((0.4 + 0.8 + 0.8) / 3)
     assert diversity_score(gen("p", [[5, 6]], [0.0])) is None
 
 
@@ -66,7 +67,7 @@ def test_select_candidates_chooses_the_top_scores_ties_to_the_earlier_and_never_
     sel = select_candidates(gens, "uncertainty", 2, 1, seed=0)
     assert sel.chosen == ["p1", "p3"] and sel.not_selected == ["p0"]
     assert [c.score is None for c in sel.candidates] == [False, False, True, False]
-    # diversity: p0 and p3 both 1.0, p1 0.5; a budget of 1 goes to the earlier of the tie
+    # diversity: p0 and p3 both 1.0, p1 1/3; a budget of 1 goes to the earlier of the tie
     assert select_candidates(gens, "diversity", 1, 1, seed=0).chosen == ["p0"]
     # consistency K: calls_per_round / K prompts; a budget above the candidates takes every scored one
     assert len(select_candidates(gens, "random", 4, 2, seed=0).chosen) == 2

@@ -75,7 +75,7 @@ class RankerConfig(Section):
         "random",
         description="Which candidates the ranker sees under ranker.calls_per_round: random (seeded), uncertainty "
         "(the policy's own log-likelihoods of its responses are closest to a tie), diversity (the responses "
-        "share the fewest token bigrams).",
+        "share the fewest distinct tokens).",
     )
     structured_output: Literal["auto", "json_schema", "off"] | None = Field(
         None,

@@ -12,8 +12,8 @@ score highest by ``ranker.selection``:
   length-normalised log-likelihood (uncertainty sampling, Lewis & Gale 1994, arXiv cmp-lg/9407020;
   for preference labels, BAL-PM, arXiv 2406.10023).
 - ``diversity`` (:func:`diversity_score`): how much the responses differ, the mean pairwise
-  Jaccard distance of their token-bigram sets (a list of near-identical responses teaches a
-  ranking loss little; SEA, arXiv 2411.01493, explores for responses whose preference is unsure).
+  Jaccard distance of their sets of distinct tokens (a list of near-identical responses teaches
+  a ranking loss little; SEA, arXiv 2411.01493, explores for responses whose preference is unsure).
 
 A candidate with fewer than 2 distinct responses has no score and is never chosen (the ranker is
 not asked about it, as before: its status is ``too few responses``). Ties are broken by the
@@ -115,17 +115,6 @@ def uncertainty_score(g: Generation) -> float | None:
     return sum(_pair_entropy(a - b) for a, b in pairs) / len(pairs)
 
 
-def _bigrams(ids: Sequence[int]) -> set[tuple[int, ...]]:
-    """The set of token bigrams of ``ids`` (a one-token response: its token; none: empty).
-
-    >>> sorted(_bigrams([1, 2, 1, 2])), _bigrams([5]), _bigrams([])
-    ([(1, 2), (2, 1)], {(5,)}, set())
-    """
-    if len(ids) < 2:
-        return {tuple(ids)} if ids else set()
-    return {(a, b) for a, b in zip(ids, ids[1:])}
-
-
 def _jaccard_distance(a: set, b: set) -> float:
     """``1 - |a & b| / |a | b|``; 0 for two empty sets (identical).
 
@@ -138,16 +127,18 @@ def _jaccard_distance(a: set, b: set) -> float:
 
 def diversity_score(g: Generation) -> float | None:
     """How much the candidate's responses differ: the mean, over pairs of responses, of the
-    Jaccard distance between their sets of token bigrams (``g.response_token_ids``, EOS included
-    where reached)::
+    Jaccard distance between their sets of distinct token ids (``g.response_token_ids``, EOS
+    included where reached)::
 
-        D = mean_{i<j} 1 - |B_i & B_j| / |B_i | B_j|
+        D = mean_{i<j} 1 - |T_i & T_j| / |T_i | T_j|
 
-    In ``[0, 1]``: 0 when every response is made of the same bigrams, 1 when no two share one.
+    In ``[0, 1]``: 0 when every response uses the same tokens, 1 when no two share one.
     Responses that differ in a word or two give the ranking loss almost the same sequence to push
     up and down; responses that differ in content give it a preference to learn (the argument for
-    diverse responses of SEA, arXiv 2411.01493, and of distinct-n, Li et al. 2016, arXiv
-    1510.03055, as a cheap measure of it). Token ids, not text: no tokenizer, deterministic.
+    diverse responses of SEA, arXiv 2411.01493; distinct tokens as a cheap measure of diversity:
+    distinct-n, Li et al. 2016, arXiv 1510.03055). Distinct tokens rather than bigrams: sampled
+    responses share few bigrams, so bigram distances crowd near 1 and tie more often (a tie goes
+    to prompt order, a seeded shuffle: random). Token ids, not text: no tokenizer, deterministic.
 
     Returns:
         None for fewer than 2 responses.
@@ -156,12 +147,12 @@ def diversity_score(g: Generation) -> float | None:
     >>> diversity_score(g([[1, 2, 3], [1, 2, 3]])), diversity_score(g([[1, 2, 3], [4, 5, 6]])), diversity_score(g([[1, 2]]))
     (0.0, 1.0, None)
     >>> round(diversity_score(g([[1, 2, 3], [1, 2, 4], [7, 8]])), 4)
-    0.8889
+    0.8333
     """
     ids = g.response_token_ids
     if len(ids) < 2 or len(g.responses) < 2:
         return None
-    sets = [_bigrams(x) for x in ids]
+    sets = [set(x) for x in ids]
     pairs = list(combinations(sets, 2))
     return sum(_jaccard_distance(a, b) for a, b in pairs) / len(pairs)
 
@@ -259,8 +250,8 @@ def select_candidates(
     >>> gens = [Generation(f"p{i}", [], ["a", "b"], ids[i], lps[i]) for i in range(4)]
     >>> select_candidates(gens, "uncertainty", 2, 1, seed=0).chosen  # closest log-likelihoods
     ['p0', 'p2']
-    >>> select_candidates(gens, "diversity", 2, 1, seed=0).chosen, select_candidates(gens, "diversity", 1, 1, seed=0).chosen
-    (['p1', 'p3'], ['p1'])
+    >>> select_candidates(gens, "diversity", 2, 1, seed=0).chosen  # p3's responses share every token
+    ['p1', 'p2']
     >>> sel = select_candidates(gens + [Generation("p9", [], ["a"], [[1]], [-1.0])], "random", 4, 2, seed=3)
     >>> len(sel.chosen), sel.candidates[-1]
     (2, Candidate(id='p9', score=None, chosen=False))

@@ -3,6 +3,7 @@
 One round (Hong et al. 2023, arXiv 2310.16271, Fig. 2)::
 
     prompts -> generate (white-box samples N responses, scores them by log-likelihood)
+            -> select (with ranker.calls_per_round: the candidates worth a paid ranking call)
             -> rank (black-box ranks them through the API, with static + dynamic demos)
             -> agreement (LCS of the two rankings; long ones join the demonstration pool)
             -> train (LoRA fine-tuning on the black-box rankings: PRO + SFT)
@@ -25,6 +26,7 @@ from typing import Any
 
 from cyclealign.agreement import agreement_of
 from cyclealign.config import Config
+from cyclealign.data.candidates import Selection, select_candidates, selection_seed
 from cyclealign.data.selection import recorded_round_prompts, select_next_prompts, used_prompt_counts
 from cyclealign.data.sources import load_prompts
 from cyclealign.demos import DemoPool, agreement_demonstration, read_pool, round_demonstrations, static_demonstrations, write_pool
@@ -46,7 +48,7 @@ from cyclealign.ranker.open import open_ranker
 from cyclealign.ranker.ranking import RankJob, clip_prompt, round_shuffle_seed
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
 from cyclealign.resources import default_templates_dir
-from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, write_jsonl
+from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, read_json, write_json, write_jsonl
 from cyclealign.templates.check import check_templates
 from cyclealign.templates.ranker import RankerTemplates
 from cyclealign.train.launch import save_rng_state, train_phase
@@ -112,6 +114,25 @@ class Round:
 
         return out if self._timed(Phase.GENERATE, len(self.prompts), body) else self.rd.read_generations()
 
+    # -- between phases 1 and 2 -----------------------------------------------------------
+    def select(self, generations: list[Generation]) -> set[str] | None:
+        """The candidates the ranker ranks under ``ranker.calls_per_round`` (None: no cap, every
+        candidate): the ``calls_per_round / consistency`` best by ``ranker.selection``
+        (:func:`~cyclealign.data.candidates.select_candidates`), written to ``selection.json``
+        before the first ranking call; a resumed round reads that file back and ranks the same ones.
+
+        Args:
+            generations: the round's generations (:meth:`generate`), one per candidate.
+        """
+        r = self.cfg.ranker
+        if r.calls_per_round is None:
+            return None
+        if self.rd.selection.is_file():
+            return set(Selection.from_json(read_json(self.rd.selection)).chosen)
+        sel = select_candidates(generations, r.selection, r.calls_per_round, r.consistency, selection_seed(self.cfg.seed, self.index))
+        write_json(self.rd.selection, {"round": self.index, **sel.to_json()})
+        return set(sel.chosen)
+
     # -- phase 2 -------------------------------------------------------------------------
     def rank_stream(self, ranker: Ranker | None, static_demos: list[Demonstration], pool: DemoPool) -> RankStream:
         """The rank phase's :class:`~cyclealign.pipeline.RankStream`: the demonstrations (static
@@ -144,6 +165,7 @@ class Round:
         pool: DemoPool,
         generations: list[Generation] | None = None,
         stream: RankStream | None = None,
+        chosen: set[str] | None = None,
     ) -> list[RankResult]:
         """Phase 2: black-box ranking of every prompt's responses, concurrently; each answer is
         appended to ``rankings.jsonl`` as it arrives (the raw replies are in the reply cache
@@ -158,6 +180,8 @@ class Round:
                 ``generations.jsonl``, for a caller that did not run that phase).
             stream: the stream :meth:`generate` already fed (the pipelined round; None: one is
                 made here and fed every prompt).
+            chosen: the prompts to send (:meth:`select`); the others are recorded unranked as
+                ``not selected`` and cost no call. None: every prompt.
 
         Returns:
             The latest black-box result per prompt, in prompt order (read back when the phase was done).
@@ -174,12 +198,16 @@ class Round:
             with contextlib.ExitStack() as stack:
                 s = stream or stack.enter_context(self.rank_stream(ranker, static_demos, pool))
                 s.report_to(self.reporter)
+                sent = [g for g in gens if chosen is None or g.prompt_id in chosen]
                 batch_info: dict[str, Any] = {}
-                if self.cfg.ranker.batch and (jobs := s.jobs_for(gens)):
+                if self.cfg.ranker.batch and (jobs := s.jobs_for(sent)):
                     assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
                     batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=lambda call: self.run.record_call(self.index, call))
                 for g in gens:
-                    s.submit(g)
+                    if chosen is not None and g.prompt_id not in chosen:
+                        s.skip(RankResult(g.prompt_id, None, reason=RankStatus.NOT_SELECTED.label, status=RankStatus.NOT_SELECTED))
+                    else:
+                        s.submit(g)
                 latest.update(s.finish())
             if self._clipped:
                 log.warning(
@@ -200,6 +228,7 @@ class Round:
             return {
                 "ranked": sum(r.ranking is not None for r in results),
                 "unranked": sum(r.ranking is None for r in results),
+                "selected": sum(r.status not in (RankStatus.NOT_SELECTED, RankStatus.TOO_FEW_RESPONSES) for r in results),
                 "calls": sum(r.attempts for r in results),
                 "api_calls": int(spend["calls"]),
                 "cache_hits": sum(r.attempts - r.api_calls for r in results),
@@ -408,10 +437,12 @@ def iterate(
             if not run.round(index).is_done(Phase.METRICS):
                 rnd = Round(cfg, run, index, round_prompts(cfg, run, index, prompts, new_prompts_only), reporter)
                 pool = read_pool(run, index, cfg.agreement.pool_max_size)  # as the previous round left it
-                # With ranker.pipeline, each prompt is ranked as soon as its responses are sampled.
+                # With ranker.pipeline, each prompt is ranked as soon as its responses are sampled
+                # (not under ranker.calls_per_round: the choice of what to rank needs every candidate).
                 with _pipelined(cfg, rnd, ranker, static_demos, pool) as stream:
                     generations = rnd.generate(policy, stream)
-                    rankings = rnd.rank(ranker, static_demos, pool, generations, stream)
+                    chosen = rnd.select(generations)  # ranker.calls_per_round: which candidates are worth a paid call
+                    rankings = rnd.rank(ranker, static_demos, pool, generations, stream, chosen)
                 agreement = rnd.agreement(pool, generations, rankings)  # the pool grows here; round_k/demo_pool.jsonl keeps it
                 rnd.train(policy)  # releases the policy first; the next generate reloads it
                 reporter.round_end(rnd.metrics(rankings, agreement))
@@ -434,8 +465,12 @@ def _pipelined(
 ) -> contextlib.AbstractContextManager[RankStream | None]:
     """The round's :class:`~cyclealign.pipeline.RankStream` for :meth:`Round.generate` to feed
     when ``ranker.pipeline`` is on and both phases are pending (not with the Batch API, which
-    sends a round's requests at once); else None: the rank phase makes its own afterwards."""
-    if cfg.ranker.pipeline and not cfg.ranker.batch and not rnd.rd.is_done(Phase.GENERATE) and not rnd.rd.is_done(Phase.RANK):
+    sends a round's requests at once, nor under ``ranker.calls_per_round``, whose choice needs
+    every candidate's responses); else None: the rank phase makes its own afterwards."""
+    if (
+        cfg.ranker.pipeline and not cfg.ranker.batch and cfg.ranker.calls_per_round is None
+        and not rnd.rd.is_done(Phase.GENERATE) and not rnd.rd.is_done(Phase.RANK)
+    ):
         return rnd.rank_stream(ranker, static_demos, pool)
     return contextlib.nullcontext()
 

@@ -139,6 +139,7 @@ ROUND_METRICS: tuple[Metric, ...] = (
     Metric("round", "round", 0),
     Metric("prompts", "prompts", 0, ("generate", "prompts"), True),
     Metric("responses", "responses", 0, ("generate", "responses"), True),
+    Metric("selected", "sent to ranker", 0, ("rank", "selected")),  # candidates asked (ranker.calls_per_round chooses them)
     Metric("ranked", "ranked", 0, ("rank", "ranked"), True),
     Metric("unranked", "unranked", 0, ("rank", "unranked"), True),
     Metric("agreement_rate", "agreement rate", 3),  # mean LCS length / N over ranked prompts
@@ -204,17 +205,16 @@ def round_line(phases: Mapping[str, Mapping[str, Any]], computed: Mapping[str, A
 
 
 CLI_ROUND_ROWS = (
-    "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_size", "train_loss", "ranker_api_calls",
-    "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd", "consistency_rate", "kept_rate",
-    "confidence_mean",
+    "prompts", "selected", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_size", "train_loss", "ranker_calls",
+    "ranker_api_calls", "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd", "consistency_rate",
+    "kept_rate", "confidence_mean",
 )
 """Round metrics the CLI's round table shows (then one row per timed phase, wall seconds)."""
 
 REPORT_ROUND_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Ranking and training", (
-        "round", "prompts", "ranked", "unranked", "agreement_rate", "kendall_tau", "consistency_rate", "kept_rate",
-        "confidence_mean", "pool_size",
-        "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy",
+        "round", "prompts", "selected", "ranked", "unranked", "agreement_rate", "kendall_tau", "consistency_rate",
+        "kept_rate", "confidence_mean", "pool_size", "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy",
     )),
     ("Ranker cost, tokens and time", (
         "round", "ranker_calls", "ranker_api_calls", "ranker_cache_hits", "tokens_sent", "tokens_received",
@@ -227,7 +227,7 @@ the other, so that each fits a 1400 px window (a column no round has is left out
 REPORT_ROUND_COLUMNS = tuple(dict.fromkeys(key for _, keys in REPORT_ROUND_TABLES for key in keys))
 """Every round metric the report's tables show (:data:`REPORT_ROUND_TABLES`, each key once)."""
 
-STATUS_ROWS = ("agreement_rate", "kendall_tau", "train_loss")
+STATUS_ROWS = ("prompts", "selected", "ranked", "ranker_calls", "ranker_api_calls", "agreement_rate", "kendall_tau", "train_loss")
 """Round metrics ``cyclealign status`` shows of the last finished round."""
 
 

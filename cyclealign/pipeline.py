@@ -119,6 +119,13 @@ class RankStream:
             self._thread = threading.Thread(target=self._run, name="cyclealign-rank", daemon=True)
             self._thread.start()
 
+    def skip(self, result: RankResult) -> None:
+        """Record ``result`` for a prompt that is not sent (``not selected``), as an answer: no
+        call. A prompt answered or submitted already is left as it is."""
+        if self._wanted(result.prompt_id):
+            self._submitted.add(result.prompt_id)
+            self._record(result)
+
     def report_to(self, reporter: Reporter) -> None:
         """From now on each result advances ``reporter`` (the rank phase's bar); it is advanced
         at once by the prompts already answered (on disk, or streamed during generation)."""

@@ -146,6 +146,9 @@ class RankStatus(str, Enum):
     all, under aggregation so much that the aggregate's confidence fell below ``ranker.min_confidence``."""
     TOO_FEW_RESPONSES = "too_few_responses"
     """The prompt has fewer than 2 distinct responses: never sent to the ranker."""
+    NOT_SELECTED = "not_selected"
+    """A candidate the round did not send to the ranker (``ranker.calls_per_round``: another
+    candidate scored higher, ``round_k/selection.json``); not used, so later rounds draw it again."""
     BUDGET = "budget"
     """The budget held the call back. Reserved: a prompt held back today gets no result at all
     (:class:`~cyclealign.errors.BudgetError` stops the run and a resume asks it)."""
@@ -167,6 +170,7 @@ _LABELS = {
     RankStatus.API_ERROR: "api error",
     RankStatus.INCONSISTENT: "inconsistent",
     RankStatus.TOO_FEW_RESPONSES: "fewer than 2 distinct responses",
+    RankStatus.NOT_SELECTED: "not selected",
     RankStatus.BUDGET: "budget",
 }
 

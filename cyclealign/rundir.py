@@ -19,6 +19,8 @@ Layout of ``runs/<name>/``::
                                 finishes (a resumed round samples only the others); removed
                                 once generations.jsonl is written
         generations.jsonl       phase "generate"
+        selection.json          with ranker.calls_per_round: which candidates the ranker ranks (signal,
+                                seed, every candidate's score), written before the first ranking call
         rankings.jsonl          phase "rank": appended one line per ranker answer as it arrives
                                 (with ranker.pipeline, while generation still runs),
                                 rewritten in prompt order when the phase ends
@@ -279,6 +281,7 @@ class RoundDir:
         self.generation_batches = path / "generation_batches.jsonl"
         self.rng_state = path / "rng_state.pt"  # this process's torch RNG state as generation left it
         self.rankings = path / "rankings.jsonl"
+        self.selection = path / "selection.json"  # ranker.calls_per_round: the candidates ranked (cyclealign.data.candidates)
         self.agreement = path / "agreement.jsonl"
         self.demo_pool = path / "demo_pool.jsonl"
         self.adapter = path / "adapter"

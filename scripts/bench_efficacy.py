@@ -35,6 +35,18 @@ from resampling the held-out prompts (:func:`cyclealign.efficacy.measure.bootstr
 and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the 90% interval of the seed-mean
 rise of the held-out tau (:func:`cyclealign.efficacy.measure.bootstrap_tau_change`).
 
+With ``--budget B`` the bench measures prompt selection under a call budget instead (issue 33;
+no plain loop): per rule and seed, one CycleAlign run per ``--selection`` signal with
+``prompts_per_round = 2B`` candidates of which ``ranker.calls_per_round = B`` first asks are
+ranked (:mod:`cyclealign.data.candidates`), and one that ranks all 2B candidates (``all``, 2B
+calls at consistency 1). Its JSON line gives, per rule, each run's held-out property movement,
+tau and calls, and for each signal against ``random`` at B calls and against ``all`` at 2B calls:
+the ratio of the seed-mean movements with its 90% bootstrap interval
+(:func:`~cyclealign.efficacy.measure.bootstrap_ratio`), the 90% interval of the property
+difference (:func:`~cyclealign.efficacy.measure.bootstrap_rate_difference`, defined when the
+reference did not move) and of the held-out tau difference
+(:func:`~cyclealign.efficacy.measure.bootstrap_tau_change` with the reference as "before").
+
 Everything trained or sampled is cached under ``--out``: base-policy samples and plain-loop
 points keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
 ``generation.*`` overrides apply to the base policy and the plain loop too), CycleAlign runs by
@@ -54,6 +66,7 @@ Usage::
     .venv/bin/python scripts/bench_efficacy.py                       # 6 rules, seeds 0,1,2
     .venv/bin/python scripts/bench_efficacy.py --rules brevity --seeds 0 --set train.max_grad_norm=0
     .venv/bin/python scripts/bench_efficacy.py --judge-noise --position-bias 0.3 --consistency 3 --seeds 0
+    .venv/bin/python scripts/bench_efficacy.py --budget 6 --selection random,uncertainty,diversity
 
 Needs Anthropic's HH-RLHF harmless-base test file (``--hh PATH``, JSONL or JSONL.gz).
 """
@@ -77,9 +90,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from cyclealign.config import build_config  # noqa: E402
+from cyclealign.data.candidates import SIGNALS  # noqa: E402
 from cyclealign.data.selection import select_round_prompts  # noqa: E402
 from cyclealign.data.sources import load_prompts  # noqa: E402
 from cyclealign.efficacy.measure import (  # noqa: E402
+    bootstrap_rate_difference,
     bootstrap_ratio,
     bootstrap_tau_change,
     loglik_scores,
@@ -463,6 +478,100 @@ def label_only(args, rules: list[Rule], seeds: list[int], lists_of: dict[int, li
     }
 
 
+# -- the budget axis: which candidates to pay the ranker for (--budget) ------------------------
+def budget_arms(args, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The CycleAlign runs of ``--budget B``, by name: each ``--selection`` signal ranks B first
+    asks' worth of 2B candidates (``ranker.calls_per_round = B``); ``all`` ranks all 2B."""
+    b = args.budget
+    arms = {s: {**overrides, "prompts_per_round": 2 * b, "ranker.calls_per_round": b, "ranker.selection": s} for s in args.selection}
+    arms["all"] = {**overrides, "prompts_per_round": 2 * b}
+    return arms
+
+
+def run_arm(rule: Rule, seed: int, args, name: str, arm: dict[str, Any], train_prompts_path: Path, heldout, base, root: Path, tag: str):
+    """One budget-axis run of ``rule`` and ``seed`` (:func:`run_cyclealign` under ``<tag>-b<B>-<name>``)
+    and its held-out measures: per kind the property after and moved, the tau, the per-prompt terms
+    the intervals resample; and the run's ranked prompts and ranker calls per round."""
+    cfg, run_dir, cyc = run_cyclealign(rule, seed, args, arm, train_prompts_path, root, f"{tag}-b{args.budget}-{name}")
+    model_dir, device = resolve_model_dir(cfg.model), resolve_device(cfg.model)
+    adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
+    own = held_out_samples(cfg, model_dir, adapter, heldout, seed, run_dir / f"heldout_{args.heldout}")
+    tau_of = taus(rule, base["tau_set"], tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"]))
+    lines = RunDir(run_dir).metrics_lines()
+    out: dict[str, Any] = {
+        "wall_s": cyc["wall_s"],
+        "ranked_per_round": statistics.fmean(m["ranked"] for m in lines),
+        "ranker_calls_per_round": statistics.fmean(m["ranker_calls"] for m in lines),
+        "fluency": fluency(run_dir, model_dir, own, cfg, device, str(args.heldout)),
+    }
+    for kind in heldout:
+        before = property_rate(rule, base["gens"][kind])
+        after = property_rate(rule, own[kind])
+        out[kind] = {
+            "after": after,
+            "moved": after - before,
+            "tau": tau_of[kind]["tau"],
+            "per_prompt": prompt_properties(rule, own[kind]),
+            "tau_per_prompt": tau_of[kind]["tau_per_prompt"],
+        }
+    return out
+
+
+def summarise_budget(rule: Rule, heldout_kinds, base_per_seed: list[dict], runs: list[dict[str, dict]]) -> dict[str, Any]:
+    """One rule's entry of the budget axis: per run (arm) the spread over seeds of its movement,
+    tau, ranked prompts and calls per round, with the 90% interval of its tau rise; and each
+    signal against ``random`` (same calls) and against ``all`` (twice the calls): the ratio of
+    the seed-mean movements and its 90% interval, and the 90% intervals of the property and
+    tau differences. ``base_per_seed``: per seed, per kind, the base policy's per-prompt terms."""
+    arms = list(runs[0])
+    entry: dict[str, Any] = {"kind": rule.kind, "runs": {}, "vs_random": {}, "vs_all": {}}
+    for arm in arms:
+        entry["runs"][arm] = {
+            "ranked_per_round": spread([r[arm]["ranked_per_round"] for r in runs]),
+            "ranker_calls_per_round": spread([r[arm]["ranker_calls_per_round"] for r in runs]),
+            "wall_s": spread([r[arm]["wall_s"] for r in runs]),
+        }
+        for kind in heldout_kinds:
+            entry["runs"][arm][kind] = {
+                "after": spread([r[arm][kind]["after"] for r in runs]),
+                "moved": spread([r[arm][kind]["moved"] for r in runs]),
+                "tau": spread([r[arm][kind]["tau"] for r in runs]),
+                "fluency": spread([r[arm]["fluency"][kind] for r in runs]),
+                "tau_rise_90": bootstrap_tau_change(
+                    [{"before": b[kind]["tau_per_prompt"], "after": r[arm][kind]["tau_per_prompt"]} for b, r in zip(base_per_seed, runs)]
+                ),
+            }
+
+    def compare(arm: str, ref: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in heldout_kinds:
+            moved = statistics.fmean(r[arm][kind]["moved"] for r in runs)
+            moved_ref = statistics.fmean(r[ref][kind]["moved"] for r in runs)
+            out[kind] = {
+                "moved": moved,
+                f"moved_{ref}": moved_ref,
+                "ratio_of_means": moved / moved_ref if moved_ref > 0 else None,
+                "ratio_of_means_90": bootstrap_ratio(
+                    [{"before": b[kind]["per_prompt"], "cyclealign": r[arm][kind]["per_prompt"], "baseline": r[ref][kind]["per_prompt"]}
+                     for b, r in zip(base_per_seed, runs)]
+                ),
+                "difference_90": bootstrap_rate_difference(
+                    [{"reference": r[ref][kind]["per_prompt"], "after": r[arm][kind]["per_prompt"]} for r in runs]
+                ),
+                "tau_difference_90": bootstrap_tau_change(
+                    [{"before": r[ref][kind]["tau_per_prompt"], "after": r[arm][kind]["tau_per_prompt"]} for r in runs]
+                ),
+            }
+        return out
+
+    for arm in arms:
+        if arm not in ("random", "all"):
+            entry["vs_random"][arm] = compare(arm, "random")
+        if arm != "all":
+            entry["vs_all"][arm] = compare(arm, "all")
+    return entry
+
+
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -500,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     noisy.add_argument("--judge-draws", type=int, default=10, help="times each seed's lists are labelled (new orders and noise each time)")
     noisy.add_argument("--label-lists", choices=("heldout", "tau"), default="heldout",
                        help="the lists labelled: the held-out samples (N = generation.num_samples) or the tau set (--tau-samples each)")
+    ap.add_argument(
+        "--budget", type=int, default=None, metavar="B",
+        help="measure prompt selection instead: per --selection signal, 2B candidates a round of which B calls' worth are "
+        "ranked, against ranking all 2B (sets --prompts-per-round to 2B; no plain loop)",
+    )
+    ap.add_argument("--selection", default=",".join(SIGNALS), help=f"with --budget: comma-separated signals, of {', '.join(SIGNALS)} (random is always run)")
     args = ap.parse_args(argv)
 
     if not args.hh.exists():
@@ -525,6 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.sweep_seed] + [s for s in seeds if s != args.sweep_seed]
     grid = plain_grid(args.plain_lr, args.plain_sft, args.plain_clip)
     overrides = parse_set(args.set)
+    if args.budget is not None:
+        signals = [s.strip() for s in args.selection.split(",") if s.strip()]
+        unknown = [s for s in signals if s not in SIGNALS]
+        if args.budget < 1 or unknown:
+            print(f"--budget needs B >= 1 and --selection signals of {', '.join(SIGNALS)} (got {args.budget}, {args.selection})", file=sys.stderr)
+            return 2
+        args.selection = ["random"] + [s for s in dict.fromkeys(signals) if s != "random"]
+        args.prompts_per_round = 2 * args.budget  # the candidates; held-out prompts exclude every one a round may draw
     tag = args.tag or "cfg-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
@@ -581,9 +704,22 @@ def main(argv: list[str] | None = None) -> int:
             "tau_scores": tau_scores(base_dir, model_dir, None, tau_set, base_cfg, device, tau_key),
             "fluency": fluency(base_dir / f"heldout_{args.heldout}", model_dir, base_gens, base_cfg, device, str(args.heldout)),
         }
-        if seed == args.sweep_seed:
+        if seed == args.sweep_seed and args.budget is None:  # the plain loop's sweep (not run with --budget)
             base["tune"] = tune
             base["tune_gens"] = held_out_samples(base_cfg, model_dir, None, tune, seed, base_dir / f"tune_{args.tune_prompts}")
+        if args.budget is not None:
+            for rule in rules:
+                base_tau = taus(rule, base["tau_set"], base["tau_scores"])
+                terms = {kind: {"per_prompt": prompt_properties(rule, base["gens"][kind]), "tau_per_prompt": base_tau[kind]["tau_per_prompt"]}
+                         for kind in heldout}
+                res = {"base": terms}
+                for name, arm in budget_arms(args, overrides).items():
+                    res[name] = run_arm(rule, seed, args, name, arm, train_prompts_path, heldout, base, root, tag)
+                    shown = {k: ({f: x for f, x in v.items() if f not in ("per_prompt", "tau_per_prompt")} if k in heldout else v)
+                             for k, v in res[name].items()}
+                    print(json.dumps({"seed": seed, "rule": rule.name, "run": name, **shown}), file=sys.stderr, flush=True)
+                per_rule[rule.name].append(res)
+            continue
         for rule in rules:
             if seed == args.sweep_seed:
                 _, cyc_run, _ = run_cyclealign(rule, seed, args, overrides, train_prompts_path, root, tag)
@@ -613,6 +749,15 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - _T0, 1),
         "rules": {},
     }
+    if args.budget is not None:
+        summary.update(bench="efficacy-budget", budget=args.budget, selection=args.selection)
+        summary.pop("plain_loop_sweep")
+        for name, runs in per_rule.items():
+            split = "tuning" if name in TUNING_RULES else "check" if name in CHECK_RULES else "other"
+            arms = [{k: v for k, v in r.items() if k != "base"} for r in runs]
+            summary["rules"][name] = {"split": split, **summarise_budget(RULES[name], list(heldout), [r["base"] for r in runs], arms)}
+        print(json.dumps(summary))
+        return 0
     for name, runs in per_rule.items():
         split = "tuning" if name in TUNING_RULES else "check" if name in CHECK_RULES else "other"
         summary["rules"][name] = {

@@ -70,3 +70,17 @@ def test_eval_settings_one_or_several_sources_and_resumable(tmp_path):
     with pytest.raises(ConfigError, match=r"eval\.decoding"):
         build_config(**{"eval.decoding": "beam"})
     assert {"eval.decoding", "eval.max_new_tokens", "eval.prompts"} <= RESUMABLE_CHANGES
+
+
+def test_call_budget_and_selection_are_checked():
+    cfg = build_config(**{"prompts_per_round": 8, "ranker.calls_per_round": 4, "ranker.selection": "uncertainty"})
+    assert cfg.ranked_per_round == 4 and build_config().ranked_per_round == 8 and build_config().ranker.selection == "random"
+    k2 = {"ranker.consistency": 2, "ranker.calls_per_round": 6}
+    assert build_config(prompts_per_round=2, **k2).ranked_per_round == 2  # the budget exceeds the candidates
+    assert build_config(**k2).ranked_per_round == 3
+    with pytest.raises(ConfigError, match="ranker.calls_per_round=5 is not a multiple of ranker.consistency=2.*use 4 or 6"):
+        build_config(**{"ranker.consistency": 2, "ranker.calls_per_round": 5})
+    with pytest.raises(ConfigError, match=r"ranker\.calls_per_round"):
+        build_config(**{"ranker.calls_per_round": 0})
+    with pytest.raises(ConfigError, match=r"ranker\.selection: Input should be 'random', 'uncertainty' or 'diversity'"):
+        build_config(**{"ranker.selection": "entropy"})

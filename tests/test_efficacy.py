@@ -348,3 +348,53 @@ def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_d
     before, after = gens[0].logprob_mean, scores(adapters["plain"])
     gap = lambda s: s[ranking[0]] - s[ranking[-1]]  # noqa: E731
     assert gap(after) > gap(before)
+
+
+def test_bench_budget_axis_runs_and_summary(bench):
+    """``--budget B``: one run per signal at 2B candidates and B calls, one ranking all 2B; the
+    summary compares each signal with random (same calls) and with all (twice the calls)."""
+    from types import SimpleNamespace
+
+    arms = bench.budget_arms(SimpleNamespace(budget=3, selection=["random", "diversity"]), {"train.epochs": 2})
+    assert arms == {
+        "random": {"train.epochs": 2, "prompts_per_round": 6, "ranker.calls_per_round": 3, "ranker.selection": "random"},
+        "diversity": {"train.epochs": 2, "prompts_per_round": 6, "ranker.calls_per_round": 3, "ranker.selection": "diversity"},
+        "all": {"train.epochs": 2, "prompts_per_round": 6},
+    }
+
+    def run(counts, tau_shift, calls):  # 4 prompts x 4 responses; the property counts per prompt
+        terms = [(n, 4) for n in counts]
+        after = sum(counts) / 16
+        return {
+            "wall_s": 10.0, "ranked_per_round": calls, "ranker_calls_per_round": calls, "fluency": {"hh": -2.0},
+            "hh": {"after": after, "moved": after - 0.25, "tau": tau_shift, "per_prompt": terms,
+                   "tau_per_prompt": [0.0 + tau_shift, 0.2 + tau_shift, None, -0.2 + tau_shift]},
+        }
+
+    base = {"hh": {"per_prompt": [(1, 4)] * 4, "tau_per_prompt": [0.0, 0.2, None, -0.2]}}
+    seeds = [
+        {"random": run([2] * 4, 0.1, 3), "diversity": run([3] * 4, 0.2, 3), "all": run([3] * 4, 0.3, 6)},
+        {"random": run([2] * 4, 0.1, 3), "diversity": run([2] * 4, 0.2, 3), "all": run([3] * 4, 0.3, 6)},
+    ]
+    entry = bench.summarise_budget(RULES["marker"], ["hh"], [base, base], seeds)
+    assert entry["runs"]["all"]["ranker_calls_per_round"]["mean"] == 6
+    assert entry["runs"]["diversity"]["hh"]["moved"] == {"mean": pytest.approx(0.375), "min": 0.25, "max": 0.5}
+    assert entry["runs"]["random"]["hh"]["tau_rise_90"] == (pytest.approx(0.1), pytest.approx(0.1))
+    vs = entry["vs_random"]["diversity"]["hh"]
+    assert set(entry["vs_random"]) == {"diversity"} and set(entry["vs_all"]) == {"random", "diversity"}
+    # diversity moved 0.5 and 0.25 (mean 0.375), random 0.25 twice: a ratio of 1.5, 0.125 more.
+    assert vs["ratio_of_means"] == pytest.approx(1.5) and vs["ratio_of_means_90"] == (pytest.approx(1.5), pytest.approx(1.5))
+    assert vs["difference_90"] == (pytest.approx(0.125), pytest.approx(0.125))
+    assert vs["tau_difference_90"] == (pytest.approx(0.1), pytest.approx(0.1))
+    assert entry["vs_all"]["random"]["hh"]["ratio_of_means"] == pytest.approx(0.5)
+
+
+def test_bootstrap_rate_difference():
+    from cyclealign.efficacy.measure import bootstrap_rate_difference
+
+    ref, after = [(1, 4), (0, 4), (2, 4)], [(1, 4), (4, 4), (2, 4)]  # only prompt 1 moved: by 1.0
+    low, high = bootstrap_rate_difference([{"reference": ref, "after": after}])
+    assert 0.0 <= low < 1 / 3 < high <= 1.0
+    assert bootstrap_rate_difference([{"reference": ref, "after": ref}]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same non-empty prompts"):
+        bootstrap_rate_difference([{"reference": ref, "after": after[:2]}])

@@ -237,3 +237,87 @@ def test_a_huge_prompt_reaches_the_paid_ranker_cut_to_its_end(tmp_path, caplog):
     assert len(sent) == 2 and max(map(len, sent)) < 20_000
     assert any("capital of France" in s and "[...] " in s for s in sent)
     assert "1 prompt(s) cut to ranker.max_prompt_tokens=512" in caplog.text
+
+
+def test_a_call_budget_ranks_the_chosen_candidates_only_and_keeps_the_others_for_later(tmp_path, prompts_file):
+    """ranker.calls_per_round=2 of 3 candidates: exactly 2 ranking requests a round, chosen by the
+    policy's uncertainty and recorded in selection.json; the candidate not selected is unranked
+    ("not selected") and, unused, drawn again by round 1."""
+    from cyclealign.data.candidates import uncertainty_score
+    from cyclealign.records import Generation
+
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(
+            tmp_path, prompts_file, api, prompts_per_round=3,
+            **{"ranker.calls_per_round": 2, "ranker.selection": "uncertainty", "ranker.concurrency": 1},
+        )
+        metrics = iterate(cfg, environ={"OPENAI_API_KEY": KEY})
+        sent = ranking_requests(api)
+    run = RunDir(cfg.run_dir)
+    rounds_ids = []
+    for k, m in enumerate(metrics):
+        rd = run.round(k)
+        gens = [Generation.from_json(d) for d in read_jsonl(rd.generations)]
+        eligible = [g for g in gens if len(g.responses) >= 2]
+        assert len(eligible) >= 2  # three samples of a real policy: distinct responses
+        sel = json.loads(rd.selection.read_text())
+        assert sel["signal"] == "uncertainty" and sel["seed"] == cfg.seed + k and sel["calls_per_round"] == 2
+        scores = {c["id"]: c["score"] for c in sel["candidates"]}
+        assert scores == {g.prompt_id: uncertainty_score(g) if len(g.responses) >= 2 else None for g in gens}
+        best = sorted(eligible, key=lambda g: -scores[g.prompt_id])[:2]
+        assert set(sel["chosen"]) == {g.prompt_id for g in best}
+        rows = {r["prompt_id"]: r for r in read_jsonl(rd.rankings)}
+        assert {pid for pid, r in rows.items() if r["ranking"] is not None} <= set(sel["chosen"])
+        skipped = [g.prompt_id for g in eligible if g.prompt_id not in sel["chosen"]]
+        assert [rows[pid]["reason"] for pid in skipped] == ["not selected"] * len(skipped)
+        assert all(rows[pid]["samples"] == [] for pid in skipped)
+        # Exactly calls_per_round paid calls (a fresh cache), shown in the round's line.
+        assert run.ranker_spend(k)["calls"] == 2 and m["ranker_api_calls"] == 2 and m["ranker_calls"] == 2
+        assert m["prompts"] == 3 and m["selected"] == 2 and m["ranked"] + m["unranked"] == 3
+        assert m["unranked_reasons"].get("not selected", 0) == len(skipped)
+        rounds_ids.append((set(sel["chosen"]), skipped))
+    assert len(sent) == 4
+    # Round 0's candidate not selected was not used: round 1 draws it (unused prompts first).
+    prompts1 = {p["id"] for p in json.loads(run.round(1).prompts_file.read_text())["prompts"]}
+    assert set(rounds_ids[0][1]) <= prompts1
+    # The rank's table and status show candidates, sent and calls.
+    from cyclealign.cli.tables import round_table, status_table
+    from cyclealign.schedule import run_status
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(round_table(metrics))
+    console.print(status_table(run_status(cfg.run_dir), "status"))
+    text = console.export_text()
+    assert "sent to ranker" in text and "ranker calls" in text
+
+
+class CrashAtRankStart(NullReporter):
+    """Simulates a crash as round 0's rank phase starts (after the selection is written)."""
+
+    def phase_start(self, round_index, phase, total):
+        if (round_index, phase) == (0, "rank"):
+            raise KeyboardInterrupt("simulated crash before the first ranking call")
+
+
+def test_a_resumed_round_ranks_the_candidates_its_selection_recorded(tmp_path, prompts_file):
+    with ScriptedAPI(fallback=reverse_ranker) as api:
+        cfg = make_config(
+            tmp_path, prompts_file, api, rounds=1, prompts_per_round=4,
+            **{"ranker.calls_per_round": 2, "ranker.selection": "diversity"},
+        )
+        with pytest.raises(KeyboardInterrupt):
+            iterate(cfg, environ={"OPENAI_API_KEY": KEY}, reporter=CrashAtRankStart())
+        rd = RunDir(cfg.run_dir).round(0)
+        assert rd.selection.is_file() and ranking_requests(api) == []  # written before any ranking call
+        sel = json.loads(rd.selection.read_text())
+        scored = [c for c in sel["candidates"] if c["score"] is not None]
+        assert len(scored) >= 3 and sum(c["chosen"] for c in scored) == 2
+        # The file decides, not a recomputation: hand it another choice and the resume ranks that.
+        for c in scored:
+            c["chosen"] = c["id"] in {scored[-1]["id"], scored[-2]["id"]}
+        rd.selection.write_text(json.dumps(sel))
+        iterate(cfg, resume=True, environ={"OPENAI_API_KEY": KEY})
+        sent = ranking_requests(api)
+    ranked = {r["prompt_id"] for r in read_jsonl(rd.rankings) if r["ranking"] is not None or r["samples"]}
+    assert ranked == {scored[-1]["id"], scored[-2]["id"]} and len(sent) == 2

@@ -24,7 +24,7 @@ from cyclealign.records import RankResult
 from cyclealign.rundir import RunDir, write_jsonl
 
 METRICS_JSONL_KEYS = [
-    "round", "prompts", "responses", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",
+    "round", "prompts", "responses", "selected", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",
     "train_loss", "ranking_loss", "sft_loss", "train_ranking_accuracy", "train_grad_norm", "unranked_reasons",
     "ranker_calls", "ranker_api_calls", "ranker_cache_hits", "tokens_sent", "tokens_received", "ranker_cost_usd",
     "consistency_rate", "kept_rate", "confidence_mean", "generated_tokens", "phase_s",
@@ -83,7 +83,7 @@ def test_round_metrics_line_from_a_round_manifest(tmp_path):
     line = Round(cfg, run, 0, [], NullReporter()).metrics()
     assert list(line) == METRICS_JSONL_KEYS
     assert line == {
-        "round": 0, "prompts": 3, "responses": 12, "ranked": 2, "unranked": 1, "agreement_rate": (3 / 4 + 1 / 4) / 2,
+        "round": 0, "prompts": 3, "responses": 12, "selected": None, "ranked": 2, "unranked": 1, "agreement_rate": (3 / 4 + 1 / 4) / 2,
         "kendall_tau": 0.125, "pool_added": 1, "pool_size": 3, "train_loss": 1.5, "ranking_loss": 1.25, "sft_loss": 2.5,
         "train_ranking_accuracy": 0.75, "train_grad_norm": 0.5, "unranked_reasons": {"unparsable": 1},
         "ranker_calls": 5, "ranker_api_calls": 4, "ranker_cache_hits": 1, "tokens_sent": 900, "tokens_received": 40,

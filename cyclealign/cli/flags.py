@@ -94,6 +94,8 @@ FLAG_FIELDS = {
     "ranker_consistency": "ranker.consistency",
     "ranker_aggregate": "ranker.aggregate",
     "ranker_min_confidence": "ranker.min_confidence",
+    "ranker_calls_per_round": "ranker.calls_per_round",
+    "ranker_selection": "ranker.selection",
     "ranker_structured_output": "ranker.structured_output",
     "ranker_batch": "ranker.batch",
     "pipeline": "ranker.pipeline",

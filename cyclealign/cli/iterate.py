@@ -94,6 +94,8 @@ def iterate(
     ranker_consistency: Annotated[int, typer.Option(rich_help_panel="Ranker", help="K: ask K shuffled orders per prompt and combine their rankings (--ranker-aggregate).")] = 1,
     ranker_aggregate: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="How K orders combine: kemeny | borda (one aggregate ranking, kept at --ranker-min-confidence) | strict (kept only when all K agree). Default: kemeny.")] = None,
     ranker_min_confidence: Annotated[Optional[float], typer.Option(rich_help_panel="Ranker", help="Least confidence (mean share of the K orders agreeing with the aggregate on each pair, 0-1) a prompt needs to train. Default: 0.6.")] = None,
+    ranker_calls_per_round: Annotated[Optional[int], typer.Option(min=1, rich_help_panel="Ranker", help="Ranking calls a round may spend (first asks; K per prompt with --ranker-consistency K): the round ranks that many / K of its --prompts-per-round candidates, chosen by --ranker-selection; the rest stay for later rounds. Default: rank every candidate.")] = None,
+    ranker_selection: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="Which candidates --ranker-calls-per-round ranks: random | uncertainty (the policy's own ranking is nearest a tie) | diversity (the responses differ most). Default: random.")] = None,
     ranker_structured_output: Annotated[Optional[str], typer.Option(rich_help_panel="Ranker", help="auto | json_schema | off (default: auto for an API, off for the embedded ranker).")] = None,
     ranker_batch: Annotated[bool, typer.Option(rich_help_panel="Ranker", help="Send first asks through the OpenAI Batch API (half price, offline).")] = False,
     pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline", rich_help_panel="Ranker", help="Rank each prompt as soon as its responses are sampled, while the policy goes on generating (default: ranker.pipeline, on). Same results either way.")] = None,
@@ -214,8 +216,9 @@ def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
     """What ``iterate`` is about to do, printed as a block at its start and written as the
     ``run_plan`` event: the policy and its backend, the ranker's endpoint and model, the prompt
     source, the run directory, the rounds, and the first asks the pending rounds will send the
-    ranker (rounds not yet ranked x prompts per round x consistency orders; correction re-asks
-    and cache hits aside). ``run``: the :class:`~cyclealign.rundir.RunDir`."""
+    ranker (rounds not yet ranked x prompts ranked per round x consistency orders; correction
+    re-asks and cache hits aside; with ``ranker.calls_per_round``, the prompts ranked are the
+    candidates ``ranker.selection`` chooses). ``run``: the :class:`~cyclealign.rundir.RunDir`."""
     from cyclealign.rundir import Phase
 
     done = run.finished_rounds() if resume else 0
@@ -236,7 +239,8 @@ def start_plan(cfg: Config, run: Any, resume: bool) -> dict[str, Any]:
         "rounds_done": done,
         "prompts_per_round": cfg.prompts_per_round,
         "num_samples": cfg.generation.num_samples,
-        "ranker_calls": to_rank * cfg.prompts_per_round * cfg.ranker.consistency,
+        "ranked_per_round": cfg.ranked_per_round,
+        "ranker_calls": to_rank * cfg.ranked_per_round * cfg.ranker.consistency,
     }
 
 
@@ -251,7 +255,8 @@ def plan_table(plan: dict[str, Any]) -> Any:
     for what, value in [
         ("policy", f"{plan['policy']} ({plan['backend']})"),
         ("ranker", plan["ranker"]),
-        ("prompts", f"{plan['prompts']}, {plan['prompts_per_round']} per round, N={plan['num_samples']} responses each"),
+        ("prompts", f"{plan['prompts']}, {plan['prompts_per_round']} per round, N={plan['num_samples']} responses each"
+         + (f", {plan['ranked_per_round']} of them ranked" if plan.get("ranked_per_round", plan["prompts_per_round"]) < plan["prompts_per_round"] else "")),
         ("run directory", f"{plan['run_dir']} ({'resumed' if plan['resume'] else 'new'})"),
         ("rounds", rounds),
         ("ranker calls", f"about {plan['ranker_calls']} first asks (cache hits are free; re-asks come on top)"),
@@ -294,7 +299,8 @@ def print_plan(cfg: Config, resume: bool) -> None:
     for what, plan in [
         ("ranker", ranker_text(cfg)),
         ("prompt source", f"{cfg.prompts or 'the shipped prompt set'} ({len(prompts)} prompts)"),
-        ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"),
+        ("rounds to rank", f"{est.rounds} of {cfg.rounds}, {est.prompts_per_round} prompts each, N={cfg.generation.num_samples}"
+         + (f" (of {cfg.prompts_per_round} candidates, chosen by {cfg.ranker.selection})" if cfg.ranked_per_round < cfg.prompts_per_round else "")),
         ("ranker calls", f"{est.calls} first asks (x{cfg.ranker.consistency} orders{combined_text(cfg)}; correction re-asks come on top)"),
         ("prompt tokens per call", f"about {est.prompt_tokens_per_call[0]:,} (up to {est.prompt_tokens_per_call[1]:,})"),
         ("tokens in all", f"about {est.prompt_tokens:,} prompt + up to {est.completion_tokens:,} completion"),

@@ -79,6 +79,12 @@ class Config(Section):
             self.ranker.structured_output = "off" if self.ranker.base_url is None else "auto"
         if self.ranker.consistency > 1 and not self.ranker.shuffle:
             raise ValueError("ranker.consistency > 1 needs ranker.shuffle=true (K identical orders would always agree)")
+        calls, k = self.ranker.calls_per_round, self.ranker.consistency
+        if calls is not None and calls % k:
+            raise ValueError(
+                f"ranker.calls_per_round={calls} is not a multiple of ranker.consistency={k}: each ranked prompt "
+                f"costs {k} first asks (one per presentation order); use {max(k, calls - calls % k)} or {calls - calls % k + k}"
+            )
         if self.ranker.batch and self.ranker.base_url is None:
             raise ValueError("ranker.batch needs an external ranker.base_url (the embedded server has no Batch API)")
         if self.ranker.base_url is not None and self.ranker.model is None:
@@ -106,6 +112,17 @@ class Config(Section):
     def ranker_cache_path(self) -> Path:
         """The resolved reply cache file."""
         return self.ranker.cache_path or self.model.cache_dir / "ranker_cache.sqlite"
+
+    @property
+    def ranked_per_round(self) -> int:
+        """Prompts a round sends the ranker at most: all ``prompts_per_round`` candidates, or
+        ``ranker.calls_per_round / ranker.consistency`` of them when that is fewer.
+
+        >>> Config(prompts_per_round=8).ranked_per_round, Config(prompts_per_round=8, ranker={"calls_per_round": 3}).ranked_per_round
+        (8, 3)
+        """
+        calls = self.ranker.calls_per_round
+        return self.prompts_per_round if calls is None else min(self.prompts_per_round, calls // self.ranker.consistency)
 
     @property
     def agreement_min_length(self) -> int:

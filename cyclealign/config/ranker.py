@@ -75,6 +75,20 @@ class RankerConfig(Section):
         description="With ranker.aggregate borda/kemeny: the least confidence (mean share of the K orders agreeing "
         "with the aggregate on each pair) a prompt needs to train; below, it is unranked (inconsistent).",
     )
+    calls_per_round: int | None = Field(
+        None,
+        ge=1,
+        description="Ranking calls a round may spend: first asks, one per ranked prompt and presentation order "
+        "(a prompt ranked with consistency K costs K; correction re-asks and cache hits aside). A round ranks "
+        "calls_per_round / consistency of its prompts_per_round candidates, chosen by ranker.selection; the "
+        "others are recorded as not selected and stay available to later rounds. None = rank every candidate.",
+    )
+    selection: Literal["random", "uncertainty", "diversity"] = Field(
+        "random",
+        description="Which candidates the ranker sees under ranker.calls_per_round: random (seeded), uncertainty "
+        "(the policy's own log-likelihoods of its responses are closest to a tie), diversity (the responses "
+        "share the fewest distinct tokens).",
+    )
     structured_output: Literal["auto", "json_schema", "off"] | None = Field(
         None,
         description="Ask for a JSON-schema answer: auto (use it, fall back to text if the endpoint refuses), "

@@ -11,8 +11,10 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from cyclealign.data.candidates import Selection
 from cyclealign.errors import RunDirError
 from cyclealign.records import PromptRecord
+from cyclealign.rundir import read_json
 
 if TYPE_CHECKING:
     from cyclealign.config import Config
@@ -106,14 +108,21 @@ def _resolve(run: RunDir, index: int, recorded: list[tuple[str, str]], prompts: 
 
 def used_prompt_counts(run: RunDir, prompts: list[PromptRecord], before_round: int, cfg: Config) -> dict[str, int]:
     """How many of rounds ``0 .. before_round - 1`` used each prompt (by content hash), from
-    what they recorded (:func:`recorded_round_prompts`).
+    what they recorded (:func:`recorded_round_prompts`). A candidate a round drew but did not
+    send to the ranker (``ranker.calls_per_round``: not selected in its ``selection.json``) was
+    not used: later rounds draw it as if that round had not.
 
     Raises:
-        RunDirError: as :func:`recorded_round_prompts`.
+        RunDirError: as :func:`recorded_round_prompts`, or a ``selection.json`` that is not valid JSON.
     """
     counts: dict[str, int] = {}
     for k in range(before_round):
-        for p in recorded_round_prompts(run, cfg, k, prompts):
+        rd = run.round(k)
+        skipped = set(Selection.from_json(read_json(rd.selection)).not_selected) if rd.selection.is_file() else set()
+        recorded = rd.read_prompt_ids() or []
+        for i, p in enumerate(recorded_round_prompts(run, cfg, k, prompts)):
+            if i < len(recorded) and recorded[i][0] in skipped:  # the recorded id: a grown source may re-index
+                continue
             counts[p.content_hash] = counts.get(p.content_hash, 0) + 1
     return counts
 

@@ -8,7 +8,8 @@
   Hong et al. 2023, Sec. 3.2);
 - :func:`bootstrap_ratio`: how precisely a few held-out prompts pin down the ratio of two
   methods' movements (a percentile interval from resampling the prompts);
-  :func:`bootstrap_tau_change` likewise for the rise of the held-out tau.
+  :func:`bootstrap_tau_change` likewise for the rise of the held-out tau, and
+  :func:`bootstrap_rate_difference` for the difference of two policies' property rates.
 """
 
 from __future__ import annotations
@@ -167,6 +168,52 @@ def bootstrap_tau_change(
             total += sum(a - b for b, a in draw) / len(draw)
         changes.append(total / len(paired))
     return _percentile_interval(changes, level)
+
+
+def bootstrap_rate_difference(
+    seeds: Sequence[Mapping[str, Sequence[tuple[float, int]]]],
+    *,
+    draws: int = 2000,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the difference of two policies' property rates, the mean
+    over seeds of rate(after) - rate(reference), resampling each seed's held-out prompts with
+    replacement (paired: both policies sampled the same prompts). With the same base policy
+    before both, it is also the difference of their movements; unlike :func:`bootstrap_ratio`,
+    it is defined when the reference did not move.
+
+    Args:
+        seeds: per seed, ``{"reference": ..., "after": ...}``, each :func:`prompt_properties` of
+            that policy's samples on the seed's held-out prompts (same prompts, same order).
+        draws, level: as :func:`bootstrap_ratio`.
+    Returns:
+        ``(low, high)``, or None without a seed.
+    Raises:
+        ValueError: a seed whose two lists differ in length or are empty.
+
+    >>> ref, after = [(1.0, 4), (0.0, 4)], [(3.0, 4), (2.0, 4)]
+    >>> bootstrap_rate_difference([{"reference": ref, "after": after}], draws=200)
+    (0.5, 0.5)
+    """
+    rng = random.Random(seed)
+    for s in seeds:
+        if len(s["reference"]) != len(s["after"]) or not s["after"]:
+            raise ValueError(f"reference and after need the same non-empty prompts, got {len(s['reference'])} and {len(s['after'])}")
+    if not seeds:
+        return None
+
+    def rate(terms: Sequence[tuple[float, int]], idx: list[int]) -> float:
+        return sum(terms[i][0] for i in idx) / max(sum(terms[i][1] for i in idx), 1)
+
+    diffs = []
+    for _ in range(draws):
+        total = 0.0
+        for s in seeds:
+            idx = [rng.randrange(len(s["after"])) for _ in s["after"]]
+            total += rate(s["after"], idx) - rate(s["reference"], idx)
+        diffs.append(total / len(seeds))
+    return _percentile_interval(diffs, level)
 
 
 def loglik_scores(

@@ -22,7 +22,8 @@ class RunEstimate:
 
     Attributes:
         rounds: rounds whose ranking phase is still to run.
-        prompts_per_round: prompts each of them ranks.
+        prompts_per_round: prompts each of them ranks (``ranker.calls_per_round / consistency`` of
+            the candidates, when that is fewer).
         calls: first asks (``rounds * prompts * ranker.consistency``; correction re-asks come on top).
         prompt_tokens_per_call: mean and max estimated prompt tokens of one call (tokens).
         prompt_tokens: estimated prompt tokens of all calls; ``completion_tokens``: at most
@@ -63,7 +64,9 @@ def estimate_run(
         ConfigError: a bad price table.
     """
     r = cfg.ranker
-    chosen = select_round_prompts(prompts, 0, cfg.prompts_per_round, cfg.seed)
+    # With ranker.calls_per_round, the ranker sees cfg.ranked_per_round of the candidates (which
+    # ones is decided after generation; the first of them stand in for it here).
+    chosen = select_round_prompts(prompts, 0, cfg.prompts_per_round, cfg.seed)[: cfg.ranked_per_round]
     response = " ".join(["word"] * cfg.generation.max_new_tokens)
     shown = list(static_demos[: r.num_static_demos])
     demos = shown + [shown[i % len(shown)] for i in range(r.num_dynamic_demos)] if shown else []

@@ -5,7 +5,7 @@ Each :class:`Metric` names the key a line holds (``metrics.jsonl``, ``eval/summa
 label every view prints and the decimals of its floats. Three layers read these declarations and no
 other list of metrics exists:
 
-- :meth:`cyclealign.loop.Round.metrics` builds the round's ``metrics.jsonl`` line with
+- :meth:`cyclealign.round.Round.metrics` builds the round's ``metrics.jsonl`` line with
   :func:`round_line` (keys and their order: :data:`ROUND_METRICS`; where a value comes from the
   round's manifest, :attr:`Metric.source` names the phase and its field, so a manifest field that
   ``metrics.jsonl`` holds under another key, ``rank.prompt_tokens`` as ``tokens_sent``, is renamed

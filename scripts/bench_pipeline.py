@@ -16,7 +16,8 @@ the phases' start and end as the loop reports them: ``generate_s`` and ``rank_s`
 sequential run are each phase on its own; ``total_s`` is from the start of generate to the end
 of rank. ``vs_longer_phase`` = pipelined total / max(generate alone, rank alone) (1.0: the
 shorter phase hidden entirely), ``speedup`` = sequential total / pipelined total. Asserts that
-both runs end with the same generations, rankings and adapter. Prints one JSON line::
+both runs end with the same generations and rankings, and adapters equal up to float rounding
+(:data:`ADAPTER_ATOL`; a second sequential run shows that floor). Prints one JSON line::
 
     .venv/bin/python scripts/bench_pipeline.py                     # 24 prompts, N=4, 1.5 s a call, 4 at once
     .venv/bin/python scripts/bench_pipeline.py --prompts 4 --max-new-tokens 8   # a smoke run
@@ -98,15 +99,26 @@ def run_round(a: argparse.Namespace, root: Path, name: str, prompts_path: Path, 
     }
 
 
-def same_adapter(a: Path, b: Path) -> bool:
-    """Whether two saved adapters hold the same tensors (both absent counts as the same)."""
+ADAPTER_ATOL = 1e-3
+"""Largest difference between two adapters' weights taken for float rounding. Runs that train on
+the same generations, rankings and generator state still differ: CPU kernels (oneDNN, MKL) may
+sum in another order from one run to the next in a process, and 24 AdamW steps amplify that
+(seen: 1.0e-4 between two sequential runs, with weights of about 0.04). The bench reports that
+floor (a second sequential run) beside the pipelined run's difference; a run trained on other
+data differs by the size of the update itself (about 1e-2)."""
+
+
+def adapter_difference(a: Path, b: Path) -> float | None:
+    """The largest absolute difference between two saved adapters' tensors; 0.0 when both are
+    absent, None when one is absent or their tensors differ in names or shapes."""
     if not a.exists() or not b.exists():
-        return a.exists() == b.exists()
-    import torch
+        return 0.0 if a.exists() == b.exists() else None
     from safetensors.torch import load_file
 
     x, y = load_file(str(a)), load_file(str(b))
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    if x.keys() != y.keys() or any(x[k].shape != y[k].shape for k in x):
+        return None
+    return max((float((x[k] - y[k]).abs().max()) for k in x), default=0.0)
 
 
 def main() -> None:
@@ -136,9 +148,11 @@ def main() -> None:
         with RuleBlackBox(RULES[a.rule], latency_s=a.latency_s) as box:
             seq = run_round(a, root, "sequential", prompts_path, box, pipeline=False)
             pipe = run_round(a, root, "pipelined", prompts_path, box, pipeline=True)
-        assert pipe["generations"] == seq["generations"], "the pipelined round sampled other responses"
-        assert pipe["rankings"] == seq["rankings"], "the pipelined round ranked differently"
-        assert same_adapter(pipe["adapter"], seq["adapter"]), "the pipelined round trained another adapter"
+            again = run_round(a, root, "sequential-again", prompts_path, box, pipeline=False)  # the float-rounding floor
+        assert pipe["generations"] == seq["generations"] == again["generations"], "the pipelined round sampled other responses"
+        assert pipe["rankings"] == seq["rankings"] == again["rankings"], "the pipelined round ranked differently"
+        diff = {"pipelined": adapter_difference(pipe["adapter"], seq["adapter"]), "sequential_again": adapter_difference(again["adapter"], seq["adapter"])}
+        assert all(d is not None and d <= ADAPTER_ATOL for d in diff.values()), f"the rounds trained other adapters (max abs differences {diff})"
     s, p = seq["times"], pipe["times"]
     longer = max(s["generate_s"], s["rank_s"])
     print(json.dumps({
@@ -148,7 +162,7 @@ def main() -> None:
         "vs_longer_phase": round(p["total_s"] / longer, 3) if longer else None,
         "vs_sum": round(p["total_s"] / (s["generate_s"] + s["rank_s"]), 3),
         "speedup": round(s["total_s"] / p["total_s"], 3) if p["total_s"] else None,
-        "same_generations": True, "same_rankings": True, "same_adapter": True,
+        "same_generations": True, "same_rankings": True, "adapter_max_abs_diff_vs_sequential": diff,
     }))
 
 

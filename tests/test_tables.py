@@ -8,7 +8,7 @@ import json
 from cyclealign import metrics as tables
 from cyclealign import rundir
 from cyclealign.config import build_config
-from cyclealign.loop import Round
+from cyclealign.round import Round
 from cyclealign.metrics import (
     CLI_EVAL_ROWS,
     CLI_ROUND_ROWS,

@@ -19,7 +19,7 @@ from cyclealign.data.sources import load_prompts
 from cyclealign.errors import TemplateError
 from cyclealign.evaluation.runner import judge_templates
 from cyclealign.demos import read_pool
-from cyclealign.loop import Round
+from cyclealign.round import Round
 from cyclealign.progress import NullReporter
 from cyclealign.ranker.client import Ranker
 from cyclealign.records import Demonstration, Generation

@@ -11,7 +11,7 @@ declared in :mod:`cyclealign.metrics`.
 Sources:
 
 - each finished round's ``metrics`` phase, as its manifest recorded it (``metrics.jsonl`` holds the
-  same lines, see :meth:`cyclealign.loop.Round.metrics`); for a run without them, ``metrics.jsonl``.
+  same lines, see :meth:`cyclealign.round.Round.metrics`); for a run without them, ``metrics.jsonl``.
   Two tables (ranking and training; ranker cost, tokens and time), each fitting a 1400 px
   window. Plots: agreement rate and Kendall tau; train loss (with its ranking and SFT terms);
   unranked rate with the unranked reasons; demonstration pool; ranker tokens and cost (no cost

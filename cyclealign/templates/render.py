@@ -1,6 +1,6 @@
 """``cyclealign templates render``: the exact chat messages of one ranker or judge call.
 
-A ranker call is rebuilt as :meth:`cyclealign.loop.Round.rank` builds it: the round's
+A ranker call is rebuilt as :meth:`cyclealign.round.Round.rank` builds it: the round's
 generation of one prompt, the static demonstrations (``ranker.demos_path`` or the shipped ones)
 followed by the dynamic ones of the pool the previous round left (:func:`~cyclealign.demos.read_pool`,
 :func:`~cyclealign.demos.round_demonstrations`), the shuffle seed

@@ -36,6 +36,19 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def signal_when(proc: subprocess.Popen, ready, sig: int, what: str, settle_s: float = 0.0) -> str:
+    """Once ``ready()`` (or the process ended), wait ``settle_s`` and send ``sig``; the process's
+    output. The process is killed if it outlives the test."""
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None, 600, what)
+        time.sleep(settle_s)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def start_iterate(run_dir: Path, prompts_file: Path, *extra: str) -> subprocess.Popen:
     """`cyclealign iterate` in a process of its own, with the embedded ranker (a `transformers serve` child)."""
     cmd = [sys.executable, "-m", "cyclealign.cli", "iterate", "--run-dir", str(run_dir), "--prompts", str(prompts_file),
@@ -53,15 +66,18 @@ def in_generate(run_dir: Path) -> bool:
 def test_a_signal_during_generation_stops_the_run_and_its_server_and_resume_finishes(sig, tmp_path, prompts_file):
     run_dir = tmp_path / "run"
     proc = start_iterate(run_dir, prompts_file)
-    try:
-        wait_for(lambda: in_generate(run_dir) or proc.poll() is not None, 600, "the generate phase")
+    servers = []
+
+    def generating() -> bool:
+        if not in_generate(run_dir):
+            return False
         server = json.loads((run_dir / "server.pid").read_text())
         assert process_start(server["pid"]) == server["start"]  # the embedded ranker server runs
-        proc.send_signal(sig)
-        out = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        servers.append(server)
+        return True
+
+    out = signal_when(proc, generating, sig, "the generate phase")
+    server = servers[0]
     assert proc.returncode == 128 + sig, out
     assert "interrupted: stopped by " + sig.name in out and "Traceback" not in out
     assert [e["signal"] for e in events(run_dir) if e["event"] == "interrupted"] == [sig]
@@ -216,14 +232,7 @@ def test_a_signal_during_eval_stops_it_cleanly_and_the_same_command_finishes(sig
         assert made.exit_code == 0, made.output
         cmd = [sys.executable, "-m", "cyclealign.cli", "eval", "--run-dir", str(run_dir), "--eval-num-prompts", "2", "--eval-max-new-tokens", "8"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        try:
-            wait_for(lambda: (run_dir / "eval").exists() or proc.poll() is not None, 600, "the evaluation")
-            time.sleep(0.5)
-            proc.send_signal(sig)
-            out = proc.communicate(timeout=120)[0].decode()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        out = signal_when(proc, lambda: (run_dir / "eval").exists(), sig, "the evaluation", settle_s=0.5)
         assert proc.returncode == 128 + sig, out
         assert "interrupted: stopped by " + sig.name in out and "Traceback" not in out, out
         assert "held-out prompts: the run's own prompt source" in out

@@ -216,6 +216,23 @@ def policy_key(cfg) -> str:
     return hashlib.sha256((cfg.model.model_dump_json() + cfg.generation.model_dump_json()).encode()).hexdigest()[:8]
 
 
+RUN_PLACE_FIELDS = ("run_dir", "prompts", "seed", "rounds", "prompts_per_round", "eval")
+"""Config fields the bench sets per run, or that do not change what a run trains: left out of
+:func:`config_tag` (``ranker`` fields that say where and how the black box is reached too)."""
+
+
+def config_tag(overrides: dict[str, Any]) -> str:
+    """``cfg-`` and 8 hex digits naming the *effective* config the ``--set`` overrides give (the
+    project's defaults included): a cached CycleAlign run is reused only for the very config it
+    ran, so a changed default never reads a run of the old one."""
+    cfg = json.loads(build_config(**overrides).to_json())
+    for key in RUN_PLACE_FIELDS:
+        cfg.pop(key, None)
+    for key in ("base_url", "model", "cache_path", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "max_retries", "max_cost_usd"):
+        cfg.get("ranker", {}).pop(key, None)
+    return "cfg-" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
@@ -648,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.selection = ["random"] + [s for s in dict.fromkeys(signals) if s != "random"]
         args.prompts_per_round = 2 * args.budget  # the candidates; held-out prompts exclude every one a round may draw
-    tag = args.tag or "cfg-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    tag = args.tag or config_tag(overrides)
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
 

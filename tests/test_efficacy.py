@@ -256,6 +256,19 @@ def test_bench_caches_base_and_baseline_per_policy_and_sampling(bench):
     assert bench.policy_key(build_config(seed=0, **{"model.dtype": "bfloat16"})) != key
 
 
+def test_a_cyclealign_run_is_cached_under_its_effective_config(bench):
+    """The bench's tag names the config a run trains with, defaults included: the defaults and
+    the same values spelled out share it, a changed default or training field does not, and
+    how the black box is reached, the seed and the schedule (the bench sets those per run) do not count."""
+    from cyclealign.config import build_config
+
+    default = bench.config_tag({})
+    assert default == bench.config_tag({"train.max_grad_norm": build_config().train.max_grad_norm})
+    assert bench.config_tag({"train.max_grad_norm": 1.0}) != default
+    assert bench.config_tag({"train.sft_weight": 0.1}) != default
+    assert bench.config_tag({"ranker.concurrency": 2, "ranker.max_cost_usd": 5.0, "seed": 3, "rounds": 4}) == default
+
+
 def test_bench_summary_of_a_rule_pools_its_seeds(bench):
     """``scripts/bench_efficacy.py``'s summary entry, on two seeds' results written out by hand."""
     def kind(before, cyc, base, tau_after):  # 8 prompts x 4 responses; property counts per prompt

@@ -268,7 +268,7 @@ def test_max_grad_norm_reaches_the_trainer(embedded_model_dir, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)
     device = torch.device("cpu")
-    assert training_arguments(build_config().train, work=tmp_path, seed=0, device=device)["max_grad_norm"] == 1.0
+    assert training_arguments(build_config().train, work=tmp_path, seed=0, device=device)["max_grad_norm"] == 5.0
     cfg = build_config(**{"train.max_grad_norm": 0, "train.epochs": 1, "train.carry_optimizer": False})
     assert training_arguments(cfg.train, work=tmp_path, seed=0, device=device)["max_grad_norm"] == 0.0
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_dict=False)

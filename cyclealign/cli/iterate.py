@@ -119,7 +119,7 @@ def iterate(
     learning_rate: Annotated[Optional[float], typer.Option(rich_help_panel="Training", help="LoRA learning rate (default: train.learning_rate).")] = None,
     epochs: Annotated[Optional[float], typer.Option(rich_help_panel="Training", help="Training passes over each round's rankings (default: train.epochs).")] = None,
     carry_optimizer: Annotated[Optional[bool], typer.Option("--carry-optimizer/--no-carry-optimizer", rich_help_panel="Training", help="Continue each round from the previous round's AdamW state (default: on).")] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(rich_help_panel="Training", help="Clip each step's gradient norm to this (0: no clipping; default: 1.0).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(rich_help_panel="Training", help="Clip each step's gradient norm to this (0: no clipping; default: 5.0).")] = None,
     lora_r: Annotated[Optional[int], typer.Option(rich_help_panel="Training", help="LoRA rank (default: train.lora_r).")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option(rich_help_panel="Training", help="LoRA alpha (default: train.lora_alpha).")] = None,
     seed: Annotated[int, typer.Option(rich_help_panel="Run", help="Seed.")] = 0,

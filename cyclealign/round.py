@@ -138,11 +138,12 @@ class Round:
         def persist(result: RankResult) -> None:
             append_jsonl(self.rd.rankings, result.to_json(), fsync=False)  # survives kill -9
 
-        def ledger(call: CallRecord) -> None:  # the round's paid calls
-            self.run.record_call(self.index, call)
-
         latest = {r.prompt_id: r for r in self.rd.read_rankings([p.id for p in self.prompts])}
-        return RankStream(ranker, make_job, latest, persist, ledger)
+        return RankStream(ranker, make_job, latest, persist, self._ledger)
+
+    def _ledger(self, call: CallRecord) -> None:
+        """The round's paid ranker calls, one line each in ``ranker_calls.jsonl``."""
+        self.run.record_call(self.index, call)
 
     def rank(
         self,
@@ -188,7 +189,7 @@ class Round:
                 batch_info: dict[str, Any] = {}
                 if self.cfg.ranker.batch and (jobs := s.jobs_for(sent)):
                     assert ranker is not None, "iterate() opens the ranker while a ranking phase is pending"
-                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=lambda call: self.run.record_call(self.index, call))
+                    batch_info = prefetch_batch(ranker, jobs, self.rd.ranker_batch, on_call=self._ledger)
                 for g in gens:
                     if chosen is not None and g.prompt_id not in chosen:
                         s.skip(RankResult(g.prompt_id, None, reason=RankStatus.NOT_SELECTED.label, status=RankStatus.NOT_SELECTED))

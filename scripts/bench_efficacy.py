@@ -35,22 +35,29 @@ from resampling the held-out prompts (:func:`cyclealign.efficacy.measure.bootstr
 and ``tau_rise_cyclealign_90`` / ``tau_rise_baseline_90``, the 90% interval of the seed-mean
 rise of the held-out tau (:func:`cyclealign.efficacy.measure.bootstrap_tau_change`).
 
-With ``--budget B`` the bench measures prompt selection under a call budget instead (issue 33;
-no plain loop): per rule and seed, one CycleAlign run per ``--selection`` signal with
-``prompts_per_round = 2B`` candidates of which ``ranker.calls_per_round = B`` first asks are
-ranked (:mod:`cyclealign.data.candidates`), and one that ranks all 2B candidates (``all``, 2B
-calls at consistency 1). Its JSON line gives, per rule, each run's held-out property movement,
-tau and calls, and for each signal against ``random`` at B calls and against ``all`` at 2B calls:
+Compared arms (:mod:`cyclealign.efficacy.arms`; no plain loop), each CycleAlign run against the
+same base policy, held-out sets and tau set:
+
+- ``--budget B``: prompt selection under a call budget. Per rule and seed, one run per
+  ``--selection`` signal with ``prompts_per_round = 2B`` candidates of which
+  ``ranker.calls_per_round = B`` first asks are ranked (:mod:`cyclealign.data.candidates`), and
+  one that ranks all 2B (``all``, 2B calls; with 2B = 12 this is the main bench's own run).
+- ``--noisy-calls C``: a noisy judge (``--position-bias P``, ``--swap-prob Q``) at C ranker calls
+  a round: ``single`` (C prompts asked once), ``strict`` and ``aggregate`` (C/K prompts in
+  ``--consistency K`` shuffled orders; kept when all K agree, or Kemeny at ``--min-confidence``).
+
+Their JSON line gives, per rule, each run's held-out property movement, tau, calls and the
+agreement of its trained labels with the rule, and per compared pair
+(:data:`~cyclealign.efficacy.arms.BUDGET_PAIRS`, :data:`~cyclealign.efficacy.arms.NOISE_PAIRS`)
 the ratio of the seed-mean movements with its 90% bootstrap interval
 (:func:`~cyclealign.efficacy.measure.bootstrap_ratio`), the 90% interval of the property
-difference (:func:`~cyclealign.efficacy.measure.bootstrap_rate_difference`, defined when the
-reference did not move) and of the held-out tau difference
-(:func:`~cyclealign.efficacy.measure.bootstrap_tau_change` with the reference as "before").
+difference (:func:`~cyclealign.efficacy.measure.bootstrap_rate_difference`) and of the held-out
+tau difference (:func:`~cyclealign.efficacy.measure.bootstrap_tau_change`, the reference as "before").
 
 Everything trained or sampled is cached under ``--out``: base-policy samples and plain-loop
 points keyed by the policy and its sampling (:func:`policy_key`: ``model.*`` and
 ``generation.*`` overrides apply to the base policy and the plain loop too), CycleAlign runs by
-their ``--set`` overrides, held-out samples by ``--heldout`` and tau scores by the tau set. A
+their effective config (:func:`config_tag`, and the judge's noise), held-out samples by ``--heldout`` and tau scores by the tau set. A
 sweep of ``train.*`` values therefore re-runs only CycleAlign, and a re-run resumes.
 
 Label-only mode (``--judge-noise``, no training, a few minutes on CPU): a noisy rule judge
@@ -67,6 +74,7 @@ Usage::
     .venv/bin/python scripts/bench_efficacy.py --rules brevity --seeds 0 --set train.max_grad_norm=0
     .venv/bin/python scripts/bench_efficacy.py --judge-noise --position-bias 0.3 --consistency 3 --seeds 0
     .venv/bin/python scripts/bench_efficacy.py --budget 6 --selection random,uncertainty,diversity
+    .venv/bin/python scripts/bench_efficacy.py --noisy-calls 12 --position-bias 0.3 --consistency 3
 
 Needs Anthropic's HH-RLHF harmless-base test file (``--hh PATH``, JSONL or JSONL.gz).
 """
@@ -94,7 +102,6 @@ from cyclealign.data.candidates import SIGNALS  # noqa: E402
 from cyclealign.data.selection import select_round_prompts  # noqa: E402
 from cyclealign.data.sources import load_prompts  # noqa: E402
 from cyclealign.efficacy.measure import (  # noqa: E402
-    bootstrap_rate_difference,
     bootstrap_ratio,
     bootstrap_tau_change,
     loglik_scores,
@@ -103,10 +110,12 @@ from cyclealign.efficacy.measure import (  # noqa: E402
     prompt_taus,
     property_rate,
     rule_tau,
+    spread,
 )
+from cyclealign.efficacy.arms import BUDGET_PAIRS, NOISE_PAIRS, budget_arms, noise_arms, summarise_arms, trained_label_accuracy  # noqa: E402
 from cyclealign.efficacy.baseline import PLAIN_GRID, PlainLoopPoint, best_point, plain_grid, plain_pro_loop  # noqa: E402
 from cyclealign.efficacy.rules import CHECK_RULES, RULES, TUNING_RULES, Rule, get_rule  # noqa: E402
-from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
+from cyclealign.efficacy.server import JudgeNoise, RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_model_dir  # noqa: E402
 from cyclealign.policy import make_policy  # noqa: E402
@@ -246,13 +255,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def spread(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "min": None, "max": None}
-    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
-
-
 # -- progress -------------------------------------------------------------------------------
 _T0 = time.perf_counter()
 
@@ -263,9 +265,10 @@ def progress(message: str) -> None:
 
 
 # -- one seed, one rule -----------------------------------------------------------------------
-def run_cyclealign(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, root: Path, tag: str):
-    """The CycleAlign run of one rule and seed (cached in its run folder's ``bench_result.json``);
-    returns ``(config, run folder, result)``."""
+def run_cyclealign(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, root: Path, tag: str, noise=None):
+    """The CycleAlign run of one rule and seed (cached in its run folder's ``bench_result.json``)
+    against the rule black box (erring as ``noise`` says, a
+    :class:`~cyclealign.efficacy.server.JudgeNoise`; None: exact); returns ``(config, run folder, result)``."""
     seed_dir = seed_folder(root, seed, args)
     cfg = build_config(
         **{
@@ -274,7 +277,7 @@ def run_cyclealign(rule: Rule, seed: int, args, overrides, train_prompts_path: P
             "rounds": args.rounds,
             "prompts_per_round": args.prompts_per_round,
             "seed": seed,
-            "ranker.model": f"rule-{rule.name}",
+            "ranker.model": RuleBlackBox(rule, noise).model,  # the noise is in the name: cached replies stay apart
             "ranker.cache_path": str(root / "ranker_cache.sqlite"),
             **overrides,
             "ranker.base_url": "http://127.0.0.1:1/v1",  # replaced below by the server's port
@@ -287,7 +290,7 @@ def run_cyclealign(rule: Rule, seed: int, args, overrides, train_prompts_path: P
     if run_dir.exists():
         shutil.rmtree(run_dir)
     progress(f"seed {seed} {rule.name}: cyclealign {tag} ...")
-    with RuleBlackBox(rule) as box:
+    with RuleBlackBox(rule, noise) as box:
         cfg.ranker.base_url = box.base_url
         t0 = time.perf_counter()
         metrics = iterate(cfg, environ={"OPENAI_API_KEY": "rule-black-box"})
@@ -458,8 +461,6 @@ def label_only(args, rules: list[Rule], seeds: list[int], lists_of: dict[int, li
     (as rounds of a run would see them): the label figures vary much more from draw to draw than
     the lists do."""
     from cyclealign.efficacy.labels import MODES, label_accuracy, pooled
-    from cyclealign.efficacy.server import JudgeNoise
-
     per_rule: dict[str, dict[str, Any]] = {}
     everything: dict[str, list] = {}
     for rule in rules:
@@ -495,30 +496,30 @@ def label_only(args, rules: list[Rule], seeds: list[int], lists_of: dict[int, li
     }
 
 
-# -- the budget axis: which candidates to pay the ranker for (--budget) ------------------------
-def budget_arms(args, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The CycleAlign runs of ``--budget B``, by name: each ``--selection`` signal ranks B first
-    asks' worth of 2B candidates (``ranker.calls_per_round = B``); ``all`` ranks all 2B."""
-    b = args.budget
-    arms = {s: {**overrides, "prompts_per_round": 2 * b, "ranker.calls_per_round": b, "ranker.selection": s} for s in args.selection}
-    arms["all"] = {**overrides, "prompts_per_round": 2 * b}
-    return arms
-
-
-def run_arm(rule: Rule, seed: int, args, name: str, arm: dict[str, Any], train_prompts_path: Path, heldout, base, root: Path, tag: str):
-    """One budget-axis run of ``rule`` and ``seed`` (:func:`run_cyclealign` under ``<tag>-b<B>-<name>``)
-    and its held-out measures: per kind the property after and moved, the tau, the per-prompt terms
-    the intervals resample; and the run's ranked prompts and ranker calls per round."""
-    cfg, run_dir, cyc = run_cyclealign(rule, seed, args, arm, train_prompts_path, root, f"{tag}-b{args.budget}-{name}")
+# -- compared arms: prompt selection under a budget (--budget), a noisy judge (--noisy-calls) ---
+def run_arm(rule: Rule, seed: int, args, name: str, arm: dict[str, Any], train_prompts_path: Path, heldout, base, root: Path, tag: str,
+            noise=None):
+    """One arm's run of ``rule`` and ``seed`` (:mod:`cyclealign.efficacy.arms`) against the rule
+    black box (with ``noise``, a :class:`~cyclealign.efficacy.server.JudgeNoise`) and its held-out
+    measures: per kind the property after and moved, the tau, the per-prompt terms the intervals
+    resample; the run's ranked prompts and ranker calls per round; and how often the labels it
+    trained on agree with the rule. The run is cached under its effective config and the noise
+    (:func:`config_tag`; ``<tag>-<arm>`` with ``--tag``), so ``all`` at 2B = the main bench's
+    ``--prompts-per-round`` is the main bench's own CycleAlign run."""
+    noise_tag = noise.tag if noise is not None else ""
+    run_tag = f"{tag}{noise_tag}-{name}" if args.tag else config_tag(arm) + noise_tag
+    cfg, run_dir, cyc = run_cyclealign(rule, seed, args, arm, train_prompts_path, root, run_tag, noise=noise)
     model_dir, device = resolve_model_dir(cfg.model), resolve_device(cfg.model)
-    adapter = RunDir(run_dir).latest_adapter(cfg.rounds)
+    rd = RunDir(run_dir)
+    adapter = rd.latest_adapter(cfg.rounds)
     own = held_out_samples(cfg, model_dir, adapter, heldout, seed, run_dir / f"heldout_{args.heldout}")
     tau_of = taus(rule, base["tau_set"], tau_scores(run_dir, model_dir, adapter, base["tau_set"], cfg, device, base["tau_key"]))
-    lines = RunDir(run_dir).metrics_lines()
+    lines = rd.metrics_lines()
     out: dict[str, Any] = {
         "wall_s": cyc["wall_s"],
         "ranked_per_round": statistics.fmean(m["ranked"] for m in lines),
         "ranker_calls_per_round": statistics.fmean(m["ranker_calls"] for m in lines),
+        "labels": trained_label_accuracy(rule, [(rd.round(k).read_generations(), rd.round(k).read_rankings()) for k in range(cfg.rounds)]),
         "fluency": fluency(run_dir, model_dir, own, cfg, device, str(args.heldout)),
     }
     for kind in heldout:
@@ -532,61 +533,6 @@ def run_arm(rule: Rule, seed: int, args, name: str, arm: dict[str, Any], train_p
             "tau_per_prompt": tau_of[kind]["tau_per_prompt"],
         }
     return out
-
-
-def summarise_budget(rule: Rule, heldout_kinds, base_per_seed: list[dict], runs: list[dict[str, dict]]) -> dict[str, Any]:
-    """One rule's entry of the budget axis: per run (arm) the spread over seeds of its movement,
-    tau, ranked prompts and calls per round, with the 90% interval of its tau rise; and each
-    signal against ``random`` (same calls) and against ``all`` (twice the calls): the ratio of
-    the seed-mean movements and its 90% interval, and the 90% intervals of the property and
-    tau differences. ``base_per_seed``: per seed, per kind, the base policy's per-prompt terms."""
-    arms = list(runs[0])
-    entry: dict[str, Any] = {"kind": rule.kind, "runs": {}, "vs_random": {}, "vs_all": {}}
-    for arm in arms:
-        entry["runs"][arm] = {
-            "ranked_per_round": spread([r[arm]["ranked_per_round"] for r in runs]),
-            "ranker_calls_per_round": spread([r[arm]["ranker_calls_per_round"] for r in runs]),
-            "wall_s": spread([r[arm]["wall_s"] for r in runs]),
-        }
-        for kind in heldout_kinds:
-            entry["runs"][arm][kind] = {
-                "after": spread([r[arm][kind]["after"] for r in runs]),
-                "moved": spread([r[arm][kind]["moved"] for r in runs]),
-                "tau": spread([r[arm][kind]["tau"] for r in runs]),
-                "fluency": spread([r[arm]["fluency"][kind] for r in runs]),
-                "tau_rise_90": bootstrap_tau_change(
-                    [{"before": b[kind]["tau_per_prompt"], "after": r[arm][kind]["tau_per_prompt"]} for b, r in zip(base_per_seed, runs)]
-                ),
-            }
-
-    def compare(arm: str, ref: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for kind in heldout_kinds:
-            moved = statistics.fmean(r[arm][kind]["moved"] for r in runs)
-            moved_ref = statistics.fmean(r[ref][kind]["moved"] for r in runs)
-            out[kind] = {
-                "moved": moved,
-                f"moved_{ref}": moved_ref,
-                "ratio_of_means": moved / moved_ref if moved_ref > 0 else None,
-                "ratio_of_means_90": bootstrap_ratio(
-                    [{"before": b[kind]["per_prompt"], "cyclealign": r[arm][kind]["per_prompt"], "baseline": r[ref][kind]["per_prompt"]}
-                     for b, r in zip(base_per_seed, runs)]
-                ),
-                "difference_90": bootstrap_rate_difference(
-                    [{"reference": r[ref][kind]["per_prompt"], "after": r[arm][kind]["per_prompt"]} for r in runs]
-                ),
-                "tau_difference_90": bootstrap_tau_change(
-                    [{"before": r[ref][kind]["tau_per_prompt"], "after": r[arm][kind]["tau_per_prompt"]} for r in runs]
-                ),
-            }
-        return out
-
-    for arm in arms:
-        if arm not in ("random", "all"):
-            entry["vs_random"][arm] = compare(arm, "random")
-        if arm != "all":
-            entry["vs_all"][arm] = compare(arm, "all")
-    return entry
 
 
 def floats(text: str) -> list[float]:
@@ -626,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     noisy.add_argument("--judge-draws", type=int, default=10, help="times each seed's lists are labelled (new orders and noise each time)")
     noisy.add_argument("--label-lists", choices=("heldout", "tau"), default="heldout",
                        help="the lists labelled: the held-out samples (N = generation.num_samples) or the tau set (--tau-samples each)")
+    noisy.add_argument(
+        "--noisy-calls", type=int, default=None, metavar="C",
+        help="train instead: per rule and seed, three runs at C ranker calls a round against the noisy judge: single (C prompts "
+        "asked once), strict and aggregate (C/K prompts in K orders; all K agree, or Kemeny at --min-confidence)",
+    )
     ap.add_argument(
         "--budget", type=int, default=None, metavar="B",
         help="measure prompt selection instead: per --selection signal, 2B candidates a round of which B calls' worth are "
@@ -639,13 +590,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rules = [get_rule(r.strip()) for r in args.rules.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.judge_noise:
+    if args.judge_noise or args.noisy_calls is not None:
         bad = [f"--{n.replace('_', '-')} {v}" for n, v in (("position_bias", args.position_bias), ("swap_prob", args.swap_prob),
                                                             ("min_confidence", args.min_confidence)) if not 0.0 <= v <= 1.0]
         if args.judge_draws < 1:
             bad.append(f"--judge-draws {args.judge_draws} (needs >= 1)")
         if args.consistency < 2:
             bad.append(f"--consistency {args.consistency} (needs K >= 2)")
+        if args.noisy_calls is not None and (args.noisy_calls % args.consistency or not args.consistency <= args.noisy_calls <= args.prompts_per_round):
+            bad.append(f"--noisy-calls {args.noisy_calls} (needs a multiple of --consistency {args.consistency}, at most --prompts-per-round {args.prompts_per_round})")
+        if args.judge_noise and args.noisy_calls is not None:
+            bad.append("--judge-noise with --noisy-calls (labels only, or training: one of them)")
+        if args.budget is not None and args.noisy_calls is not None:
+            bad.append("--budget with --noisy-calls (one comparison at a time)")
         if bad:
             print(f"{', '.join(bad)}: out of range (probabilities and the threshold are in [0, 1])", file=sys.stderr)
             return 2
@@ -721,17 +678,22 @@ def main(argv: list[str] | None = None) -> int:
             "tau_scores": tau_scores(base_dir, model_dir, None, tau_set, base_cfg, device, tau_key),
             "fluency": fluency(base_dir / f"heldout_{args.heldout}", model_dir, base_gens, base_cfg, device, str(args.heldout)),
         }
-        if seed == args.sweep_seed and args.budget is None:  # the plain loop's sweep (not run with --budget)
+        if seed == args.sweep_seed and args.budget is None and args.noisy_calls is None:  # the plain loop's sweep (only without arms)
             base["tune"] = tune
             base["tune_gens"] = held_out_samples(base_cfg, model_dir, None, tune, seed, base_dir / f"tune_{args.tune_prompts}")
-        if args.budget is not None:
+        if args.budget is not None or args.noisy_calls is not None:
+            if args.budget is not None:
+                arms, noise = budget_arms(args.budget, args.selection, overrides), None
+            else:
+                arms = noise_arms(args.noisy_calls, args.consistency, args.min_confidence, overrides)
+                noise = JudgeNoise(args.position_bias, args.swap_prob, seed)
             for rule in rules:
                 base_tau = taus(rule, base["tau_set"], base["tau_scores"])
                 terms = {kind: {"per_prompt": prompt_properties(rule, base["gens"][kind]), "tau_per_prompt": base_tau[kind]["tau_per_prompt"]}
                          for kind in heldout}
                 res = {"base": terms}
-                for name, arm in budget_arms(args, overrides).items():
-                    res[name] = run_arm(rule, seed, args, name, arm, train_prompts_path, heldout, base, root, tag)
+                for name, arm in arms.items():
+                    res[name] = run_arm(rule, seed, args, name, arm, train_prompts_path, heldout, base, root, tag, noise)
                     shown = {k: ({f: x for f, x in v.items() if f not in ("per_prompt", "tau_per_prompt")} if k in heldout else v)
                              for k, v in res[name].items()}
                     print(json.dumps({"seed": seed, "rule": rule.name, "run": name, **shown}), file=sys.stderr, flush=True)
@@ -766,13 +728,20 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - _T0, 1),
         "rules": {},
     }
-    if args.budget is not None:
-        summary.update(bench="efficacy-budget", budget=args.budget, selection=args.selection)
+    if args.budget is not None or args.noisy_calls is not None:
         summary.pop("plain_loop_sweep")
+        if args.budget is not None:
+            summary.update(bench="efficacy-budget", budget=args.budget, selection=args.selection)
+            pairs = BUDGET_PAIRS
+        else:
+            summary.update(bench="efficacy-noisy-judge", calls_per_round=args.noisy_calls, consistency=args.consistency,
+                           min_confidence=args.min_confidence, judge={"position_bias": args.position_bias, "swap_prob": args.swap_prob})
+            pairs = NOISE_PAIRS
         for name, runs in per_rule.items():
             split = "tuning" if name in TUNING_RULES else "check" if name in CHECK_RULES else "other"
-            arms = [{k: v for k, v in r.items() if k != "base"} for r in runs]
-            summary["rules"][name] = {"split": split, **summarise_budget(RULES[name], list(heldout), [r["base"] for r in runs], arms)}
+            arm_runs = [{k: v for k, v in r.items() if k != "base"} for r in runs]
+            summary["rules"][name] = {"split": split, "kind": RULES[name].kind,
+                                      **summarise_arms(list(heldout), [r["base"] for r in runs], arm_runs, pairs)}
         print(json.dumps(summary))
         return 0
     for name, runs in per_rule.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import tenacity
 
+from cyclealign.config import build_config
 from cyclealign.config.ranker import RankerConfig
 from cyclealign.efficacy.measure import loglik_scores, mean_tau, prompt_taus, property_rate, rule_tau
 from cyclealign.efficacy.rules import RULES, get_rule
@@ -363,23 +364,35 @@ def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_d
     assert gap(after) > gap(before)
 
 
-def test_bench_budget_axis_runs_and_summary(bench):
-    """``--budget B``: one run per signal at 2B candidates and B calls, one ranking all 2B; the
-    summary compares each signal with random (same calls) and with all (twice the calls)."""
-    from types import SimpleNamespace
+def test_budget_and_noise_arms_and_their_summary(bench):
+    """``--budget B``: one run per signal at 2B candidates and B calls, one ranking all 2B;
+    ``--noisy-calls C``: single, strict and aggregate at C calls. The summary compares each pair."""
+    from cyclealign.efficacy.arms import BUDGET_PAIRS, budget_arms, noise_arms, summarise_arms
 
-    arms = bench.budget_arms(SimpleNamespace(budget=3, selection=["random", "diversity"]), {"train.epochs": 2})
+    arms = budget_arms(3, ["random", "diversity"], {"train.epochs": 2})
     assert arms == {
         "random": {"train.epochs": 2, "prompts_per_round": 6, "ranker.calls_per_round": 3, "ranker.selection": "random"},
         "diversity": {"train.epochs": 2, "prompts_per_round": 6, "ranker.calls_per_round": 3, "ranker.selection": "diversity"},
         "all": {"train.epochs": 2, "prompts_per_round": 6},
     }
+    # Cached by effective config: "all" is the main bench's run of the same overrides, the
+    # signals are runs of their own.
+    assert bench.config_tag(arms["all"]) == bench.config_tag({"train.epochs": 2})
+    assert len({bench.config_tag(a) for a in arms.values()}) == 3
+    noisy = noise_arms(12, 3, 0.6, {})
+    assert {name: build_config(prompts_per_round=12, **a).ranked_per_round for name, a in noisy.items()} == {
+        "single": 12, "strict": 4, "aggregate": 4,
+    }
+    assert len({bench.config_tag(a) for a in noisy.values()}) == 3
+    with pytest.raises(ValueError, match="multiple of consistency"):
+        noise_arms(10, 3, 0.6, {})
 
     def run(counts, tau_shift, calls):  # 4 prompts x 4 responses; the property counts per prompt
         terms = [(n, 4) for n in counts]
         after = sum(counts) / 16
         return {
             "wall_s": 10.0, "ranked_per_round": calls, "ranker_calls_per_round": calls, "fluency": {"hh": -2.0},
+            "labels": {"lists": calls, "pair_accuracy": 0.9, "exact": 0.5},
             "hh": {"after": after, "moved": after - 0.25, "tau": tau_shift, "per_prompt": terms,
                    "tau_per_prompt": [0.0 + tau_shift, 0.2 + tau_shift, None, -0.2 + tau_shift]},
         }
@@ -389,17 +402,19 @@ def test_bench_budget_axis_runs_and_summary(bench):
         {"random": run([2] * 4, 0.1, 3), "diversity": run([3] * 4, 0.2, 3), "all": run([3] * 4, 0.3, 6)},
         {"random": run([2] * 4, 0.1, 3), "diversity": run([2] * 4, 0.2, 3), "all": run([3] * 4, 0.3, 6)},
     ]
-    entry = bench.summarise_budget(RULES["marker"], ["hh"], [base, base], seeds)
+    entry = summarise_arms(["hh"], [base, base], seeds, BUDGET_PAIRS)
     assert entry["runs"]["all"]["ranker_calls_per_round"]["mean"] == 6
+    assert entry["runs"]["all"]["label_pair_accuracy"]["mean"] == pytest.approx(0.9)
     assert entry["runs"]["diversity"]["hh"]["moved"] == {"mean": pytest.approx(0.375), "min": 0.25, "max": 0.5}
     assert entry["runs"]["random"]["hh"]["tau_rise_90"] == (pytest.approx(0.1), pytest.approx(0.1))
-    vs = entry["vs_random"]["diversity"]["hh"]
-    assert set(entry["vs_random"]) == {"diversity"} and set(entry["vs_all"]) == {"random", "diversity"}
+    # pairs naming an arm these runs lack (uncertainty) are skipped
+    assert set(entry["compare"]) == {"diversity vs random", "random vs all", "diversity vs all"}
+    vs = entry["compare"]["diversity vs random"]["hh"]
     # diversity moved 0.5 and 0.25 (mean 0.375), random 0.25 twice: a ratio of 1.5, 0.125 more.
     assert vs["ratio_of_means"] == pytest.approx(1.5) and vs["ratio_of_means_90"] == (pytest.approx(1.5), pytest.approx(1.5))
     assert vs["difference_90"] == (pytest.approx(0.125), pytest.approx(0.125))
     assert vs["tau_difference_90"] == (pytest.approx(0.1), pytest.approx(0.1))
-    assert entry["vs_all"]["random"]["hh"]["ratio_of_means"] == pytest.approx(0.5)
+    assert entry["compare"]["random vs all"]["hh"]["ratio_of_means"] == pytest.approx(0.5)
 
 
 def test_bootstrap_rate_difference():
@@ -411,3 +426,28 @@ def test_bootstrap_rate_difference():
     assert bootstrap_rate_difference([{"reference": ref, "after": ref}]) == (0.0, 0.0)
     with pytest.raises(ValueError, match="same non-empty prompts"):
         bootstrap_rate_difference([{"reference": ref, "after": after[:2]}])
+
+
+@pytest.mark.slow
+def test_bench_noisy_judge_arms_end_to_end(tmp_path, bench, hh_rlhf_path, embedded_model_dir, capsys):
+    """``--noisy-calls C`` on the real SmolLM2 and the real rule black box, tiny: three runs at C
+    calls a round spend exactly C calls (single on C prompts, strict and aggregate on C / K), and
+    the JSON line compares them; a second call reads every run back from the cache."""
+    import json
+
+    argv = ["--rules", "brevity", "--seeds", "0", "--rounds", "1", "--prompts-per-round", "3", "--heldout", "2",
+            "--tau-prompts", "2", "--tau-samples", "2", "--noisy-calls", "3", "--consistency", "3", "--position-bias", "0.3",
+            "--hh", str(hh_rlhf_path), "--out", str(tmp_path), "--set", "train.epochs=1"]
+    assert bench.main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["bench"] == "efficacy-noisy-judge" and line["calls_per_round"] == 3
+    runs = line["rules"]["brevity"]["runs"]
+    assert {name: runs[name]["ranker_calls_per_round"]["mean"] for name in runs} == {"single": 3, "strict": 3, "aggregate": 3}
+    assert runs["single"]["labels_kept"]["mean"] == 3 and runs["aggregate"]["labels_kept"]["mean"] <= 1
+    assert 0.0 <= runs["single"]["label_pair_accuracy"]["mean"] <= 1.0
+    assert set(line["rules"]["brevity"]["compare"]) == {"aggregate vs single", "aggregate vs strict", "strict vs single"}
+    # The noisy judge's replies are cached under a name of their own, never an exact judge's.
+    ranked = sorted(p.name for p in (tmp_path / "seed_0" / "r1x3").iterdir() if p.name.startswith("cfg-"))
+    assert len(ranked) == 3 and all(name.endswith("-pb0.3-sw0-s0") for name in ranked)
+    assert bench.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rules"] == line["rules"]

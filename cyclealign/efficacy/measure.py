@@ -6,6 +6,7 @@
   fixed set of responses and the rule's scores of them, averaged over prompts (how far the
   policy's own preferences moved toward the rule's; the white-box ranking of CycleAlign,
   Hong et al. 2023, Sec. 3.2);
+- :func:`spread`: mean, min and max of a measure over seeds;
 - :func:`bootstrap_ratio`: how precisely a few held-out prompts pin down the ratio of two
   methods' movements (a percentile interval from resampling the prompts);
   :func:`bootstrap_tau_change` likewise for the rise of the held-out tau, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -24,6 +26,19 @@ from scipy.stats import kendalltau
 from cyclealign.efficacy.rules import Rule
 from cyclealign.records import Generation
 from cyclealign.train.scoring import list_logps
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float | None]:
+    """``mean``, ``min`` and ``max`` of the defined ``values`` (all None when none is), e.g. a
+    measure over seeds.
+
+    >>> spread([1.0, None, 3.0])
+    {'mean': 2.0, 'min': 1.0, 'max': 3.0}
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
 
 
 def property_rate(rule: Rule, gens: Sequence[Generation]) -> float:

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cyclealign.records import Demonstration
-from cyclealign.rundir import RoundDir, RunDir, read_records, write_jsonl
+from cyclealign.rundir import RoundDir, RunDir
+from cyclealign.files import read_records, write_jsonl
 
 if TYPE_CHECKING:
     from cyclealign.config.ranker import RankerConfig

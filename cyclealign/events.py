@@ -32,7 +32,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from cyclealign.rundir import append_jsonl
+from cyclealign.files import append_jsonl
 
 __all__ = ["EventLog", "EventReporter"]
 

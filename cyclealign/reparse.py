@@ -23,7 +23,8 @@ from pathlib import Path
 from cyclealign.errors import RunDirError
 from cyclealign.ranker.ranking import AggregateMode, combine_samples, reparse_sample
 from cyclealign.records import RankResult
-from cyclealign.rundir import Phase, RunDir, write_jsonl
+from cyclealign.rundir import Phase, RunDir
+from cyclealign.files import write_jsonl
 from cyclealign.runlock import RunLock
 
 __all__ = ["ReparseSummary", "reparse_run"]

@@ -37,7 +37,8 @@ from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import CallRecord
 from cyclealign.ranker.ranking import RankJob, clip_prompt, round_shuffle_seed
 from cyclealign.records import AgreementRow, Demonstration, Generation, PromptRecord, RankResult, RankStatus
-from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir, append_jsonl, read_json, write_json, write_jsonl
+from cyclealign.rundir import GenerationJournal, Phase, RoundDir, RunDir
+from cyclealign.files import append_jsonl, read_json, write_json, write_jsonl
 from cyclealign.train.launch import save_rng_state, train_phase
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from typing import Any
 import filelock
 
 from cyclealign.errors import LockedError, RunDirError
-from cyclealign.rundir import RunDir, write_json
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_json
 
 __all__ = ["RunLock", "lock_holder"]
 

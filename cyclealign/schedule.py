@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cyclealign.errors import ConfigError, LockedError
-from cyclealign.rundir import PHASES, Phase, RunDir, atomic_write_text, read_jsonl
+from cyclealign.rundir import PHASES, Phase, RunDir
+from cyclealign.files import atomic_write_text, read_jsonl
 from cyclealign.runlock import RunLock, lock_holder
 
 __all__ = ["EXIT_CODES", "Condition", "Promotion", "parse_conditions", "promote", "run_status"]

@@ -121,7 +121,8 @@ from cyclealign.models.loading import load_causal_lm, resolve_device, resolve_mo
 from cyclealign.policy import make_policy  # noqa: E402
 from cyclealign.records import Generation, PromptRecord  # noqa: E402
 from cyclealign.resources import default_prompts_path  # noqa: E402
-from cyclealign.rundir import RunDir, read_jsonl, write_json, write_jsonl  # noqa: E402
+from cyclealign.rundir import RunDir  # noqa: E402
+from cyclealign.files import read_jsonl, write_json, write_jsonl  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 

@@ -44,7 +44,8 @@ from cyclealign.efficacy.rules import RULES  # noqa: E402
 from cyclealign.efficacy.server import RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
 from cyclealign.progress import NullReporter  # noqa: E402
-from cyclealign.rundir import RunDir, read_jsonl, write_jsonl  # noqa: E402
+from cyclealign.rundir import RunDir  # noqa: E402
+from cyclealign.files import read_jsonl, write_jsonl  # noqa: E402
 
 DEFAULT_HH = Path(__file__).resolve().parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 

@@ -17,7 +17,8 @@ from cyclealign.data.candidates import (
 )
 from cyclealign.data.selection import select_next_prompts, used_prompt_counts
 from cyclealign.records import Generation, PromptRecord
-from cyclealign.rundir import RunDir, write_json
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_json
 
 
 def gen(pid, token_ids, logprobs):

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cyclealign.cli import app
-from cyclealign.rundir import read_jsonl
+from cyclealign.files import read_jsonl
 from scripted_api import ScriptedAPI
 from scripted_run import reverse_ranker
 

@@ -223,7 +223,7 @@ def test_bench_reuses_cached_samples_and_tau_scores_without_loading_a_model(benc
     """A sweep or a larger held-out set reuses what earlier runs wrote: cached held-out samples
     and tau scores are read back as they were, and no policy or model is built for them (the
     model folder here does not exist)."""
-    from cyclealign.rundir import write_json, write_jsonl
+    from cyclealign.files import write_json, write_jsonl
 
     gens = {kind: [Generation("p0", [1, 2], ["you", "me"], [[3], [4, 5]], [-1.0, -2.0], [True, False])] for kind in ("hh", "other")}
     for kind, rows in gens.items():

@@ -21,7 +21,8 @@ from cyclealign.loop import iterate
 from cyclealign.progress import NullReporter
 from cyclealign.records import Generation, PromptRecord
 from cyclealign.resources import default_templates_dir
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 from cyclealign.templates.judge import JudgeTemplates
 from cyclealign.templates.ranker import RankerTemplates
 

@@ -16,7 +16,8 @@ from cyclealign.data.sources import load_prompts
 from cyclealign.errors import ConfigError, RunDirError
 from cyclealign.export import export_rankings
 from cyclealign.records import Generation, RankResult
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 
 runner = CliRunner()
 

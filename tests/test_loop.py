@@ -6,7 +6,8 @@ import pytest
 
 from cyclealign.loop import iterate
 from cyclealign.progress import NullReporter
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 from scripted_api import ScriptedAPI
 from scripted_run import KEY, make_config, ranking_requests, reverse_ranker
 

@@ -15,7 +15,8 @@ from scripted_api import ScriptedAPI
 from scripted_run import KEY, make_config, reverse_ranker
 
 from cyclealign.loop import iterate
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ from cyclealign.config import build_config
 from cyclealign.errors import RunDirError
 from cyclealign.records import Generation, RankResult, RankSample, RankStatus
 from cyclealign.reparse import reparse_results, reparse_run
-from cyclealign.rundir import RunDir, read_jsonl, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl, write_jsonl
 
 
 def make_run(tmp_path, results, done=("generate", "rank"), rounds=1):

@@ -18,7 +18,8 @@ from cyclealign.errors import RunDirError
 from cyclealign.models.loading import EMBEDDED_NAME
 from cyclealign.records import Generation, RankResult
 from cyclealign.report.html import write_report
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 
 runner = CliRunner()
 

@@ -22,7 +22,8 @@ import pytest
 
 from cyclealign.config import build_config
 from cyclealign.report.html import write_report
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 from scripted_api import ScriptedAPI
 from scripted_run import KEY, reverse_ranker
 from tiny_model import build_tiny_model_dir

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from cyclealign.errors import RunDirError
-from cyclealign.rundir import RunDir, append_jsonl, atomic_write_text, read_jsonl, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -84,7 +85,7 @@ def test_has_adapter_and_latest_adapter(tmp_path):
 
 
 def test_a_torn_last_line_is_said_and_cut_before_the_next_append(tmp_path, caplog):
-    from cyclealign.rundir import append_jsonl, read_jsonl
+    from cyclealign.files import append_jsonl, read_jsonl
 
     path = tmp_path / "rankings.jsonl"
     append_jsonl(path, {"prompt_id": "a"})

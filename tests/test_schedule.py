@@ -17,7 +17,8 @@ from cyclealign.config.files import flatten
 from cyclealign.data.selection import select_next_prompts, select_round_prompts
 from cyclealign.errors import ConfigError, LockedError
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 from cyclealign.runlock import RunLock, lock_holder
 from cyclealign.schedule import parse_conditions, promote, run_status
 

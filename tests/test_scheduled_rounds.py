@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cyclealign.cli import app
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 from scripted_api import ScriptedAPI
 
 pytestmark = pytest.mark.slow

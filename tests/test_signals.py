@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from cyclealign.cli import app
 from cyclealign.config import build_config
 from cyclealign.runlock import RunLock
-from cyclealign.rundir import RunDir, atomic_write_text, make_work_dir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import atomic_write_text, make_work_dir, read_jsonl
 from cyclealign.serving import process_start, reap_stale_server
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,8 @@ from cyclealign.metrics import (
 )
 from cyclealign.progress import NullReporter
 from cyclealign.records import RankResult
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 
 METRICS_JSONL_KEYS = [
     "round", "prompts", "responses", "selected", "ranked", "unranked", "agreement_rate", "kendall_tau", "pool_added", "pool_size",

@@ -25,7 +25,8 @@ from cyclealign.ranker.client import Ranker
 from cyclealign.records import Demonstration, Generation
 from cyclealign.report.html import write_report
 from cyclealign.resources import default_demos_path, default_templates_dir
-from cyclealign.rundir import RunDir, write_json, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_json, write_jsonl
 from cyclealign.templates.files import TEMPLATE_NAMES
 from cyclealign.templates.judge import JudgeTemplates
 from cyclealign.templates.ranker import RankerTemplates, load_demonstrations

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cyclealign.records import Generation, RankResult
-from cyclealign.rundir import RunDir, write_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_jsonl
 from cyclealign.train.phase import round_examples, training_examples
 
 

@@ -30,7 +30,8 @@ from cyclealign.policy import make_policy
 from cyclealign.policy.hf import TransformersPolicy
 from cyclealign.policy.vllm_client import VLLMClient, VLLMServer
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 from scripted_api import ScriptedAPI
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from cyclealign.data.candidates import Selection
 from cyclealign.errors import RunDirError
 from cyclealign.records import PromptRecord
-from cyclealign.rundir import read_json
+from cyclealign.files import read_json
 
 if TYPE_CHECKING:
     from cyclealign.config import Config

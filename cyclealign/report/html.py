@@ -54,7 +54,8 @@ from cyclealign.report.sections import (
     settings,
     template_rows,
 )
-from cyclealign.rundir import RunDir, read_jsonl
+from cyclealign.rundir import RunDir
+from cyclealign.files import read_jsonl
 
 __all__ = ["load_metrics", "write_report"]
 

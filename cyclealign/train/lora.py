@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cyclealign.config.train import TrainConfig
-from cyclealign.rundir import make_work_dir
+from cyclealign.files import make_work_dir
 
 __all__ = ["load_trainable_policy", "lora_config", "save_merged"]
 

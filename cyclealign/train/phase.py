@@ -20,7 +20,8 @@ import torch
 from cyclealign.config import Config
 from cyclealign.models.loading import resolve_dtype
 from cyclealign.resources import shipped_accelerate_config
-from cyclealign.rundir import RunDir, write_json
+from cyclealign.rundir import RunDir
+from cyclealign.files import write_json
 from cyclealign.train.examples import RankingExample
 from cyclealign.train.lora import load_trainable_policy, save_merged
 from cyclealign.train.trainer import train_round

@@ -17,7 +17,7 @@ import torch
 from transformers.trainer_callback import PrinterCallback
 
 from cyclealign.config.train import TrainConfig
-from cyclealign.rundir import make_work_dir
+from cyclealign.files import make_work_dir
 from cyclealign.train.optimizer_carry import save_optimizer_state
 
 __all__ = [

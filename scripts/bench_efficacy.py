@@ -113,7 +113,7 @@ from cyclealign.efficacy.measure import (  # noqa: E402
     spread,
 )
 from cyclealign.efficacy.arms import BUDGET_PAIRS, NOISE_PAIRS, budget_arms, noise_arms, summarise_arms, trained_label_accuracy  # noqa: E402
-from cyclealign.efficacy.baseline import PLAIN_GRID, PlainLoopPoint, best_point, plain_grid, plain_pro_loop  # noqa: E402
+from cyclealign.efficacy.baseline import MAX_FLUENCY_DROP, PLAIN_GRID, PlainLoopPoint, best_point, plain_grid, plain_pro_loop  # noqa: E402
 from cyclealign.efficacy.rules import CHECK_RULES, RULES, TUNING_RULES, Rule, get_rule  # noqa: E402
 from cyclealign.efficacy.server import JudgeNoise, RuleBlackBox  # noqa: E402
 from cyclealign.loop import iterate  # noqa: E402
@@ -346,26 +346,42 @@ def run_plain_loop(rule: Rule, seed: int, args, point: PlainLoopPoint, train_pro
 def choose_plain_point(rule: Rule, args, grid: list[PlainLoopPoint], train_prompts_path: Path, base, cyc_run: Path, root: Path):
     """The plain loop's best point for ``rule``: each point of ``grid`` is trained on the sweep
     seed and scored by the rule's property over its own samples of the tuning prompts (HH prompts
-    neither trained on nor held out); the highest wins. Written to ``choice.json`` beside the
-    points with every point's score and the base policy's; returns that record."""
+    neither trained on nor held out) and by their fluency (:func:`fluency`); the highest property
+    among the points that lose at most ``--max-fluency-drop`` nats per token against the base
+    policy's own samples wins (:func:`~cyclealign.efficacy.baseline.best_point`). Written to
+    ``choice_<n>.json`` beside the points with every point's score and fluency, the base policy's,
+    and the choice without the fluency bound; returns that record."""
     seed = args.sweep_seed
     rule_dir = seed_folder(root, seed, args) / "baseline" / base["key"] / rule.name
-    scores = {}
+    base_dir = seed_folder(root, seed, args) / "base" / base["key"] / f"tune_{args.tune_prompts}"
+    base_cfg = build_config(seed=seed, **base["generation"])
+    model_dir, device = resolve_model_dir(base_cfg.model), resolve_device(base_cfg.model)
+    fluency_before = fluency(base_dir, model_dir, base["tune_gens"], base_cfg, device, "tune")["tune"]
+    scores, fluent = {}, {}
     for point in grid:
         bl_cfg, bl_dir, adapter, _ = run_plain_loop(rule, seed, args, point, train_prompts_path, base, cyc_run, root)
-        gens = held_out_samples(bl_cfg, resolve_model_dir(bl_cfg.model), adapter, base["tune"], seed, bl_dir / f"tune_{args.tune_prompts}")
+        folder = bl_dir / f"tune_{args.tune_prompts}"
+        gens = held_out_samples(bl_cfg, model_dir, adapter, base["tune"], seed, folder)
         scores[point.name] = property_rate(rule, gens["tune"])
-    chosen = best_point(scores)
+        fluent[point.name] = fluency(folder, model_dir, gens, bl_cfg, device, "tune")["tune"]
+    drops = {name: fluency_before - f for name, f in fluent.items()}
+    bound = args.max_fluency_drop if args.max_fluency_drop > 0 else None
+    chosen = best_point(scores, drops, bound)
     record = {
         "sweep_seed": seed,
         "tune_prompts": args.tune_prompts,
         "before": property_rate(rule, base["tune_gens"]["tune"]),
         "scores": scores,
+        "fluency_before": fluency_before,
+        "fluency": fluent,
+        "max_fluency_drop": bound,
         "chosen": chosen,
+        "chosen_unbounded": best_point(scores),
         "point": next(p for p in grid if p.name == chosen).to_json(),
     }
     write_json(rule_dir / f"choice_{args.tune_prompts}.json", record)
-    progress(f"{rule.name}: plain loop's best point {chosen} (tuning property {scores[chosen]:.2f}, base {record['before']:.2f})")
+    progress(f"{rule.name}: plain loop's best point {chosen} (tuning property {scores[chosen]:.2f}, base {record['before']:.2f}; "
+             f"fluency {fluent[chosen]:.2f}, base {fluency_before:.2f}; unbounded best {record['chosen_unbounded']})")
     return record
 
 
@@ -559,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-lr", type=floats, default=sorted({p.learning_rate for p in PLAIN_GRID}), help="plain loop's learning rates (comma-separated)")
     ap.add_argument("--plain-sft", type=floats, default=sorted({p.sft_weight for p in PLAIN_GRID}), help="plain loop's SFT weights")
     ap.add_argument("--plain-clip", type=floats, default=sorted({p.max_grad_norm for p in PLAIN_GRID}), help="plain loop's clipping norms (0 = off)")
+    ap.add_argument("--max-fluency-drop", type=float, default=MAX_FLUENCY_DROP,
+                    help="the plain loop's sweep passes over points whose tuning samples lose more base-policy nats per token than this (0 = no bound)")
     ap.add_argument("--hh", type=Path, default=DEFAULT_HH, help="HH-RLHF harmless-base JSONL[.gz]")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_efficacy"), help="work folder (caches base/baseline)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -725,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         "prompts_per_round": args.prompts_per_round,
         "heldout_per_kind": args.heldout,
         "tau_set": {"prompts_per_kind": args.tau_prompts, "responses_per_prompt": args.tau_samples},
-        "plain_loop_sweep": {"grid": [p.name for p in grid], "tune_prompts": args.tune_prompts, "sweep_seed": args.sweep_seed},
+        "plain_loop_sweep": {"grid": [p.name for p in grid], "tune_prompts": args.tune_prompts, "sweep_seed": args.sweep_seed,
+                             "max_fluency_drop": args.max_fluency_drop},
         "wall_s": round(time.perf_counter() - _T0, 1),
         "rules": {},
     }
@@ -749,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         split = "tuning" if name in TUNING_RULES else "check" if name in CHECK_RULES else "other"
         summary["rules"][name] = {
             "split": split,
-            "plain_loop": {k: choices[name][k] for k in ("chosen", "before", "scores")},
+            "plain_loop": {k: choices[name][k] for k in ("chosen", "chosen_unbounded", "before", "scores", "fluency_before", "fluency", "max_fluency_drop")},
             **summarise_rule(RULES[name], runs),
         }
     print(json.dumps(summary))

@@ -310,6 +310,11 @@ def test_plain_loop_points_and_the_choice_of_the_best():
     assert {p.max_grad_norm for p in PLAIN_GRID} == {0.0, 1.0} and {p.sft_weight for p in PLAIN_GRID} == {0.1, 1.0}
     assert [p.name for p in plain_grid([1e-4], [1.0], [0.0, 0.5])] == ["lr0.0001_sft1_clip0", "lr0.0001_sft1_clip0.5"]
     assert best_point({"lr0.0002_sft1_clip0": 0.4, "lr0.0004_sft1_clip0": 0.6}) == "lr0.0004_sft1_clip0"
+    # A point that wins by garbling text is passed over; with none within the bound, all compete.
+    scores, drops = {"a": 0.6, "b": 0.95, "c": 0.7}, {"a": 0.0, "b": 0.9, "c": 0.3}
+    assert best_point(scores, drops, 0.3) == "c" and best_point(scores, drops, 0.2) == "a"
+    assert best_point(scores, drops, None) == best_point(scores) == "b"
+    assert best_point(scores, {k: 1.0 for k in scores}, 0.3) == "b"
     with pytest.raises(ValueError, match="no sweep point"):
         best_point({})
 

@@ -10,7 +10,10 @@ of their Eq. 10 with a mean over tokens).
 A baseline that is only run at one setting can be beaten by choosing the other side's settings
 well, so the benchmark gives it a sweep of its own (:class:`PlainLoopPoint`, :data:`PLAIN_GRID`:
 learning rate x SFT weight x gradient clipping) and compares against its best point per rule,
-chosen on tuning prompts that are neither trained on nor held out (:func:`best_point`).
+chosen on tuning prompts that are neither trained on nor held out (:func:`best_point`). Points
+whose samples the base policy finds much less likely than its own (more than
+:data:`MAX_FLUENCY_DROP` nats per token) are passed over: a rule can be won by garbling text, and
+no user would keep such a loop.
 """
 
 from __future__ import annotations
@@ -67,10 +70,28 @@ PLAIN_GRID: list[PlainLoopPoint] = plain_grid([2e-4, 4e-4], [0.1, 1.0], [0.0, 1.
 """The baseline's sweep: learning rate {2e-4, 4e-4} x SFT weight {0.1, 1.0} x clipping {off, 1.0}."""
 
 
-def best_point(scores: dict[str, float]) -> str:
-    """The point name with the highest tuning score (ties: the first in ``scores``' order).
+MAX_FLUENCY_DROP = 0.3
+"""Nats per token: the most a sweep point's samples may lose in base-policy log-likelihood against
+the base policy's own samples (:func:`best_point`). Runs that win a rule by garbling text (an SFT
+weight of 0.1 on ``caution``: "I's not an expert, but I's can't provide...") drop 0.5-1.0; the
+defaults' runs 0.0-0.2."""
+
+
+def best_point(scores: dict[str, float], drops: dict[str, float] | None = None, max_drop: float | None = None) -> str:
+    """The point name with the highest tuning score among those whose fluency drop is at most
+    ``max_drop`` (all points when none is, or without ``drops``); ties: the first in ``scores``' order.
+
+    Args:
+        scores: per point, the rule's property over its samples of the tuning prompts.
+        drops: per point, base-policy nats per token its samples lose against the base
+            policy's own (:func:`cyclealign.efficacy.measure.mean_score`; positive = less fluent).
+        max_drop: the bound (None: no bound).
 
     >>> best_point({"a": 0.5, "b": 0.7, "c": 0.7})
+    'b'
+    >>> best_point({"a": 0.5, "b": 0.9}, drops={"a": 0.1, "b": 0.8}, max_drop=0.3)
+    'a'
+    >>> best_point({"a": 0.5, "b": 0.9}, drops={"a": 0.4, "b": 0.8}, max_drop=0.3)  # none within: all
     'b'
 
     Raises:
@@ -78,7 +99,10 @@ def best_point(scores: dict[str, float]) -> str:
     """
     if not scores:
         raise ValueError("no sweep point to choose from")
-    return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+    eligible = list(scores)
+    if drops is not None and max_drop is not None:
+        eligible = [name for name in scores if drops[name] <= max_drop] or eligible
+    return max(eligible, key=lambda name: (scores[name], -list(scores).index(name)))
 
 
 def plain_pro_loop(

@@ -72,9 +72,10 @@ PLAIN_GRID: list[PlainLoopPoint] = plain_grid([2e-4, 4e-4], [0.1, 1.0], [0.0, 1.
 
 MAX_FLUENCY_DROP = 0.3
 """Nats per token: the most a sweep point's samples may lose in base-policy log-likelihood against
-the base policy's own samples (:func:`best_point`). Runs that win a rule by garbling text (an SFT
-weight of 0.1 on ``caution``: "I's not an expert, but I's can't provide...") drop 0.5-1.0; the
-defaults' runs 0.0-0.2."""
+the base policy's own samples (:func:`best_point`). On the efficacy bench's seed 0, runs that win
+a rule by degrading text lose 0.5-1.0 (CycleAlign with SFT weight 0.1 on ``brevity``: 0.7 / 1.0;
+the plain loop at lr 4e-4, SFT 0.1, clip 1.0 on ``marker`` and ``paragraphs``: 0.5 / 0.6); the
+defaults' runs lose at most 0.2."""
 
 
 def best_point(scores: dict[str, float], drops: dict[str, float] | None = None, max_drop: float | None = None) -> str:

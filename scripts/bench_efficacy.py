@@ -13,7 +13,8 @@ cautious stance, a length, a question structure, a formal tone) and each seed, t
    machinery; its round 0 trains on the very samples the CycleAlign run drew). The plain loop
    gets its own sweep per rule (learning rate x SFT weight x clipping, ``--plain-*``), run on
    the sweep seed and scored on ``--tune-prompts`` HH prompts that are neither trained on nor
-   held out; every seed then uses the rule's best point;
+   held out; every seed then uses the rule's best point among those whose tuning samples lose at
+   most ``--max-fluency-drop`` nats per token of base-policy log-likelihood (:func:`fluency`);
 4. measures on held-out prompts of two kinds -- HH prompts never trained on and the shipped
    instruction prompts (``cyclealign/assets/default_prompts.jsonl``) -- the rule's property
    over each policy's own samples (before = base policy, after = each trained policy), and
@@ -610,20 +611,21 @@ def main(argv: list[str] | None = None) -> int:
     rules = [get_rule(r.strip()) for r in args.rules.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.judge_noise or args.noisy_calls is not None:
-        bad = [f"--{n.replace('_', '-')} {v}" for n, v in (("position_bias", args.position_bias), ("swap_prob", args.swap_prob),
-                                                            ("min_confidence", args.min_confidence)) if not 0.0 <= v <= 1.0]
+        bad = [f"--{n.replace('_', '-')} {v} (a probability or threshold, in [0, 1])"
+               for n, v in (("position_bias", args.position_bias), ("swap_prob", args.swap_prob), ("min_confidence", args.min_confidence))
+               if not 0.0 <= v <= 1.0]
         if args.judge_draws < 1:
             bad.append(f"--judge-draws {args.judge_draws} (needs >= 1)")
         if args.consistency < 2:
             bad.append(f"--consistency {args.consistency} (needs K >= 2)")
-        if args.noisy_calls is not None and (args.noisy_calls % args.consistency or not args.consistency <= args.noisy_calls <= args.prompts_per_round):
+        elif args.noisy_calls is not None and (args.noisy_calls % args.consistency or not args.consistency <= args.noisy_calls <= args.prompts_per_round):
             bad.append(f"--noisy-calls {args.noisy_calls} (needs a multiple of --consistency {args.consistency}, at most --prompts-per-round {args.prompts_per_round})")
         if args.judge_noise and args.noisy_calls is not None:
             bad.append("--judge-noise with --noisy-calls (labels only, or training: one of them)")
         if args.budget is not None and args.noisy_calls is not None:
             bad.append("--budget with --noisy-calls (one comparison at a time)")
         if bad:
-            print(f"{', '.join(bad)}: out of range (probabilities and the threshold are in [0, 1])", file=sys.stderr)
+            print("; ".join(bad), file=sys.stderr)
             return 2
     args.sweep_seed = seeds[0] if args.sweep_seed is None else args.sweep_seed
     if args.sweep_seed not in seeds:

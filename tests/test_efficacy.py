@@ -456,3 +456,24 @@ def test_bench_noisy_judge_arms_end_to_end(tmp_path, bench, hh_rlhf_path, embedd
     assert len(ranked) == 3 and all(name.endswith("-pb0.3-sw0-s0") for name in ranked)
     assert bench.main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rules"] == line["rules"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--noisy-calls", "4", "--consistency", "3"], "--noisy-calls 4 (needs a multiple of --consistency 3"),
+        (["--noisy-calls", "24", "--consistency", "3"], "at most --prompts-per-round 12"),
+        (["--noisy-calls", "3", "--consistency", "0"], "--consistency 0 (needs K >= 2)"),
+        (["--noisy-calls", "3", "--budget", "6"], "--budget with --noisy-calls"),
+        (["--noisy-calls", "3", "--judge-noise"], "--judge-noise with --noisy-calls"),
+        (["--judge-noise", "--position-bias", "1.5"], "--position-bias 1.5 (a probability or threshold, in [0, 1])"),
+    ],
+)
+def test_bench_refuses_bad_arm_flags_in_one_line(tmp_path, bench, capsys, flags, named):
+    """Bad flags of the compared arms are exit 2 with one line naming them, before anything is loaded."""
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("")
+    assert bench.main(["--hh", str(hh), "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -304,4 +304,9 @@ def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_sequential_r
     assert len(asked) - len(set(asked)) <= 2 and len(set(asked)) == 24  # the requests in flight at the kill, at most
     assert outputs(run_dir) == outputs(ref)
     got, want = adapter_weights(run_dir), adapter_weights(ref)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert got.keys() == want.keys()
+    # Equal up to float rounding: on a loaded CPU, multi-threaded kernels may sum in another order
+    # (measured: 1e-8 on weights of 0.1). A resume that trained on other data, in another order or
+    # from another initialisation differs by orders of magnitude more than the tolerance.
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)

@@ -431,14 +431,23 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     measured = measure(
         rule, heldout, base, {"cyclealign": cyc_own, "baseline": bl_own}, {"cyclealign": cyc_scores, "baseline": bl_scores}, fluent
     )
-    return {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "baseline_point": point.name, "train": cyc.get("train"), **measured}
+    rd = RunDir(run_dir)
+    labels = trained_label_accuracy(rule, [(rd.round(k).read_generations(), rd.round(k).read_rankings()) for k in range(cfg.rounds)])
+    return {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "baseline_point": point.name, "train": cyc.get("train"),
+            "labels": labels, **measured}
 
 
 def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One rule's entry of the printed summary from its per-seed :func:`run_rule` results: per
     held-out kind the spread of each figure over the seeds, ``ratio_of_means`` with its bootstrap
     interval, and the bootstrap intervals of each method's tau rise."""
-    entry: dict[str, Any] = {"kind": rule.kind, "run_wall_s": spread([r["wall_s"] for r in runs])}
+    entry: dict[str, Any] = {
+        "kind": rule.kind,
+        "run_wall_s": spread([r["wall_s"] for r in runs]),
+        # Ranked lists trained on, and those the rule can order at all (the rest are rule ties).
+        "lists": [r["labels"]["lists"] for r in runs],
+        "informative_lists": [r["labels"]["informative"] for r in runs],
+    }
     for kind in ("hh", "other"):
         entry[kind] = {
             field: spread([r[kind][field] for r in runs])

@@ -288,11 +288,14 @@ def test_bench_summary_of_a_rule_pools_its_seeds(bench):
         }
 
     runs = [
-        {"wall_s": 90.0, "hh": kind([1] * 8, [3] * 8, [2] * 8, 0.1), "other": kind([2] * 8, [3] * 8, [3] * 8, 0.0)},
-        {"wall_s": 110.0, "hh": kind([1] * 8, [2] * 8, [2] * 8, 0.1), "other": kind([2] * 8, [2] * 8, [3] * 8, 0.0)},
+        {"wall_s": 90.0, "labels": {"lists": 24, "informative": 8}, "hh": kind([1] * 8, [3] * 8, [2] * 8, 0.1),
+         "other": kind([2] * 8, [3] * 8, [3] * 8, 0.0)},
+        {"wall_s": 110.0, "labels": {"lists": 23, "informative": 13}, "hh": kind([1] * 8, [2] * 8, [2] * 8, 0.1),
+         "other": kind([2] * 8, [2] * 8, [3] * 8, 0.0)},
     ]
     entry = bench.summarise_rule(RULES["marker"], runs)
     assert entry["kind"] == "word" and entry["run_wall_s"] == {"mean": 100.0, "min": 90.0, "max": 110.0}
+    assert entry["lists"] == [24, 23] and entry["informative_lists"] == [8, 13]
     # HH: cyclealign moved 0.5 then 0.25 (mean 0.375), the baseline 0.25 both times.
     assert entry["hh"]["ratio_of_means"] == pytest.approx(1.5) and entry["other"]["ratio_of_means"] == pytest.approx(0.5)
     assert entry["hh"]["ratio"] == {"mean": pytest.approx(1.5), "min": pytest.approx(1.0), "max": pytest.approx(2.0)}

@@ -76,8 +76,10 @@ NOISE_PAIRS = (("aggregate", "single"), ("aggregate", "strict"), ("strict", "sin
 def trained_label_accuracy(rule: Rule, rounds: Sequence[tuple[Sequence[Generation], Sequence[RankResult]]]) -> dict[str, Any]:
     """How often the rankings a run kept (its black-box labels, ``ranking`` not None) order the
     responses as the rule does: ``lists`` kept, ``pair_accuracy`` (correct / truth pairs, pooled;
-    a truth pair is two responses the rule scores apart, :func:`~cyclealign.efficacy.labels.pair_counts`)
-    and ``exact`` (share of kept lists with a truth pair that get every truth pair right).
+    a truth pair is two responses the rule scores apart, :func:`~cyclealign.efficacy.labels.pair_counts`),
+    ``informative`` (kept lists with a truth pair: the rule orders at least two of their responses; on
+    the others it ties every response and the label is the presentation order) and ``exact`` (share of
+    the informative lists that get every truth pair right).
 
     Args:
         rounds: per round, its generations and ranking results (matched by ``prompt_id``).
@@ -85,7 +87,7 @@ def trained_label_accuracy(rule: Rule, rounds: Sequence[tuple[Sequence[Generatio
     >>> from cyclealign.efficacy.rules import RULES
     >>> g = Generation(prompt_id="p", prompt_token_ids=[], responses=["a b c", "a", "a b"])
     >>> trained_label_accuracy(RULES["brevity"], [([g], [RankResult(prompt_id="p", ranking=[1, 0, 2])])])
-    {'lists': 1, 'pair_accuracy': 0.6666666666666666, 'exact': 0.0}
+    {'lists': 1, 'informative': 1, 'pair_accuracy': 0.6666666666666666, 'exact': 0.0}
     """
     correct = truth = exact = judged = lists = 0
     for gens, rankings in rounds:
@@ -102,6 +104,7 @@ def trained_label_accuracy(rule: Rule, rounds: Sequence[tuple[Sequence[Generatio
                 exact += c == t
     return {
         "lists": lists,
+        "informative": judged,
         "pair_accuracy": correct / truth if truth else None,
         "exact": exact / judged if judged else None,
     }

@@ -27,7 +27,9 @@ The rules are split once (:data:`cyclealign.efficacy.rules.TUNING_RULES` and ``C
 defaults are chosen on the tuning rules; the check rules are reported apart and choose nothing.
 
 It prints a progress line per step on stderr and one JSON line on stdout: per rule, its split,
-the plain loop's sweep (every point's tuning score, the chosen one), and per held-out kind the
+the plain loop's sweep (every point's tuning score, the chosen one), per seed the ranked lists
+the CycleAlign run trained on and how many of them the rule can order at all (``lists``,
+``informative_lists``: on the others it ties every response), and per held-out kind the
 property before and after for both methods, ``moved`` (after - before), ``ratio`` =
 moved(cyclealign) / moved(plain loop), the tau before and after, the wall seconds of each
 CycleAlign run, and the mean and spread (min, max) over the seeds; ``ratio_of_means`` (the

@@ -86,8 +86,10 @@ def trained_label_accuracy(rule: Rule, rounds: Sequence[tuple[Sequence[Generatio
 
     >>> from cyclealign.efficacy.rules import RULES
     >>> g = Generation(prompt_id="p", prompt_token_ids=[], responses=["a b c", "a", "a b"])
-    >>> trained_label_accuracy(RULES["brevity"], [([g], [RankResult(prompt_id="p", ranking=[1, 0, 2])])])
-    {'lists': 1, 'informative': 1, 'pair_accuracy': 0.6666666666666666, 'exact': 0.0}
+    >>> tied = Generation(prompt_id="q", prompt_token_ids=[], responses=["a b", "c d"])  # same length: a rule tie
+    >>> trained_label_accuracy(RULES["brevity"], [([g, tied], [RankResult(prompt_id="p", ranking=[1, 0, 2]),
+    ...                                                      RankResult(prompt_id="q", ranking=[1, 0])])])
+    {'lists': 2, 'informative': 1, 'pair_accuracy': 0.6666666666666666, 'exact': 0.0}
     """
     correct = truth = exact = judged = lists = 0
     for gens, rankings in rounds:

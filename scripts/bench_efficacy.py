@@ -215,6 +215,13 @@ def taus(rule: Rule, tau_set: dict, scores: dict) -> dict[str, dict[str, Any]]:
     }
 
 
+def run_labels(rule: Rule, run_dir: Path, rounds: int) -> dict[str, Any]:
+    """How the rankings a CycleAlign run trained on agree with the rule, over its ``rounds`` rounds
+    (:func:`~cyclealign.efficacy.arms.trained_label_accuracy`)."""
+    rd = RunDir(run_dir)
+    return trained_label_accuracy(rule, [(rd.round(k).read_generations(), rd.round(k).read_rankings()) for k in range(rounds)])
+
+
 def seed_folder(root: Path, seed: int, args) -> Path:
     """Where one seed's runs live: keyed by the schedule, so a cached run or baseline is only
     reused for the same ``--rounds`` and ``--prompts-per-round`` (held-out samples and tau
@@ -433,10 +440,8 @@ def run_rule(rule: Rule, seed: int, args, overrides, train_prompts_path: Path, h
     measured = measure(
         rule, heldout, base, {"cyclealign": cyc_own, "baseline": bl_own}, {"cyclealign": cyc_scores, "baseline": bl_scores}, fluent
     )
-    rd = RunDir(run_dir)
-    labels = trained_label_accuracy(rule, [(rd.round(k).read_generations(), rd.round(k).read_rankings()) for k in range(cfg.rounds)])
     return {"wall_s": cyc["wall_s"], "baseline_wall_s": bl["wall_s"], "baseline_point": point.name, "train": cyc.get("train"),
-            "labels": labels, **measured}
+            "labels": run_labels(rule, run_dir, cfg.rounds), **measured}
 
 
 def summarise_rule(rule: Rule, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -548,7 +553,7 @@ def run_arm(rule: Rule, seed: int, args, name: str, arm: dict[str, Any], train_p
         "wall_s": cyc["wall_s"],
         "ranked_per_round": statistics.fmean(m["ranked"] for m in lines),
         "ranker_calls_per_round": statistics.fmean(m["ranker_calls"] for m in lines),
-        "labels": trained_label_accuracy(rule, [(rd.round(k).read_generations(), rd.round(k).read_rankings()) for k in range(cfg.rounds)]),
+        "labels": run_labels(rule, run_dir, cfg.rounds),
         "fluency": fluency(run_dir, model_dir, own, cfg, device, str(args.heldout)),
     }
     for kind in heldout:

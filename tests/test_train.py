@@ -83,6 +83,51 @@ def test_each_ranking_loss_trains_lora_and_lowers_its_loss(embedded_model_dir, t
         assert first["ranking_loss"] == pytest.approx(math.log(6), abs=1e-4)
 
 
+def test_collate_aligns_reference_token_logps_with_the_kept_response_tokens():
+    ex = {"prompt_ids": [1, 2], "responses_ids": [[4, 5], [6]], "ref_token_logps": [[-1.0, -2.0], [-3.0]]}
+    batch = collate_lists([ex], pad_token_id=0, max_length=16)
+    assert batch["ref_token_logps"].tolist() == [[0.0, -1.0, -2.0], [0.0, -3.0, 0.0]]  # aligned with response_mask[:, 1:]
+    assert batch["ref_logps"].tolist() == [-3.0, -3.0]
+    with pytest.raises(ValueError, match="row 1: 2 reference log-probs for 1 kept"):
+        collate_lists([{**ex, "ref_token_logps": [[-1.0, -2.0], [-3.0, -4.0]]}], pad_token_id=0, max_length=16)
+
+
+def test_kl_anchor_keeps_the_worse_responses_near_the_reference(embedded_model_dir, tmp_path):
+    """With the anchor, training still learns the ranking but pushes the worse responses' tokens
+    less far below the reference (the initial policy) than without it."""
+    from transformers import AutoTokenizer
+
+    from cyclealign.train.scoring import list_logps
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Reply with one word."}], add_generation_prompt=True, return_dict=False)
+    resp = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ("Sure.", "Okay then.", "Certainly, my friend.")]
+    row = {"prompt_ids": prompt, "responses_ids": resp}
+    device = torch.device("cpu")
+    drops, firsts, stats_by = {}, {}, {}
+    for weight in (0.0, 1.0):
+        cfg = build_config(**{"train.learning_rate": 1e-3, "train.epochs": 4, "train.sft_weight": 0.0, "train.kl_weight": weight}).train
+        model = load_trainable_policy(str(embedded_model_dir), None, cfg, device, torch.float32)
+        (before, lens), = list_logps(model, [row], pad_token_id=tok.pad_token_id, max_length=512, device=device)
+        stats = train_round(model, [RankingExample(prompt, resp)], cfg, pad_token_id=tok.pad_token_id, out_dir=tmp_path / f"kl{weight}", seed=0, device=device)
+        (after, _), = list_logps(model, [row], pad_token_id=tok.pad_token_id, max_length=512, device=device)
+        drops[weight] = [(b - a) / n for a, b, n in zip(after, before, lens)]  # nats per token below the reference
+        stats_by[weight] = stats
+    anchored = stats_by[1.0].log_history
+    assert anchored[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA is the reference
+    assert anchored[-1]["kl"] > 0 and "kl" not in stats_by[0.0].log_history[0]
+    assert anchored[-1]["ranking_loss"] < anchored[0]["ranking_loss"]  # it still learns the ranking
+    assert drops[1.0][-1] < drops[0.0][-1]  # the worst response falls less far
+    assert max(drops[1.0][1:]) < max(drops[0.0][1:])
+
+
+def test_kl_weight_is_refused_with_the_pairwise_dpo_trainer():
+    from cyclealign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kl_weight is for the listwise losses"):
+        build_config(**{"train.loss": "dpo", "train.kl_weight": 0.1})
+
+
 def test_reference_previous_vs_initial(embedded_model_dir):
     from transformers import AutoTokenizer
 
@@ -107,8 +152,10 @@ def test_reference_previous_vs_initial(embedded_model_dir):
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
     b = collate_lists([row], tok.pad_token_id, 512)
     with torch.no_grad():
-        want = response_logprobs(base, b["input_ids"], b["attention_mask"], b["response_mask"]).sum(-1)
-    assert torch.allclose(torch.tensor(initial[0]), want, atol=1e-4)
+        want = response_logprobs(base, b["input_ids"], b["attention_mask"], b["response_mask"])  # [2, T-1]
+    keep = b["response_mask"][:, 1:].bool()
+    for k in range(2):  # per token, in order, as training keeps them
+        assert torch.allclose(torch.tensor(initial[0][k]), want[k][keep[k]], atol=1e-4)
 
 
 HELD_IN = ["How do I water a cactus?", "What is a good name for a cat?", "How long should I nap?", "Which fruit has the most fiber?",

@@ -69,6 +69,8 @@ class Config(Section):
                 f"ranker.max_tokens={self.ranker.max_tokens} is too small for a ranking of "
                 f"generation.num_samples={n} responses (needs about 6 tokens per label: >= {6 * n})"
             )
+        if self.train.kl_weight > 0 and self.train.loss == "dpo":
+            raise ValueError("train.kl_weight is for the listwise losses (pro, rrhf, dpo-pl, lipo); loss=dpo uses TRL's DPO loss")
         if self.train.qlora and self.train.merge:
             raise ValueError("train.merge=true cannot merge into a 4-bit base (train.qlora=true): merge a bf16 base instead")
         if self.ranker.complete_missing_last is None:

@@ -59,6 +59,14 @@ class TrainConfig(Section):
     sft_pro_scale: bool = Field(
         False, description="Multiply the SFT term by (n-1)^2 for a list of n responses, as PRO's reference code does."
     )
+    kl_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a per-token KL anchor to the reference policy (train.reference) on every ranked "
+        "response's tokens: the k3 estimator exp(r) - 1 - r, r = log pi_ref - log pi (GRPO, Shao et al. 2024, Eq. 4), "
+        "averaged over the list's response tokens. It resists pushing the worse responses' tokens far below the "
+        "reference's, which is where ranking losses garble text. Not used by loss=dpo. 0: off.",
+    )
     learning_rate: float = Field(
         4e-4,
         gt=0,

@@ -54,7 +54,13 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
     Returns:
         ``input_ids`` / ``attention_mask`` / ``response_mask``: ``[sum N_b, seq]``;
         ``list_sizes``: ``[batch]`` number of responses of each list (in order);
-        ``ref_logps``: ``[sum N_b]`` reference sequence log-probs, when the examples carry them.
+        ``ref_logps``: ``[sum N_b]`` reference sequence log-probs, and ``ref_token_logps``:
+        ``[sum N_b, seq - 1]`` the reference's per-token log-probs aligned with ``response_mask[:, 1:]``
+        (0 elsewhere), when the examples carry ``ref_token_logps`` (per response, its kept tokens'
+        log-probs, :func:`cyclealign.train.scoring.reference_logps`).
+
+    Raises:
+        ValueError: an example's ``ref_token_logps`` do not match its responses' kept tokens.
     """
     rows: list[tuple[list[int], int]] = []  # (ids, prompt length)
     sizes = []
@@ -78,6 +84,14 @@ def collate_lists(examples: list[dict[str, Any]], pad_token_id: int, max_length:
         "response_mask": resp_mask,
         "list_sizes": torch.tensor(sizes, dtype=torch.long),
     }
-    if all(ex.get("ref_logps") is not None for ex in examples):
-        batch["ref_logps"] = torch.tensor([x for ex in examples for x in ex["ref_logps"]], dtype=torch.float32)
+    if all(ex.get("ref_token_logps") is not None for ex in examples):
+        per_response = [tokens for ex in examples for tokens in ex["ref_token_logps"]]
+        keep = resp_mask[:, 1:].bool()  # [R, seq-1]
+        ref = torch.zeros(keep.shape, dtype=torch.float32)
+        for r, tokens in enumerate(per_response):
+            if len(tokens) != int(keep[r].sum()):
+                raise ValueError(f"row {r}: {len(tokens)} reference log-probs for {int(keep[r].sum())} kept response tokens")
+            ref[r, keep[r]] = torch.tensor(tokens, dtype=torch.float32)
+        batch["ref_token_logps"] = ref
+        batch["ref_logps"] = ref.sum(-1)
     return batch

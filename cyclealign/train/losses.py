@@ -130,6 +130,32 @@ def rrhf_loss(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.T
     return (diff.clamp(min=0) * pair).sum((-1, -2))
 
 
+def anchor_kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed per-token KL anchor to a reference policy, on the tokens of given responses.
+
+    The k3 estimator of ``KL(pi || pi_ref)`` at each token, ``exp(r) - 1 - r`` with
+    ``r = log pi_ref(t) - log pi(t)`` (Schulman 2020, "Approximating KL Divergence"; the KL term of
+    GRPO, Shao et al. 2024, arXiv 2402.03300, Eq. 4). It is 0 where the policy gives a token the
+    reference's log-prob, never negative, and grows exponentially as the policy pushes a token
+    below the reference (the gradient towards ``log pi`` is ``1 - exp(r)``).
+
+    Args:
+        logp, ref_logp: ``[R, T]`` per-token log-probs (nats) of the policy and the reference.
+        mask: ``[R, T]`` 1 on the tokens that count.
+    Returns:
+        ``[R]`` the estimator summed over each row's counted tokens (nats).
+
+    >>> lp = torch.tensor([[-1.0, -2.0, 0.0]])
+    >>> float(anchor_kl_k3(lp, lp, torch.tensor([[1, 1, 0]]))[0])
+    0.0
+    >>> round(float(anchor_kl_k3(torch.tensor([[-2.0]]), torch.tensor([[-1.0]]), torch.tensor([[1]]))[0]), 4)  # e - 2
+    0.7183
+    """
+    r = (ref_logp - logp).clamp(max=20.0)  # a token pushed 20 nats below the reference already costs e^20
+    k3 = torch.exp(r) - 1.0 - r
+    return (k3 * mask.to(k3.dtype)).sum(-1)
+
+
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO's implicit reward ``beta * (log pi(y|x) - log pi_ref(y|x))`` (Rafailov et al. 2023, Eq. 5).
 

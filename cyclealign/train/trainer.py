@@ -27,6 +27,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from cyclealign.config.train import TrainConfig
 from cyclealign.train.examples import RankingExample, collate_lists, usable_lists
 from cyclealign.train.losses import (
+    anchor_kl_k3,
     dpo_pl_loss,
     implicit_rewards,
     lipo_lambda_loss,
@@ -71,6 +72,8 @@ class RankingConfig(_BaseConfig):
         sft_weight (`float`, defaults to `1.0`): weight of the NLL term on the top response.
         sft_reduction (`str`, defaults to `"mean"`): the NLL per token (`"mean"`) or summed (`"sum"`).
         sft_pro_scale (`bool`, defaults to `False`): multiply the SFT term by `(n-1)^2` (PRO's code).
+        kl_weight (`float`, defaults to `0.0`): weight of the per-token k3 KL anchor to the reference
+            over each list's response tokens (the examples then carry ``ref_token_logps``).
         max_length (`int`, defaults to `512`): prompt + response tokens kept per sequence
             (the prompt is left-truncated first, then the response right-truncated).
         pad_token_id (`int`, defaults to `0`): id used to pad sequences.
@@ -83,6 +86,7 @@ class RankingConfig(_BaseConfig):
     sft_weight: float = field(default=1.0, metadata={"help": "Weight of the SFT term on the top response."})
     sft_reduction: str = field(default="mean", metadata={"help": "SFT NLL per token (mean) or summed (sum)."})
     sft_pro_scale: bool = field(default=False, metadata={"help": "Scale the SFT term by (n-1)^2 (PRO)."})
+    kl_weight: float = field(default=0.0, metadata={"help": "Weight of the per-token KL anchor to the reference."})
     max_length: int = field(default=512, metadata={"help": "Max prompt + response tokens per sequence."})
     pad_token_id: int = field(default=0, metadata={"help": "Padding token id."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
@@ -95,11 +99,13 @@ class RankingTrainer(CarriedOptimizerMixin, _BaseTrainer):
     """Listwise ranking trainer: each list's prompt and its N responses packed into one row, the
     prompt run once (:mod:`cyclealign.train.shared_prompt`), one forward pass per batch.
 
-    Loss per list: ``ranking_loss(scores) + sft_weight * c_n * sft_loss(top response)``, where
+    Loss per list: ``ranking_loss(scores) + sft_weight * c_n * sft_loss(top response) + kl_weight * kl``, where
     ``scores[k]`` is response k's mean token log-prob (PRO, RRHF) or implicit reward (DPO-PL,
     LiPO; the examples then carry ``ref_logps``), in label order, and ``c_n = (n-1)^2`` with
-    ``sft_pro_scale`` (else 1). Logged per step: ``loss``, ``ranking_loss``, ``sft_loss``,
-    ``ranking_accuracy`` (fraction of response pairs whose length-normalised log-likelihood
+    ``sft_pro_scale`` (else 1), and ``kl`` the mean over the list's response tokens of the k3 KL
+    anchor to the reference (:func:`~cyclealign.train.losses.anchor_kl_k3`; with ``kl_weight`` > 0
+    the examples carry ``ref_token_logps``). Logged per step: ``loss``, ``ranking_loss``, ``sft_loss``,
+    ``kl`` (with ``kl_weight`` > 0), ``ranking_accuracy`` (fraction of response pairs whose length-normalised log-likelihood
     orders them as the label does, before the step's update), ``grad_norm`` (before clipping),
     ``tokens_per_s``. ``carried_optimizer_state``: a previous round's ``optimizer.pt`` to continue
     from (:class:`~cyclealign.train.optimizer_carry.CarriedOptimizerMixin`).
@@ -147,8 +153,16 @@ class RankingTrainer(CarriedOptimizerMixin, _BaseTrainer):
         sft = sft_loss(logp[tops], mask[tops], cfg.sft_reduction)  # [B]
         if cfg.sft_pro_scale:
             sft = sft * (inputs["list_sizes"].to(sft.device, sft.dtype) - 1) ** 2
-        loss = (rank + cfg.sft_weight * sft).mean()
+        loss = rank + cfg.sft_weight * sft  # [B]
         m = self._step_metrics
+        if cfg.kl_weight > 0:
+            per_row = anchor_kl_k3(logp, inputs["ref_token_logps"].to(logp.dtype), mask)  # [R] nats
+            owner = torch.repeat_interleave(torch.arange(len(sizes), device=logp.device), inputs["list_sizes"].to(logp.device))
+            kl = torch.zeros(len(sizes), device=logp.device, dtype=logp.dtype).index_add(0, owner, per_row)
+            kl = kl / torch.zeros_like(kl).index_add(0, owner, mask.sum(-1).to(kl.dtype)).clamp(min=1)  # [B] per token
+            loss = loss + cfg.kl_weight * kl
+            m.setdefault("kl", []).append(float(kl.detach().mean()))
+        loss = loss.mean()
         m["ranking_loss"].append(float(rank.detach().mean()))
         m["sft_loss"].append(float(sft.detach().mean()))
         m["ranking_accuracy"].append(float(pairwise_accuracy(mean_logp.detach()[index], valid)))
@@ -217,9 +231,9 @@ def train_round(
 
     usable = usable_lists(examples)
     rows: list[dict[str, Any]] = [{"prompt_ids": e.prompt_ids, "responses_ids": e.responses_ids} for e in usable]
-    if cfg.loss in REFERENCE_LOSSES:
+    if cfg.loss in REFERENCE_LOSSES or cfg.kl_weight > 0:
         for row, ref in zip(rows, reference_logps(model, rows, cfg, pad_token_id=pad_token_id, device=device)):
-            row["ref_logps"] = ref
+            row["ref_token_logps"] = ref
     dataset = Dataset.from_list(rows)
     work = work_dir(out_dir, "train-")
     args = RankingConfig(
@@ -232,6 +246,7 @@ def train_round(
         sft_weight=cfg.sft_weight,
         sft_reduction=cfg.sft_reduction,
         sft_pro_scale=cfg.sft_pro_scale,
+        kl_weight=cfg.kl_weight,
         max_length=cfg.max_length,
         pad_token_id=pad_token_id,
     )

@@ -112,6 +112,7 @@ FLAG_FIELDS = {
     "sft_weight": "train.sft_weight",
     "sft_reduction": "train.sft_reduction",
     "sft_pro_scale": "train.sft_pro_scale",
+    "kl_weight": "train.kl_weight",
     "pro_temperature": "train.pro_temperature",
     "pro_reward_gap": "train.pro_reward_gap",
     "train_target": "train.target",

@@ -26,7 +26,7 @@ class TrainConfig(Section):
     beta: float = Field(0.1, gt=0, description="Implicit-reward scale of dpo-pl and lipo.")
     reference: Literal["initial", "previous"] = Field(
         "initial",
-        description="Reference policy of dpo-pl, lipo and dpo: the initial policy (LoRA disabled) or the "
+        description="Reference policy of dpo-pl, lipo, dpo and kl_weight: the initial policy (LoRA disabled) or the "
         "previous round's policy (the adapter as this round's training starts).",
     )
     pro_temperature: float = Field(1.0, gt=0, description="PRO: scores are divided by this before the softmax.")

@@ -213,7 +213,9 @@ def test_sigterm_in_each_phase_then_resume_equals_an_uninterrupted_run(tmp_path,
             assert len(asked) - len(set(asked)) <= 1, phase  # the request in flight at the signal, at most
             assert rankings(run_dir) == rankings(ref), phase
             got, want = adapter_weights(run_dir), adapter_weights(ref)
-            assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-5) for k in want), phase
+            assert got.keys() == want.keys(), phase
+            for k in want:  # equal up to float rounding, with the same tolerance as the SIGKILL test below
+                torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7, msg=lambda m: f"{phase}: {m}")
             assert not (run_dir / "lock.json").exists()
 
 

@@ -104,7 +104,7 @@ def test_kl_anchor_keeps_the_worse_responses_near_the_reference(embedded_model_d
     resp = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in ("Sure.", "Okay then.", "Certainly, my friend.")]
     row = {"prompt_ids": prompt, "responses_ids": resp}
     device = torch.device("cpu")
-    drops, firsts, stats_by = {}, {}, {}
+    drops, stats_by = {}, {}
     for weight in (0.0, 1.0):
         cfg = build_config(**{"train.learning_rate": 1e-3, "train.epochs": 4, "train.sft_weight": 0.0, "train.kl_weight": weight}).train
         model = load_trainable_policy(str(embedded_model_dir), None, cfg, device, torch.float32)

@@ -157,9 +157,8 @@ class RankingTrainer(CarriedOptimizerMixin, _BaseTrainer):
         m = self._step_metrics
         if cfg.kl_weight > 0:
             per_row = anchor_kl_k3(logp, inputs["ref_token_logps"].to(logp.dtype), mask)  # [R] nats
-            owner = torch.repeat_interleave(torch.arange(len(sizes), device=logp.device), inputs["list_sizes"].to(logp.device))
-            kl = torch.zeros(len(sizes), device=logp.device, dtype=logp.dtype).index_add(0, owner, per_row)
-            kl = kl / torch.zeros_like(kl).index_add(0, owner, mask.sum(-1).to(kl.dtype)).clamp(min=1)  # [B] per token
+            tokens = mask.sum(-1).to(per_row.dtype)  # [R]
+            kl = (per_row[index] * valid).sum(-1) / (tokens[index] * valid).sum(-1).clamp(min=1)  # [B] per token of each list
             loss = loss + cfg.kl_weight * kl
             m.setdefault("kl", []).append(float(kl.detach().mean()))
         loss = loss.mean()

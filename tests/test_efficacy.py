@@ -372,6 +372,52 @@ def test_plain_loop_trains_each_point_on_the_rankings(tmp_path, embedded_model_d
     assert gap(after) > gap(before)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sft_weight, clip", [(1.0, 0.0), (0.1, 1.0)])
+def test_the_plain_loop_and_the_round_trainer_take_the_same_steps(tmp_path, embedded_model_dir, sft_weight, clip):
+    """At the same point and from the same LoRA weights, three steps on one ranked list move the
+    adapter the same way in the bench's plain loop and in cyclealign's round trainer (TRL
+    Trainer, shared-prompt packing): the bench compares settings, not two versions of the loss.
+    Weight decay is set to the trainer's (0) for the comparison; the plain loop keeps torch's."""
+    import copy
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from cyclealign.config import build_config
+    from cyclealign.efficacy.baseline import PlainLoopPoint, plain_pro_step
+    from cyclealign.train.examples import RankingExample
+    from cyclealign.train.lora import load_trainable_policy
+    from cyclealign.train.trainer import train_round
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT.messages[0]["content"]}], add_generation_prompt=True, return_dict=False)
+    texts = ("No.", "I would rather not say.", "Sure, here is a long and detailed answer for you.", "zzz qqq")
+    responses = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    cfg = build_config(**{"train.learning_rate": 4e-4, "train.sft_weight": sft_weight, "train.max_grad_norm": clip,
+                          "train.epochs": 3, "train.carry_optimizer": False}).train
+    cpu = torch.device("cpu")
+    trained = load_trainable_policy(str(embedded_model_dir), None, cfg, cpu, torch.float32)
+    plain = copy.deepcopy(trained)
+    lora = lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
+    start = lora(trained)
+
+    stats = train_round(trained, [RankingExample(prompt, responses)], cfg, pad_token_id=tok.pad_token_id,
+                        out_dir=tmp_path / "a", seed=0, device=cpu)
+    params = [p for p in plain.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    point = PlainLoopPoint(cfg.learning_rate, sft_weight, clip)
+    plain.train()
+    losses = [plain_pro_step(plain, opt, params, prompt, responses, point, cpu) for _ in range(3)]
+
+    assert stats.steps == 3
+    assert losses[0] == pytest.approx(stats.log_history[0]["loss"], rel=1e-4)
+    moved_t = torch.cat([(p - start[n]).flatten() for n, p in lora(trained).items()])
+    moved_p = torch.cat([(p - start[n]).flatten() for n, p in lora(plain).items()])
+    assert moved_p.norm() > 0
+    assert (moved_t - moved_p).norm() / moved_p.norm() < 1e-3
+
+
 def test_budget_and_noise_arms_and_their_summary(bench):
     """``--budget B``: one run per signal at 2B candidates and B calls, one ranking all 2B;
     ``--noisy-calls C``: single, strict and aggregate at C calls. The summary compares each pair."""

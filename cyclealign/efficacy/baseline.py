@@ -130,8 +130,8 @@ def plain_pro_loop(
         out: adapters are saved as ``out/round_000``, ``out/round_001``, ...
         device: where to train.
 
-    Per step, one list of N responses ``[N, prompt + longest response]``; the loss is
-    ``PL(mean log-likelihoods, best first) - sft_weight * mean_logp(best)`` in nats.
+    Each step is :func:`plain_pro_step` on one list. AdamW keeps torch's default weight decay
+    (0.01; the round trainer's is 0), so at the same point the two take the same steps up to it.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -147,28 +147,54 @@ def plain_pro_loop(
         model.train()
         for _ in range(2):
             for g, ranking in random.Random(seed + k).sample(lists, len(lists)):
-                resp = [g.response_token_ids[i] for i in ranking]
-                width = len(g.prompt_token_ids) + max(map(len, resp))
-                ids = torch.zeros((len(resp), width), dtype=torch.long)
-                att = torch.zeros_like(ids)
-                lab = torch.zeros_like(ids, dtype=torch.bool)
-                for r, toks in enumerate(resp):
-                    seq = g.prompt_token_ids + toks
-                    ids[r, : len(seq)] = torch.tensor(seq)
-                    att[r, : len(seq)] = 1
-                    lab[r, len(g.prompt_token_ids) : len(seq)] = True
-                logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1]
-                tok = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-                mask = lab[:, 1:].to(device).float()
-                mean = (tok * mask).sum(-1) / mask.sum(-1)  # [N] length-normalised log-likelihood, best first
-                pl = sum(torch.logsumexp(mean[i:], 0) - mean[i] for i in range(len(resp) - 1))
-                loss = pl - point.sft_weight * mean[0]
-                opt.zero_grad()
-                loss.backward()
-                if point.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, point.max_grad_norm)
-                opt.step()
+                plain_pro_step(model, opt, params, g.prompt_token_ids, [g.response_token_ids[i] for i in ranking], point, device)
         adapter = out / f"round_{k:03d}"
         model.save_pretrained(str(adapter))
     assert adapter is not None
     return adapter
+
+
+def plain_pro_step(
+    model,
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    prompt_ids: list[int],
+    responses_ids: list[list[int]],
+    point: PlainLoopPoint,
+    device: torch.device,
+) -> float:
+    """One optimiser step of the plain loop on one ranked list; returns its loss (nats).
+
+    Args:
+        model: the PEFT model being trained.
+        opt, params: its optimiser and trainable parameters (clipped together).
+        prompt_ids: the chat-templated prompt's token ids.
+        responses_ids: the responses' token ids, best first (``N >= 2``).
+        point: the SFT weight and clipping (the learning rate is the optimiser's).
+        device: where the model is.
+
+    The batch is ``[N, prompt + longest response]``, right-padded; the loss is
+    ``PL(mean log-likelihoods, best first) - sft_weight * mean_logp(best)`` (Song et al. 2023,
+    Eq. 7 with T=1, plus the SFT term of Eq. 10 as a mean over tokens).
+    """
+    width = len(prompt_ids) + max(map(len, responses_ids))
+    ids = torch.zeros((len(responses_ids), width), dtype=torch.long)
+    att = torch.zeros_like(ids)
+    lab = torch.zeros_like(ids, dtype=torch.bool)
+    for r, toks in enumerate(responses_ids):
+        seq = prompt_ids + toks
+        ids[r, : len(seq)] = torch.tensor(seq)
+        att[r, : len(seq)] = 1
+        lab[r, len(prompt_ids) : len(seq)] = True
+    logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1]
+    tok = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+    mask = lab[:, 1:].to(device).float()
+    mean = (tok * mask).sum(-1) / mask.sum(-1)  # [N] length-normalised log-likelihood, best first
+    pl = sum(torch.logsumexp(mean[i:], 0) - mean[i] for i in range(len(responses_ids) - 1))
+    loss = pl - point.sft_weight * mean[0]
+    opt.zero_grad()
+    loss.backward()
+    if point.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, point.max_grad_norm)
+    opt.step()
+    return float(loss.detach())
